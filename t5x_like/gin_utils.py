@@ -95,3 +95,16 @@ def query_macro(name: str, required: bool = True, default=None):
                 f"required gin macro {name} is not set; add --gin.{name}=VALUE "
                 "or bind it in a gin file") from None
         return default
+
+
+@gin.configurable
+def _macro_value(value=gin.REQUIRED):
+    return value
+
+
+def evaluate_macro(name: str):
+    """The evaluated value of macro `name` (e.g. MODEL -> a models.Model instance)."""
+    query_macro(name)  # one clear error if it is unset
+    with gin.unlock_config():
+        gin.parse_config(f"t5x_like.gin_utils._macro_value.value = %{name}")
+    return _macro_value()
