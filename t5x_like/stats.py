@@ -1,0 +1,132 @@
+"""Statistics for comparison reports: bootstrap confidence intervals and scaling fits.
+
+Owns the numbers a report states about noise. Everything is seeded, so a
+report regenerated from the same runs prints the same intervals.
+
+Bootstrap design (`layout_mean_ci`, `paired_difference_ci`): per-example losses
+form an array [seeds, examples] for each layout, on the *same* validation
+examples for every layout. One bootstrap replicate resamples the seeds of
+each layout (with replacement) and one shared set of example indices (with
+replacement), so run-to-run variation and the choice of validation examples
+both widen the interval, while the pairing of examples across layouts is kept.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+
+@dataclasses.dataclass(frozen=True)
+class Interval:
+    estimate: float
+    low: float
+    high: float
+
+    def contains(self, value: float) -> bool:
+        return self.low <= value <= self.high
+
+    def as_dict(self) -> dict:
+        return {"estimate": self.estimate, "low": self.low, "high": self.high}
+
+    def __str__(self) -> str:
+        return f"{self.estimate:.4f} [{self.low:.4f}, {self.high:.4f}]"
+
+
+def _as_matrix(losses) -> np.ndarray:
+    matrix = np.asarray(losses, dtype=np.float64)
+    if matrix.ndim == 1:
+        matrix = matrix[None]
+    if matrix.ndim != 2 or matrix.size == 0:
+        raise ValueError(f"expected per-example losses shaped [seeds, examples], got {matrix.shape}")
+    return matrix
+
+
+def _replicate_means(matrix: np.ndarray, seed_draws: np.ndarray, example_draws: np.ndarray) -> np.ndarray:
+    # [replicates, seeds, examples] gathered, then averaged.
+    return matrix[seed_draws[:, :, None], example_draws[:, None, :]].mean(axis=(1, 2))
+
+
+def layout_mean_ci(losses, num_replicates: int = 2000, confidence: float = 0.95, seed: int = 0) -> Interval:
+    """Mean loss of one layout with a bootstrap interval over seeds and examples."""
+    matrix = _as_matrix(losses)
+    rng = np.random.default_rng(seed)
+    seeds, examples = matrix.shape
+    means = _replicate_means(matrix, rng.integers(0, seeds, (num_replicates, seeds)),
+                             rng.integers(0, examples, (num_replicates, examples)))
+    tail = (1 - confidence) / 2 * 100
+    return Interval(float(matrix.mean()), *map(float, np.percentile(means, [tail, 100 - tail])))
+
+
+def paired_difference_ci(losses_a, losses_b, num_replicates: int = 2000, confidence: float = 0.95,
+                         seed: int = 0) -> Interval:
+    """mean(a) - mean(b) with an interval; examples are paired, seeds independent."""
+    a, b = _as_matrix(losses_a), _as_matrix(losses_b)
+    if a.shape[1] != b.shape[1]:
+        raise ValueError(f"layouts were scored on different example counts: {a.shape[1]} vs {b.shape[1]}")
+    rng = np.random.default_rng(seed)
+    examples = rng.integers(0, a.shape[1], (num_replicates, a.shape[1]))
+    diffs = (_replicate_means(a, rng.integers(0, a.shape[0], (num_replicates, a.shape[0])), examples)
+             - _replicate_means(b, rng.integers(0, b.shape[0], (num_replicates, b.shape[0])), examples))
+    tail = (1 - confidence) / 2 * 100
+    return Interval(float(a.mean() - b.mean()), *map(float, np.percentile(diffs, [tail, 100 - tail])))
+
+
+def describe_difference(name_a: str, name_b: str, interval: Interval) -> str:
+    """One sentence for a report: who is lower, by how much, or that it is noise."""
+    if interval.contains(0.0):
+        return (f"{name_a} vs {name_b}: difference {interval.estimate:+.4f} nats/token, 95% CI "
+                f"[{interval.low:+.4f}, {interval.high:+.4f}] includes 0 — within noise.")
+    better, worse = (name_a, name_b) if interval.estimate < 0 else (name_b, name_a)
+    return (f"{better} has lower loss than {worse} by {abs(interval.estimate):.4f} nats/token "
+            f"(95% CI of {name_a} − {name_b}: [{interval.low:+.4f}, {interval.high:+.4f}]).")
+
+
+# --- scaling law -------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class ScalingFit:
+    """L(N) = E + A · N^(−alpha), with a bootstrap interval on alpha."""
+
+    E: float
+    A: float
+    alpha: float
+    alpha_interval: Interval
+
+    def predict(self, n):
+        return self.E + self.A * np.power(np.asarray(n, np.float64), -self.alpha)
+
+
+def _fit_power_law(n: np.ndarray, loss: np.ndarray) -> tuple[float, float, float]:
+    from scipy.optimize import curve_fit
+
+    scale = n.min()
+    model = lambda x, E, A, alpha: E + A * np.power(x / scale, -alpha)
+    p0 = (max(loss.min() - 0.1, 0.0), max(loss.max() - loss.min(), 1e-3), 0.3)
+    (E, A_scaled, alpha), _ = curve_fit(model, n, loss, p0=p0, maxfev=20_000,
+                                        bounds=([0.0, 0.0, 0.0], [np.inf, np.inf, 5.0]))
+    return float(E), float(A_scaled * scale ** alpha), float(alpha)
+
+
+def fit_scaling_law(num_params, losses, num_replicates: int = 500, seed: int = 0) -> ScalingFit:
+    """Least-squares fit over (N, loss) points, several seeds per N allowed.
+
+    The interval on alpha resamples points within each size (keeping every size
+    present), so it reflects seed noise, not the choice of sizes.
+    """
+    n = np.asarray(num_params, np.float64)
+    loss = np.asarray(losses, np.float64)
+    sizes = np.unique(n)
+    if len(sizes) < 3:
+        raise ValueError(f"a scaling fit needs at least 3 model sizes, got {len(sizes)}")
+    E, A, alpha = _fit_power_law(n, loss)
+    rng = np.random.default_rng(seed)
+    groups = [np.flatnonzero(n == size) for size in sizes]
+    alphas = []
+    for _ in range(num_replicates):
+        idx = np.concatenate([rng.choice(g, size=len(g)) for g in groups])
+        try:
+            alphas.append(_fit_power_law(n[idx], loss[idx])[2])
+        except RuntimeError:  # a degenerate resample that does not converge
+            continue
+    low, high = np.percentile(alphas, [2.5, 97.5]) if alphas else (np.nan, np.nan)
+    return ScalingFit(E, A, alpha, Interval(alpha, float(low), float(high)))
