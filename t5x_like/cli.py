@@ -14,6 +14,10 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "size": ("t5x_like.size", "parameter counts and FLOPs of gin model configs"),
     "vocab": ("t5x_like.data.vocab_cli", "train a SentencePiece vocabulary on a task"),
     "train": ("t5x_like.train", "train a model from gin files"),
+    "compare": ("t5x_like.compare", "run an architecture-comparison grid and write its report"),
+    "eval": ("t5x_like.eval", "evaluate a checkpoint on a task (metrics table + JSON)"),
+    "convert": ("t5x_like.interop.convert", "import/export Hugging Face T5 and GPT-2 checkpoints"),
+    "analyze-attention": ("t5x_like.analyze_attention", "rank and entropy of every attention head"),
 }
 
 
