@@ -12,9 +12,12 @@ checkpoint. Then `report.py` turns the records into report.md, results.json,
 results.csv, loss_curves.png and metrics/.
 
 The shared metric: the negative log-likelihood per target token of the
-experiment's `eval_task` validation examples (the same examples, in the same
-order, for every arm), given each example's inputs. Every layout with a
-decoder can be scored on it; encoder-only (MLM) arms report their own loss only.
+`eval_task` validation examples (the same examples, in the same order, for
+every arm with that eval task), given each example's inputs. Every layout
+with a decoder can be scored on a prefix-LM task; encoder-only arms are
+scored on an MLM task (NLL of the masked tokens). Arms are compared with the
+reference arm of their eval task (the experiment's reference_arm, or the
+first arm with that eval task).
 
 Matching claims: an arm may claim its size and cost relative to the
 reference arm, T5 Table 2 style: `'claims': {'params': 'P', 'flops': 'M'}`,
@@ -83,6 +86,7 @@ class Arm:
     task: str | None = None
     claims: dict = dataclasses.field(default_factory=dict)
     group: str | None = None
+    eval_task: str | None = None  # default: the experiment's
     inputs_length: int | None = None
     targets_length: int | None = None
 
@@ -201,10 +205,13 @@ def run_cell(experiment: Experiment, cell: Cell) -> dict:
     result = train_lib.train(config)
     if result.stopped_by_signal:
         raise KeyboardInterrupt(f"{cell.label} stopped by a signal; rerun the same command to resume")
-    shared = score_shared_metric(experiment, config) if experiment.eval_task else None
+    eval_task = cell.arm.eval_task or experiment.eval_task
     inputs_length, targets_length = arm_lengths(experiment, cell.arm)
+    shared = (score_shared_metric(config, eval_task, inputs_length, targets_length, experiment.eval_examples)
+              if eval_task else None)
     record = {
         "arm": cell.arm.name, "seed": cell.seed, "group": cell.arm.group or cell.arm.name,
+        "eval_task": eval_task,
         "layout": config.model.config.layout, "task": config.mixture_or_task_name,
         **{k: v for k, v in sizing.summary(config.model.config, inputs_length, targets_length).items()
            if k != "layout"},
@@ -220,7 +227,8 @@ def run_cell(experiment: Experiment, cell: Cell) -> dict:
     return record
 
 
-def score_shared_metric(experiment: Experiment, config) -> list[float] | None:
+def score_shared_metric(config, eval_task: str, inputs_length: int, targets_length: int,
+                        num_examples: int) -> list[float]:
     """Per-example mean NLL of the eval task's target tokens, for the first eval_examples."""
     import flax.linen as nn
     import jax
@@ -228,14 +236,11 @@ def score_shared_metric(experiment: Experiment, config) -> list[float] | None:
     from t5x_like import checkpoints, data
 
     model = config.model
-    if model.config.layout == "encoder_only":
-        return None
-    lengths = data.matched_feature_lengths(model.config.layout, experiment.inputs_length,
-                                           experiment.targets_length)
+    lengths = data.matched_feature_lengths(model.config.layout, inputs_length, targets_length)
     abstract = jax.eval_shape(lambda: nn.unbox(model.init(jax.random.PRNGKey(0),
                                                           model.dummy_batch(1, lengths))["params"]))
     params = checkpoints.restore_params(config.model_dir, abstract)
-    dataset = data.get_dataset(experiment.eval_task, lengths, split="validation", layout=model.config.layout,
+    dataset = data.get_dataset(eval_task, lengths, split="validation", layout=model.config.layout,
                                batch_size=16, shuffle=False, seed=0, pack=False, num_epochs=1)
     score = jax.jit(model.score)
     per_example: list[float] = []
@@ -244,12 +249,11 @@ def score_shared_metric(experiment: Experiment, config) -> list[float] | None:
         _, weights = model.targets_and_weights(batch)
         tokens = np.maximum(np.asarray(weights).sum(-1), 1.0)
         per_example.extend((-log_likelihood / tokens).tolist())
-        if len(per_example) >= experiment.eval_examples:
+        if len(per_example) >= num_examples:
             break
-    if len(per_example) < experiment.eval_examples:
-        log.warning("%s has only %d validation examples (asked %d)", experiment.eval_task,
-                    len(per_example), experiment.eval_examples)
-    return per_example[: experiment.eval_examples]
+    if len(per_example) < num_examples:
+        log.warning("%s has only %d validation examples (asked %d)", eval_task, len(per_example), num_examples)
+    return per_example[:num_examples]
 
 
 def run_grid(experiment: Experiment, gin_files: list[str], bindings: list[str]) -> list[dict]:

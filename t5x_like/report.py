@@ -65,7 +65,8 @@ def build_results(experiment, size_rows: dict, records: list[dict]) -> dict:
     arms = []
     for arm in experiment.arms:
         runs = sorted(by_arm.get(arm.name, []), key=lambda r: r["seed"])
-        row = {"arm": arm.name, "claims": arm.claims, **size_rows[arm.name], "seeds": [r["seed"] for r in runs]}
+        row = {"arm": arm.name, "claims": arm.claims, **size_rows[arm.name], "seeds": [r["seed"] for r in runs],
+               "eval_task": arm.eval_task or experiment.eval_task}
         if runs:
             own = [r["final_eval_metrics"].get("loss") for r in runs if r.get("final_eval_metrics")]
             row["own_objective_eval_loss"] = float(np.mean(own)) if own else None
@@ -101,12 +102,25 @@ def _shared_matrix(records: list[dict], arm: str) -> np.ndarray | None:
     return np.asarray([r[:n] for r in rows])
 
 
+def reference_arms(experiment) -> dict[str, str]:
+    """Reference arm per eval task: the experiment's reference_arm where it shares
+    the eval task, otherwise the first arm with that eval task."""
+    eval_task = lambda arm: arm.eval_task or experiment.eval_task
+    references = {}
+    for arm in experiment.arms:
+        references.setdefault(eval_task(arm), arm.name)
+    if experiment.reference_arm:
+        chosen = next(a for a in experiment.arms if a.name == experiment.reference_arm)
+        references[eval_task(chosen)] = chosen.name
+    return references
+
+
 def _differences(experiment, records: list[dict]) -> list[dict]:
-    reference = experiment.reference_arm or experiment.arms[0].name
-    ref = _shared_matrix(records, reference)
+    references = reference_arms(experiment)
     out = []
     for arm in experiment.arms:
-        other = _shared_matrix(records, arm.name)
+        reference = references[arm.eval_task or experiment.eval_task]
+        ref, other = _shared_matrix(records, reference), _shared_matrix(records, arm.name)
         if arm.name == reference or ref is None or other is None:
             continue
         n = min(ref.shape[1], other.shape[1])
@@ -146,7 +160,8 @@ def render_markdown(results: dict) -> str:
     lines += [
         f"Training task `{results['task']}`, {results['train_steps']} steps × batch {results['batch_size']}, "
         f"seeds {results['seeds']}. Shared metric: NLL per target token on the first validation examples "
-        f"of `{results['eval_task']}` (the same examples for every arm), mean over seeds and examples "
+        f"of each arm's eval task (default `{results['eval_task']}`; the same examples for every arm with "
+        "that task), mean over seeds and examples "
         "with a 95% bootstrap interval over both. P and M are the reference arm's "
         f"(`{ref}`) non-embedding parameters and training FLOPs per example.", "",
         "## How the arms were matched", "",
@@ -158,13 +173,13 @@ def render_markdown(results: dict) -> str:
                      f"| {a['params_ratio']:.3f} | {a['train_flops_per_example']:.3e} | {a['flops_ratio']:.3f} "
                      f"| {claims} | {a.get('tokens_seen', 0):,} |")
     lines += ["", "## Results", "",
-              "| arm | shared NLL/token [95% CI] | own objective eval loss (mean over seeds) | convergence |",
-              "|---|---|---|---|"]
+              "| arm | eval task | shared NLL/token [95% CI] | own objective eval loss (mean over seeds) | convergence |",
+              "|---|---|---|---|---|"]
     for a in results["arms"]:
         own = a.get("own_objective_eval_loss")
-        lines.append(f"| {a['arm']} | {_fmt_interval(a.get('shared_nll'))} | "
+        lines.append(f"| {a['arm']} | {a['eval_task']} | {_fmt_interval(a.get('shared_nll'))} | "
                      f"{'—' if own is None else f'{own:.4f}'} | {a.get('convergence', '—')} |")
-    lines += ["", "## Differences (arm − reference, shared metric)", ""]
+    lines += ["", "## Differences (arm − reference of its eval task, shared metric)", ""]
     lines += [f"- {d['sentence']}" for d in results["differences"]] or ["- (no shared-metric scores)"]
     if results.get("scaling"):
         lines += ["", "## Scaling fits L(N) = E + A·N^(−α)", "", "| group | α [95% CI] | E | A |", "|---|---|---|---|"]
