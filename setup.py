@@ -34,7 +34,7 @@ EXTRAS = {
     "cuda": ["jax[cuda12]==0.10.2"],
     "tpu": ["jax[tpu]==0.10.2"],
     # Only the Hugging Face converter and its tests use these.
-    "hf": ["torch==2.13.0", "transformers", "safetensors"],
+    "hf": ["torch==2.13.0", "transformers==5.24.0", "safetensors==0.8.0"],
 }
 
 setuptools.setup(

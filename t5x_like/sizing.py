@@ -15,7 +15,8 @@ FLOPs conventions (stated once here, used everywhere):
 - Training = 3 × forward (the backward pass costs about twice the forward).
 - Layout token flow: decoder-only and prefix-LM run one stack over
   inputs+targets; an encoder-decoder runs the encoder over the inputs and the
-  decoder (with cross-attention) over the targets; encoder-only over its input.
+  decoder (with cross-attention) over the targets; encoder-only (MLM) over
+  inputs+targets, the whole text, as `data.matched_feature_lengths` feeds it.
   This is why a 12+12 encoder-decoder and a 12-layer decoder-only model cost
   about the same (T5 Table 2's M) while the former has twice the parameters.
 - Decoding, per generated token with a KV cache: the decoder's per-token
@@ -122,8 +123,8 @@ def stack_lengths(config: TransformerConfig, inputs_length: int, targets_length:
     """How many positions each stack runs over, per example."""
     if config.layout == "encoder_decoder":
         return {"encoder": inputs_length, "decoder": targets_length}
-    if config.layout == "encoder_only":
-        return {"encoder": inputs_length or targets_length}
+    if config.layout == "encoder_only":  # MLM over the whole text (data.matched_feature_lengths)
+        return {"encoder": inputs_length + targets_length}
     return {"decoder": inputs_length + targets_length}
 
 

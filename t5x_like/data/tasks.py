@@ -1,0 +1,338 @@
+"""Registers every seqio task and mixture; nothing is read until a dataset is built.
+
+Owns: the data sources (in-memory lists from `corpora.py`, prepared TFDS
+directories, local text/JSONL files), the registration of pretraining tasks
+(one per objective, plus the UL2 mixture) and of the downstream tasks with
+their metrics. Importing this module registers:
+
+  shakespeare_{causal_lm,prefix_lm,span_corruption,mlm}, shakespeare_ul2 (mixture)
+  {c4,wikitext103,lm1b}_{causal_lm,prefix_lm,span_corruption,mlm}, {c4,...}_ul2
+  sentiment_finefood, sentiment_finefood_rank, translation_en_es_bible,
+  probe_copy, probe_reverse, probe_sort, probe_addition
+
+All features use the default byte vocabulary with add_eos=True.
+"""
+from __future__ import annotations
+
+import functools
+import glob as globlib
+import logging
+import os
+import re
+import zlib
+from typing import Callable, Mapping, Sequence
+
+import gin
+import numpy as np
+import seqio
+import tensorflow as tf
+
+from t5x_like.data import corpora, metrics, objectives
+from t5x_like.data import vocab as vocab_lib
+
+log = logging.getLogger(__name__)
+
+SHUFFLE_BUFFER = 1_000  # sources already permute whole documents; this mixes their pieces
+PRETRAINING_OBJECTIVES = ("causal_lm", "prefix_lm", "span_corruption", "mlm")
+
+# ---------------------------------------------------------------- sources
+
+
+class InMemorySource(seqio.FunctionDataSource):
+    """Rows from a Python function of the split; shuffling permutes all rows by seed.
+
+    `salt` makes sources that share rows (the UL2 denoisers) visit them in
+    different orders under the same seed.
+    """
+
+    def __init__(self, rows_fn: Callable[[str], Sequence], columns: Sequence[str],
+                 splits: Sequence[str], salt: str = ""):
+        self._rows_fn, self._columns = rows_fn, tuple(columns)
+        self._salt = zlib.crc32(salt.encode("utf-8"))
+        super().__init__(dataset_fn=self._dataset_fn, splits=tuple(splits))
+
+    def _dataset_fn(self, split: str, shuffle_files: bool, seed: int | None = None) -> tf.data.Dataset:
+        rows = list(self._rows_fn(split))
+        if not rows:
+            raise ValueError(f"split {split!r} of this source is empty")
+        if shuffle_files:
+            rng = np.random.RandomState(None if seed is None else [int(seed) % 2**32, self._salt])
+            rows = [rows[i] for i in rng.permutation(len(rows))]
+        if len(self._columns) == 1:
+            return tf.data.Dataset.from_tensor_slices({self._columns[0]: [str(r) for r in rows]})
+        columns = {c: [r[i] for r in rows] for i, c in enumerate(self._columns)}
+        return tf.data.Dataset.from_tensor_slices(columns)
+
+    def get_dataset(self, split: str = "train", shuffle: bool = True, seed: int | None = None,
+                    shard_info: seqio.ShardInfo | None = None, **unused) -> tf.data.Dataset:
+        if shard_info and shard_info.num_shards > 1:
+            raise ValueError("InMemorySource shards at the examples (seqio does this when "
+                             "list_shards has fewer shards than requested)")
+        if split not in self.splits:
+            raise ValueError(f"unknown split {split!r}; this source has {self.splits}")
+        return self._dataset_fn(split, shuffle, seed)
+
+
+class TfdsDataMissingError(FileNotFoundError):
+    """A TFDS dataset is not prepared on disk; the message says where we looked and what to do."""
+
+
+@gin.configurable
+def tfds_data_dir(data_dir: str | None = None) -> str:
+    """Where prepared TFDS datasets live: gin, else $TFDS_DATA_DIR, else ~/tensorflow_datasets."""
+    return os.path.expanduser(data_dir or os.environ.get("TFDS_DATA_DIR") or "~/tensorflow_datasets")
+
+
+_VERSION = re.compile(r"^\d+\.\d+\.\d+$")
+
+
+def prepared_tfds_dir(dataset: str, data_dir: str) -> str:
+    """Directory of a prepared TFDS dataset ("name[/config][:version]"), newest version first."""
+    name, _, version = dataset.partition(":")
+    base = os.path.join(data_dir, *name.split("/"))
+    candidates = [os.path.join(base, version)] if version else sorted(
+        (d for d in globlib.glob(os.path.join(base, "*")) if _VERSION.match(os.path.basename(d))),
+        key=lambda d: tuple(int(x) for x in os.path.basename(d).split(".")), reverse=True)
+    for candidate in candidates:
+        if os.path.exists(os.path.join(candidate, "dataset_info.json")):
+            return candidate
+    raise TfdsDataMissingError(
+        f"TFDS dataset {dataset!r} is not prepared under {data_dir} (looked for "
+        f"{os.path.join(base, version or '<version>', 'dataset_info.json')}). This code never "
+        f"downloads: prepare it where there is network access (`tfds build {name} --data_dir DIR`, "
+        "or for local text tfds.dataset_builders.store_as_tfds_dataset; see docs/data.md), copy DIR "
+        "here and set TFDS_DATA_DIR=DIR or --gin.t5x_like.data.tasks.tfds_data_dir.data_dir=DIR.")
+
+
+def tfds_text_source(dataset: str, text_key: str, splits: Mapping[str, str]) -> seqio.FunctionDataSource:
+    """A source reading `text_key` of a prepared TFDS dataset; checks the files before reading."""
+
+    def dataset_fn(split: str, shuffle_files: bool, seed: int | None = None) -> tf.data.Dataset:
+        import tensorflow_datasets as tfds
+
+        path = prepared_tfds_dir(dataset, tfds_data_dir())
+        builder = tfds.builder_from_directory(path)
+        if splits[split] not in builder.info.splits:
+            raise TfdsDataMissingError(f"TFDS dataset at {path} has splits {list(builder.info.splits)}, "
+                                       f"not {splits[split]!r}")
+        ds = builder.as_dataset(split=splits[split], shuffle_files=shuffle_files,
+                                read_config=tfds.ReadConfig(shuffle_seed=seed))
+        if text_key not in ds.element_spec:
+            raise ValueError(f"TFDS dataset at {path} has no feature {text_key!r}: {list(ds.element_spec)}")
+        return ds.map(lambda x: {"text": x[text_key]}, num_parallel_calls=tf.data.AUTOTUNE)
+
+    return seqio.FunctionDataSource(dataset_fn=dataset_fn, splits=tuple(splits))
+
+
+# ---------------------------------------------------------------- helpers
+
+def _features(vocabulary: seqio.Vocabulary, with_inputs: bool) -> dict[str, seqio.Feature]:
+    feature = seqio.Feature(vocabulary, add_eos=True)
+    return {"inputs": feature, "targets": feature} if with_inputs else {"targets": feature}
+
+
+def _add_task(name: str, **kwargs) -> seqio.Task:
+    if name in seqio.TaskRegistry.names():
+        log.info("re-registering seqio task %s", name)
+        seqio.TaskRegistry.remove(name)
+    return seqio.TaskRegistry.add(name, **kwargs)
+
+
+def _add_mixture(name: str, tasks: list) -> seqio.Mixture:
+    if name in seqio.MixtureRegistry.names():
+        seqio.MixtureRegistry.remove(name)
+    return seqio.MixtureRegistry.add(name, tasks)
+
+
+_TOKENIZE = functools.partial(seqio.preprocessors.tokenize, copy_pretokenized=False)
+_TEXT_TO_TARGETS = functools.partial(seqio.preprocessors.rekey, key_map={"targets": "text"})
+
+
+@gin.configurable
+def ul2_mixing_rates(rates: Sequence[float] = objectives.UL2_DEFAULT_RATES) -> tuple[float, ...]:
+    """Rate of each UL2 denoiser, in the order of objectives.UL2_DENOISERS (gin-configurable)."""
+    if len(rates) != len(objectives.UL2_DENOISERS) or min(rates) < 0 or not sum(rates):
+        raise ValueError(f"need {len(objectives.UL2_DENOISERS)} non-negative rates, not all 0; got {rates}")
+    return tuple(float(r) for r in rates)
+
+
+def _ul2_rate(index: int, task: seqio.Task) -> float:
+    del task
+    return ul2_mixing_rates()[index]
+
+
+# ---------------------------------------------------------------- pretraining
+
+
+def register_pretraining_tasks(corpus: str, make_source: Callable[[str], seqio.DataSource],
+                               vocabulary: seqio.Vocabulary | None = None,
+                               objective_names: Sequence[str] = PRETRAINING_OBJECTIVES + ("ul2",)) -> list[str]:
+    """Registers {corpus}_{objective} for each objective; "ul2" is a mixture of its denoisers.
+
+    make_source(salt) returns the corpus's source (rows with a "text" field).
+    """
+    vocabulary = vocabulary or vocab_lib.default_vocabulary()
+    names = []
+    for objective in objective_names:
+        name = f"{corpus}_{objective}"
+        if objective == "ul2":
+            register_ul2_mixture(name, make_source, vocabulary)
+        elif objective in objectives.OBJECTIVES:
+            _add_task(name, source=make_source(name),
+                      preprocessors=[_TEXT_TO_TARGETS, _TOKENIZE,
+                                     *objectives.OBJECTIVES[objective](vocabulary=vocabulary)],
+                      output_features=_features(vocabulary, objective in objectives.OBJECTIVES_WITH_INPUTS),
+                      metric_fns=[], shuffle_buffer_size=SHUFFLE_BUFFER)
+        else:
+            raise ValueError(f"unknown objective {objective!r}; expected one of "
+                             f"{tuple(objectives.OBJECTIVES) + ('ul2',)}")
+        names.append(name)
+    return names
+
+
+def register_ul2_mixture(name: str, make_source: Callable[[str], seqio.DataSource],
+                         vocabulary: seqio.Vocabulary | None = None) -> seqio.Mixture:
+    """A task per UL2 denoiser ({name}_{denoiser}) and the mixture `name` over them,
+    at rates from ul2_mixing_rates() (read when the dataset is built)."""
+    vocabulary = vocabulary or vocab_lib.default_vocabulary()
+    members = []
+    for index, denoiser in enumerate(objectives.UL2_DENOISERS):
+        task_name = f"{name}_{denoiser.name}"
+        _add_task(task_name, source=make_source(task_name),
+                  preprocessors=[_TEXT_TO_TARGETS, _TOKENIZE, *denoiser.preprocessors(vocabulary)],
+                  output_features=_features(vocabulary, True), metric_fns=[],
+                  shuffle_buffer_size=SHUFFLE_BUFFER)
+        members.append((task_name, functools.partial(_ul2_rate, index)))
+    return _add_mixture(name, members)
+
+
+def _shakespeare_source(salt: str) -> InMemorySource:
+    return InMemorySource(corpora.shakespeare_documents, ["text"], corpora.SPLITS, salt)
+
+
+@gin.configurable
+def register_text_files_task(name: str, glob: str | Mapping[str, str], objective: str = "causal_lm",
+                             text_key: str = "text", max_chars: int = corpora.DOCUMENT_CHARS) -> list[str]:
+    """Registers a pretraining task (or UL2 mixture) named `name` over local files.
+
+    glob: one pattern (the "train" split) or {split: pattern}. .txt files are
+    grouped into documents of about max_chars by paragraphs; .jsonl files give
+    one document per line (field `text_key`). A pattern that matches nothing is
+    an error now, naming the pattern. Returns the registered task names.
+    """
+    patterns = {"train": glob} if isinstance(glob, str) else dict(glob)
+    for split, pattern in patterns.items():
+        if split not in corpora.SPLITS:
+            raise ValueError(f"unknown split {split!r} in glob mapping; expected {corpora.SPLITS}")
+        corpora.list_files(pattern)  # fail early, with the pattern in the message
+
+    def rows(split: str) -> list[str]:
+        return corpora.documents_from_files(patterns[split], text_key, max_chars)
+
+    make_source = lambda salt: InMemorySource(rows, ["text"], tuple(patterns), salt)
+    vocabulary = vocab_lib.default_vocabulary()
+    if objective == "ul2":
+        register_ul2_mixture(name, make_source, vocabulary)
+        return [name]
+    if objective not in objectives.OBJECTIVES:
+        raise ValueError(f"unknown objective {objective!r}; expected one of "
+                         f"{tuple(objectives.OBJECTIVES) + ('ul2',)}")
+    _add_task(name, source=make_source(name),
+              preprocessors=[_TEXT_TO_TARGETS, _TOKENIZE, *objectives.OBJECTIVES[objective](vocabulary=vocabulary)],
+              output_features=_features(vocabulary, objective in objectives.OBJECTIVES_WITH_INPUTS),
+              metric_fns=[], shuffle_buffer_size=SHUFFLE_BUFFER)
+    return [name]
+
+
+# name -> (TFDS dataset, text feature, our split -> TFDS split)
+TFDS_CORPORA = {
+    "c4": ("c4/en", "text", {"train": "train", "validation": "validation"}),
+    "wikitext103": ("wikitext103", "text", {"train": "train", "validation": "validation", "test": "test"}),
+    "lm1b": ("lm1b", "text", {"train": "train", "test": "test"}),
+}
+
+# ---------------------------------------------------------------- downstream
+
+
+SENTIMENT_PREFIX = "sentiment review: "
+TRANSLATION_PREFIX = "translate English to Spanish: "
+
+
+@seqio.map_over_dataset
+def _sentiment_text(x):
+    return {"inputs": tf.strings.join([SENTIMENT_PREFIX, x["review"]]), "targets": x["label"],
+            "idx": x["idx"]}
+
+
+def rank_classification(dataset: tf.data.Dataset,
+                        choices: Sequence[str] = corpora.SENTIMENT_LABELS) -> tf.data.Dataset:
+    """One example per (example, choice): targets = the choice, with idx and is_correct."""
+    choices_t = tf.constant(list(choices))
+
+    def expand(x):
+        return tf.data.Dataset.from_tensor_slices({
+            "inputs": tf.fill([len(choices)], x["inputs"]),
+            "targets": choices_t,
+            "idx": tf.fill([len(choices)], x["idx"]),
+            "is_correct": tf.equal(choices_t, x["targets"]),
+        })
+
+    return dataset.flat_map(expand)
+
+
+def rank_classification_targets(output, example=None, is_target: bool = False):
+    """postprocess_fn: a target becomes (idx, is_correct) for metrics.rank_classification_accuracy."""
+    if is_target:
+        return int(example["idx"]), bool(example["is_correct"])
+    return output
+
+
+def _finefood_rows(split: str) -> list[tuple[str, str, int]]:
+    return [(review, label, i) for i, (review, label) in enumerate(corpora.finefood_reviews(split))]
+
+
+@seqio.map_over_dataset
+def _translation_text(x):
+    return {"inputs": tf.strings.join([TRANSLATION_PREFIX, x["english"]]), "targets": x["spanish"]}
+
+
+def register_downstream_tasks(vocabulary: seqio.Vocabulary | None = None) -> list[str]:
+    vocabulary = vocabulary or vocab_lib.default_vocabulary()
+    features = _features(vocabulary, True)
+    tokenize = [seqio.preprocessors.tokenize, seqio.preprocessors.append_eos_after_trim]
+    sentiment_source = InMemorySource(_finefood_rows, ["review", "label", "idx"], corpora.SPLITS)
+    _add_task("sentiment_finefood", source=sentiment_source,
+              preprocessors=[_sentiment_text, *tokenize], output_features=features,
+              metric_fns=[metrics.accuracy])
+    _add_task("sentiment_finefood_rank", source=sentiment_source,
+              preprocessors=[_sentiment_text, rank_classification, *tokenize], output_features=features,
+              postprocess_fn=rank_classification_targets,
+              metric_fns=[metrics.rank_classification_accuracy])
+    _add_task("translation_en_es_bible",
+              source=InMemorySource(corpora.bible_pairs, ["english", "spanish"], corpora.SPLITS),
+              preprocessors=[_translation_text, *tokenize], output_features=features,
+              metric_fns=[metrics.bleu])
+    names = ["sentiment_finefood", "sentiment_finefood_rank", "translation_en_es_bible"]
+    for kind in corpora.PROBES:
+        _add_task(f"probe_{kind}",
+                  source=InMemorySource(functools.partial(corpora.probe_examples, kind),
+                                        ["inputs", "targets"], corpora.SPLITS),
+                  preprocessors=tokenize, output_features=features,
+                  metric_fns=[metrics.exact_match])
+        names.append(f"probe_{kind}")
+    return names
+
+
+def register_all() -> None:
+    register_pretraining_tasks("shakespeare", _shakespeare_source)
+    for corpus, (dataset, text_key, splits) in TFDS_CORPORA.items():
+        register_pretraining_tasks(
+            corpus, lambda salt, d=dataset, k=text_key, s=splits: tfds_text_source(d, k, s))
+    register_downstream_tasks()
+
+
+def task_has_inputs(mixture_or_task_name: str) -> bool:
+    return "inputs" in seqio.get_mixture_or_task(mixture_or_task_name).output_features
+
+
+register_all()

@@ -1,0 +1,125 @@
+"""Vocabularies and the ids of the special tokens every objective uses.
+
+Owns: the default vocabulary (UTF-8 bytes, no download), the layout of its
+extra ids (span-corruption sentinels, UL2 mode tokens, the MLM mask token),
+loading a locally trained SentencePiece model, and decoding ids with those
+special tokens spelled out. Training a SentencePiece model is `vocab_cli.py`.
+
+Extra ids follow seqio/T5: they sit at the top of the vocabulary and are
+numbered downwards, so `<extra_id_0>` is `vocab_size - 1`. Here:
+
+  extra id 0..99   span-corruption sentinels (<extra_id_0> ... <extra_id_99>)
+  extra id 100     [NLU]  UL2 R-denoiser mode token
+  extra id 101     [S2S]  UL2 S-denoiser mode token
+  extra id 102     [NLG]  UL2 X-denoiser mode token
+  extra id 103     [MASK] BERT-style MLM mask token
+  extra id 104..   reserved (pads the byte vocabulary to 384 = the models' default)
+
+The byte vocabulary is 3 specials (pad 0, eos 1, unk 2) + 256 bytes + 125
+extra ids = 384 ids.
+"""
+from __future__ import annotations
+
+import functools
+import os
+
+import gin
+import seqio
+
+NUM_SENTINELS = 100
+MODE_TOKENS = ("[NLU]", "[S2S]", "[NLG]")
+MASK_TOKEN = "[MASK]"
+NUM_EXTRA_IDS = 125           # 100 sentinels + 3 modes + mask + 21 reserved
+DEFAULT_VOCAB_SIZE = 384      # 3 + 256 + NUM_EXTRA_IDS
+_MODE_EXTRA_ID = {name: NUM_SENTINELS + i for i, name in enumerate(MODE_TOKENS)}
+_MASK_EXTRA_ID = NUM_SENTINELS + len(MODE_TOKENS)
+# UL2 denoiser families -> the mode token the released checkpoint uses.
+MODE_OF_DENOISER = {"R": "[NLU]", "S": "[S2S]", "X": "[NLG]"}
+
+
+@functools.lru_cache(maxsize=1)
+def default_vocabulary() -> seqio.ByteVocabulary:
+    """UTF-8 bytes with NUM_EXTRA_IDS extra ids; vocab_size == 384."""
+    return seqio.ByteVocabulary(extra_ids=NUM_EXTRA_IDS)
+
+
+@gin.configurable
+def sentencepiece_vocabulary(path: str, extra_ids: int = NUM_EXTRA_IDS) -> seqio.SentencePieceVocabulary:
+    """A SentencePiece model trained by `t5x-like vocab`, with our extra-id layout."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(
+            f"SentencePiece model {path!r} does not exist; train it with "
+            "`t5x-like vocab --task shakespeare_causal_lm --size 8000 --out DIR`")
+    return seqio.SentencePieceVocabulary(path, extra_ids=extra_ids)
+
+
+def _check_extra_ids(vocabulary: seqio.Vocabulary, needed: int) -> None:
+    if vocabulary.extra_ids < needed:
+        raise ValueError(
+            f"vocabulary has {vocabulary.extra_ids} extra ids; the objectives need "
+            f"{needed} (use default_vocabulary() or extra_ids={NUM_EXTRA_IDS})")
+
+
+def extra_id(k: int, vocabulary: seqio.Vocabulary | None = None) -> int:
+    """Id of <extra_id_k> (seqio numbering: from the top of the vocabulary down)."""
+    vocabulary = vocabulary or default_vocabulary()
+    _check_extra_ids(vocabulary, k + 1)
+    return vocabulary.vocab_size - 1 - k
+
+
+def sentinel_id(i: int, vocabulary: seqio.Vocabulary | None = None) -> int:
+    """Id of the i-th span-corruption sentinel, 0 <= i < NUM_SENTINELS."""
+    if not 0 <= i < NUM_SENTINELS:
+        raise ValueError(f"sentinel index {i} outside [0, {NUM_SENTINELS})")
+    return extra_id(i, vocabulary)
+
+
+def sentinel_ids(vocabulary: seqio.Vocabulary | None = None) -> list[int]:
+    return [sentinel_id(i, vocabulary) for i in range(NUM_SENTINELS)]
+
+
+def mode_token_id(mode: str, vocabulary: seqio.Vocabulary | None = None) -> int:
+    """Id of a UL2 mode token; `mode` is "[NLU]"/"[S2S]"/"[NLG]" or the family "R"/"S"/"X"."""
+    name = MODE_OF_DENOISER.get(mode, mode)
+    if name not in _MODE_EXTRA_ID:
+        raise ValueError(f"unknown mode {mode!r}; expected one of {MODE_TOKENS} or R/S/X")
+    return extra_id(_MODE_EXTRA_ID[name], vocabulary)
+
+
+def mask_id(vocabulary: seqio.Vocabulary | None = None) -> int:
+    """Id of the BERT [MASK] token."""
+    return extra_id(_MASK_EXTRA_ID, vocabulary)
+
+
+def regular_id_range(vocabulary: seqio.Vocabulary | None = None) -> tuple[int, int]:
+    """[low, high) of ordinary tokens (no pad/eos/unk, no extra ids): MLM's random replacements."""
+    vocabulary = vocabulary or default_vocabulary()
+    return 3, vocabulary.vocab_size - vocabulary.extra_ids
+
+
+def special_token_names(vocabulary: seqio.Vocabulary | None = None) -> dict[int, str]:
+    """id -> printable name of every sentinel, mode and mask token."""
+    names = {sentinel_id(i, vocabulary): f"<extra_id_{i}>" for i in range(NUM_SENTINELS)}
+    names.update({mode_token_id(m, vocabulary): m for m in MODE_TOKENS})
+    names[mask_id(vocabulary)] = MASK_TOKEN
+    return names
+
+
+def decode_with_special_tokens(ids, vocabulary: seqio.Vocabulary | None = None) -> str:
+    """Decodes ids, writing sentinels/modes/mask by name; stops at EOS, drops padding."""
+    vocabulary = vocabulary or default_vocabulary()
+    names = special_token_names(vocabulary)
+    pieces, run = [], []
+    for i in (int(x) for x in ids):
+        if i == vocabulary.eos_id:
+            break
+        if i == vocabulary.pad_id:
+            continue
+        if i in names:
+            pieces.append(vocabulary.decode(run) if run else "")
+            pieces.append(names[i])
+            run = []
+        else:
+            run.append(i)
+    pieces.append(vocabulary.decode(run) if run else "")
+    return "".join(pieces)
