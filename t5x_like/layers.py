@@ -153,7 +153,21 @@ class MultiHeadAttention(nn.Module):
 
     mask: [B or 1, H or 1, Lq, Lk], True = may attend (see masks.py).
     bias: [B or 1, H or 1, Lq, Lk] added to the logits (relative position, ALiBi).
-    query_positions / key_positions: [B, L], used only for RoPE.
+    query_positions / key_positions: [B, L], used for RoPE (and, when decoding,
+    as the cache slot of each query).
+
+    Key/value cache for generation (flax collection 'cache', see decoding.py):
+      kv_cache=None       no cache (training, scoring).
+      kv_cache="prefill"  attend as usual and store this call's keys/values.
+                          Self-attention (cache_length given) stores them in
+                          `cache_length` slots, slot = position 0..L-1; cross-
+                          attention (cache_length None) stores the encoder's.
+      kv_cache="step"     one query per row at position query_positions[:, 0].
+                          Self-attention writes its key/value into that slot
+                          and attends over all slots (the caller's mask hides
+                          unwritten ones); cross-attention reuses the stored
+                          encoder keys/values and ignores inputs_kv.
+    Keys are cached after RoPE, so a cached key never needs re-rotating.
     """
 
     config: TransformerConfig
@@ -161,15 +175,23 @@ class MultiHeadAttention(nn.Module):
 
     @nn.compact
     def __call__(self, inputs_q: Array, inputs_kv: Array, mask: Array, bias: Array | None = None,
-                 query_positions: Array | None = None, key_positions: Array | None = None) -> Array:
+                 query_positions: Array | None = None, key_positions: Array | None = None,
+                 kv_cache: str | None = None, cache_length: int | None = None) -> Array:
         cfg = self.config
         heads_kv = (cfg.num_heads, cfg.head_dim)
         project = lambda name: dense(cfg, heads_kv, ("embed", "heads", "kv"), name)
-        query, key, value = project("query")(inputs_q), project("key")(inputs_kv), project("value")(inputs_kv)
+        cross_step = kv_cache == "step" and cache_length is None
+        query = project("query")(inputs_q)
+        if cross_step:  # the encoder's keys/values were projected once, at prefill
+            key, value = self._cache_variable("cached_key").value, self._cache_variable("cached_value").value
+        else:
+            key, value = project("key")(inputs_kv), project("value")(inputs_kv)
         query, key, value = (constrain(t, BATCH_LENGTH_HEADS_KV) for t in (query, key, value))
         if self.use_rope:
             query = position_lib.apply_rope(query, query_positions, cfg.rope_max_wavelength)
             key = position_lib.apply_rope(key, key_positions, cfg.rope_max_wavelength)
+        if kv_cache is not None and not cross_step:
+            key, value = self._update_cache(key, value, kv_cache, cache_length, query_positions)
         scale = cfg.head_dim ** -0.5 if cfg.scale_attention_by_head_dim else 1.0
         if cfg.attention_kernel == "dot_product_attention":
             # Lets XLA / cuDNN pick a fused kernel; it has no attention-probability dropout.
@@ -182,6 +204,35 @@ class MultiHeadAttention(nn.Module):
         out = constrain(out, BATCH_LENGTH_HEADS_KV)
         return dense(cfg, cfg.d_model, ("heads", "kv", "embed"), "out", num_contracted=2)(out)
 
+    def _cache_variable(self, name: str, initial: Array | None = None):
+        if initial is None and not self.has_variable("cache", name):
+            raise ValueError(f"{self.path}: no cached '{name}'; run a prefill (kv_cache='prefill') "
+                             "before decoding steps, and pass the 'cache' collection back in")
+        return self.variable("cache", name, lambda: initial)
+
+    def _update_cache(self, key, value, kv_cache, cache_length, positions):
+        """Stores (prefill) or extends by one slot (step) the cached keys/values; returns what to attend over."""
+        if kv_cache == "prefill":
+            if cache_length is not None:  # self-attention: room for the tokens still to come
+                if key.shape[1] > cache_length:
+                    raise ValueError(f"prefill of {key.shape[1]} positions exceeds cache_length={cache_length}")
+                pad = [(0, 0), (0, cache_length - key.shape[1]), (0, 0), (0, 0)]
+                self._cache_variable("cached_key", jnp.zeros(())).value = jnp.pad(key, pad)
+                self._cache_variable("cached_value", jnp.zeros(())).value = jnp.pad(value, pad)
+            else:  # cross-attention: the encoder's keys/values, fixed from now on
+                self._cache_variable("cached_key", jnp.zeros(())).value = key
+                self._cache_variable("cached_value", jnp.zeros(())).value = value
+            return key, value
+        if kv_cache != "step":
+            raise ValueError(f"kv_cache={kv_cache!r}, expected None, 'prefill' or 'step'")
+        if key.shape[1] != 1:
+            raise ValueError(f"a decoding step takes one token per row, got {key.shape[1]}")
+        rows, slots = jnp.arange(key.shape[0]), positions[:, 0]
+        cached_key, cached_value = self._cache_variable("cached_key"), self._cache_variable("cached_value")
+        cached_key.value = cached_key.value.at[rows, slots].set(key[:, 0])
+        cached_value.value = cached_value.value.at[rows, slots].set(value[:, 0])
+        return cached_key.value, cached_value.value
+
     def _einsum_attention(self, query, key, value, mask, bias, scale):
         logits = jnp.einsum("bqhd,bkhd->bhqk", query, key,
                             preferred_element_type=jnp.float32) * scale
@@ -189,6 +240,8 @@ class MultiHeadAttention(nn.Module):
             logits = logits + bias.astype(jnp.float32)
         logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min * 0.5)
         weights = jax.nn.softmax(logits, axis=-1).astype(self.config.dtype)
+        # Kept only when 'intermediates' is mutable (attention analysis); free otherwise.
+        self.sow("intermediates", "attention_weights", weights)
         weights = nn.Dropout(self.config.dropout_rate)(weights, deterministic=not is_training(self))
         return jnp.einsum("bhqk,bkhd->bqhd", weights, value)
 
@@ -237,7 +290,8 @@ class Block(nn.Module):
     Cross-attention parameters are created only if the block is ever called
     with `encoded`, so the same block class serves encoders and decoders, and
     an encoder block reused by a decoder (shared encoder-decoder) gains just
-    its cross-attention.
+    its cross-attention. `kv_cache` / `cache_length` are MultiHeadAttention's
+    decoding arguments (self-attention gets both, cross-attention kv_cache only).
     """
 
     config: TransformerConfig
@@ -254,12 +308,14 @@ class Block(nn.Module):
         self.dropout = nn.Dropout(cfg.dropout_rate)
 
     def __call__(self, x: Array, mask: Array, bias: Array | None, positions: Array,
-                 encoded: Array | None = None, cross_mask: Array | None = None) -> Array:
+                 encoded: Array | None = None, cross_mask: Array | None = None,
+                 kv_cache: str | None = None, cache_length: int | None = None) -> Array:
         x = self._residual(x, self.self_attention_norm,
-                           lambda h: self.self_attention(h, h, mask, bias, positions, positions))
+                           lambda h: self.self_attention(h, h, mask, bias, positions, positions,
+                                                         kv_cache=kv_cache, cache_length=cache_length))
         if encoded is not None:
             x = self._residual(x, self.cross_attention_norm,
-                               lambda h: self.cross_attention(h, encoded, cross_mask))
+                               lambda h: self.cross_attention(h, encoded, cross_mask, kv_cache=kv_cache))
         x = self._residual(x, self.mlp_norm, self.mlp)
         return constrain(x, BATCH_LENGTH_EMBED)
 
@@ -273,8 +329,9 @@ class Block(nn.Module):
 class ScannableBlock(Block):
     """A Block with the (carry, output) signature that nn.scan needs."""
 
-    def __call__(self, x, mask, bias, positions, encoded=None, cross_mask=None):
-        return super().__call__(x, mask, bias, positions, encoded, cross_mask), None
+    def __call__(self, x, mask, bias, positions, encoded=None, cross_mask=None, kv_cache=None,
+                 cache_length=None):
+        return super().__call__(x, mask, bias, positions, encoded, cross_mask, kv_cache, cache_length), None
 
 
 REMAT_POLICIES = {
@@ -292,7 +349,8 @@ def layer_stack(config: TransformerConfig, num_layers: int, name: str, use_rope:
                                prevent_cse=not config.scan_layers)
     if not config.scan_layers:
         return [block_class(config, use_rope=use_rope, name=f"{name}_{i}") for i in range(num_layers)]
-    scanned = nn.scan(block_class, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
+    # 'cache' (decoding's keys/values) is stacked over layers like the params.
+    scanned = nn.scan(block_class, variable_axes={"params": 0, "cache": 0}, split_rngs={"params": True, "dropout": True},
                       in_axes=nn.broadcast, length=num_layers,
                       metadata_params={nn.PARTITION_NAME: "layers"})
     return scanned(config, use_rope=use_rope, name=name)

@@ -14,12 +14,20 @@ parameters (learned table or relative-bias table) and its own final norm.
 batches to the module's inputs (the only place that reads seqio's inverted
 `decoder_causal_attention` name), initializes parameters, and computes the
 unnormalized loss sums that the trainer normalizes.
+
+Generation uses a key/value cache (flax collection 'cache'): `Transformer.prefill`
+runs the encoder once and the decoder over the prompts (a prefix-LM's prompt
+with its bidirectional prefix mask), `Transformer.decode_step` extends by one
+token per row. `Model.prompts / prefill / decode_step` wrap them for
+`decoding.py`, which owns the search (greedy, sampling, beam).
 """
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import flax.linen as nn
+import flax.struct
 import gin
 import jax
 import jax.numpy as jnp
@@ -100,12 +108,16 @@ class Transformer(nn.Module):
     def decode(self, tokens: Array, valid: Array, prefix_positions: Array | None = None,
                encoded: Array | None = None, encoder_valid: Array | None = None,
                segment_ids: Array | None = None, positions: Array | None = None,
-               encoder_segment_ids: Array | None = None) -> Array:
+               encoder_segment_ids: Array | None = None, kv_cache: str | None = None,
+               cache_length: int | None = None, logit_positions: Array | None = None) -> Array:
         """Causal (or prefix-LM) stack over `tokens` [B, L]; returns logits [B, L, V].
 
         valid: [B, L] real (non-padding) positions. prefix_positions: [B, L], 1
         inside a prefix-LM's bidirectional prefix (required for prefix_lm).
         encoded / encoder_valid: the encoder's output and its real positions.
+        kv_cache="prefill" with cache_length: also store every layer's keys and
+        values for generation (see `prefill`). logit_positions [B]: logits only
+        at these positions, [B, 1, V].
         """
         cfg = self.config
         positions = _default_positions(tokens) if positions is None else positions
@@ -126,8 +138,57 @@ class Transformer(nn.Module):
                 None if segment_ids is None else mask_lib.segment_mask(segment_ids, encoder_segment_ids))
         bias = self._position_bias(self.decoder_positions, positions, prefix_positions)
         x = self._embed(tokens, positions, self.decoder_positions)
-        x = self._run_layers(self.decoder_layers, x, lambda _: mask, bias, positions, encoded, cross_mask)
-        return self.logits(self._finish_stack(x, self.decoder_norm))
+        x = self._run_layers(self.decoder_layers, x, lambda _: mask, bias, positions, encoded, cross_mask,
+                             kv_cache, cache_length)
+        hidden = self._finish_stack(x, self.decoder_norm)
+        if logit_positions is not None:
+            hidden = jnp.take_along_axis(hidden, logit_positions[:, None, None], axis=1)
+        return self.logits(hidden)
+
+    # --- generation with a key/value cache (driven by decoding.py) -------------
+    def prefill(self, tokens: Array, lengths: Array, cache_length: int,
+                encoder_tokens: Array | None = None) -> tuple[Array, Array | None]:
+        """Runs the encoder once and the decoder over the prompts, filling the cache.
+
+        tokens [B, P]: one prompt per row, left-aligned and right-padded after
+        `lengths` [B] (>= 1). Prompts start with the BOS id 0, like shifted
+        decoder inputs: for inputs "ab" / "c" and P = 3,
+            tokens  = [[0, a, b], [0, c, 0]]   lengths = [3, 2]
+        A prefix-LM attends bidirectionally within the prompt (its prefix); an
+        encoder-decoder's prompt is usually just [0], its inputs encoder_tokens.
+        Padding slots are overwritten by generated tokens (slot = position).
+        Returns (logits [B, V] for the token after each prompt, encoded or None).
+        """
+        cfg = self.config
+        valid = jnp.arange(tokens.shape[1])[None, :] < lengths[:, None]
+        encoded = encoder_valid = None
+        if cfg.layout == "encoder_decoder":
+            encoded = self.encode(encoder_tokens)
+            encoder_valid = encoder_tokens != PAD_ID
+        prefix = valid if cfg.layout == "prefix_lm" else None
+        logits = self.decode(tokens, valid, prefix, encoded, encoder_valid, kv_cache="prefill",
+                             cache_length=cache_length, logit_positions=lengths - 1)
+        return logits[:, 0], encoded
+
+    def decode_step(self, tokens: Array, positions: Array, cache_length: int,
+                    encoded: Array | None = None, encoder_valid: Array | None = None) -> Array:
+        """Feeds one token per row (`tokens` [B] at `positions` [B]); returns next-token logits [B, V].
+
+        Attends over cache slots 0..position (earlier tokens, and the prompt);
+        the query is never in a prefix-LM's prefix, so its relative buckets are
+        the causal ones, exactly as in the training forward pass.
+        """
+        cfg = self.config
+        tokens, positions = tokens[:, None], positions[:, None]
+        key_positions = jnp.broadcast_to(jnp.arange(cache_length), (tokens.shape[0], cache_length))
+        mask = (key_positions <= positions)[:, None, None, :]
+        cross_mask = None if encoded is None else encoder_valid.astype(bool)[:, None, None, :]
+        prefix = jnp.zeros_like(positions) if cfg.layout == "prefix_lm" else None
+        bias = self._position_bias(self.decoder_positions, positions, prefix, key_positions)
+        x = self._embed(tokens, positions, self.decoder_positions)
+        x = self._run_layers(self.decoder_layers, x, lambda _: mask, bias, positions, encoded, cross_mask,
+                             "step", cache_length)
+        return self.logits(self._finish_stack(x, self.decoder_norm))[:, 0]
 
     def logits(self, hidden: Array) -> Array:
         cfg = self.config
@@ -150,20 +211,23 @@ class Transformer(nn.Module):
         x = self.dropout(x, deterministic=not layers.is_training(self))
         return layers.constrain(x, layers.BATCH_LENGTH_EMBED)
 
-    def _position_bias(self, position_module, positions, prefix_positions) -> Array | None:
+    def _position_bias(self, position_module, positions, prefix_positions,
+                       key_positions=None) -> Array | None:
         cfg = self.config
+        key_positions = positions if key_positions is None else key_positions
         if cfg.position == "relative":
-            return position_module(positions, positions, prefix_positions)
+            return position_module(positions, key_positions, prefix_positions)
         if cfg.position == "alibi":
-            return position_lib.alibi_bias(positions, positions, cfg.num_heads).astype(cfg.dtype)
+            return position_lib.alibi_bias(positions, key_positions, cfg.num_heads).astype(cfg.dtype)
         return None
 
-    def _run_layers(self, stack, x, layer_mask, bias, positions, encoded=None, cross_mask=None):
+    def _run_layers(self, stack, x, layer_mask, bias, positions, encoded=None, cross_mask=None,
+                    kv_cache=None, cache_length=None):
         if self.config.scan_layers:
-            x, _ = stack(x, layer_mask(0), bias, positions, encoded, cross_mask)
+            x, _ = stack(x, layer_mask(0), bias, positions, encoded, cross_mask, kv_cache, cache_length)
             return x
         for i, block in enumerate(stack):
-            x = block(x, layer_mask(i), bias, positions, encoded, cross_mask)
+            x = block(x, layer_mask(i), bias, positions, encoded, cross_mask, kv_cache, cache_length)
         return x
 
     def _finish_stack(self, x, final_norm) -> Array:
@@ -185,6 +249,44 @@ class Transformer(nn.Module):
             encoder_valid = encoder_input_tokens != PAD_ID
         return self.decode(decoder_input_tokens, decoder_valid, prefix_positions, encoded, encoder_valid,
                            decoder_segment_ids, decoder_positions, encoder_segment_ids)
+
+
+@flax.struct.dataclass
+class Prompts:
+    """What generation starts from (see `Transformer.prefill` for the layout).
+
+    tokens [B, P]: decoder-side prompts, left-aligned, right-padded, starting with 0.
+    lengths [B]: real prompt tokens per row (>= 1).
+    encoder_tokens [B, Le]: an encoder-decoder's inputs (None otherwise).
+    """
+
+    tokens: Array
+    lengths: Array
+    encoder_tokens: Array | None = None
+
+
+@flax.struct.dataclass
+class DecodingState:
+    """Everything a decoding step needs besides params: the KV cache and the encoding.
+
+    cache: the flax 'cache' collection (every self-attention layer's keys and
+    values in `cache_length` slots; cross-attention's encoder keys/values).
+    """
+
+    cache: dict
+    encoded: Array | None
+    encoder_valid: Array | None
+    cache_length: int = flax.struct.field(pytree_node=False)
+    # Batch axis of the cache arrays: 1 when layers are scanned (layers come first).
+    cache_batch_axis: int = flax.struct.field(pytree_node=False, default=0)
+
+    def take_rows(self, rows: Array) -> "DecodingState":
+        """The state of batch rows `rows` (repeat for beams, reorder after a beam step)."""
+        take = lambda axis: (lambda x: jnp.take(x, rows, axis=axis))
+        return self.replace(
+            cache=jax.tree.map(take(self.cache_batch_axis), self.cache),
+            encoded=None if self.encoded is None else take(0)(self.encoded),
+            encoder_valid=None if self.encoder_valid is None else take(0)(self.encoder_valid))
 
 
 @dataclasses.dataclass
@@ -313,3 +415,71 @@ class Model:
         log_probs = jax.nn.log_softmax(logits, axis=-1)
         token_ll = jnp.take_along_axis(log_probs, targets[..., None], axis=-1)[..., 0]
         return jnp.sum(token_ll * weights, axis=-1)
+
+    # --- generation (the search itself is decoding.py's) ------------------------
+    @functools.cached_property
+    def decoding_module(self) -> Transformer:
+        """The same module without rematerialization (same params; remat is for training)."""
+        return Transformer(self.config.replace(remat_policy="none"))
+
+    def prompts(self, batch: dict, prompt_length: int | None = None) -> Prompts:
+        """Prompts from a feature-converted batch (host numpy).
+
+        Decoder-only / prefix-LM: the prompt is the inputs part of the
+        decoder inputs (BOS + inputs, where seqio's `decoder_causal_attention`
+        is 1), or just BOS for a task without inputs. Encoder-decoder: BOS, and
+        the encoder inputs. `prompt_length` fixes a decoder-side P (default:
+        the longest prompt in the batch); a fixed P avoids recompiling per batch.
+        """
+        layout = self.config.layout
+        if layout == "encoder_only":
+            raise ValueError("an encoder_only model does not generate; use score() or logits()")
+        if layout == "encoder_decoder":
+            encoder_tokens = np.asarray(batch["encoder_input_tokens"])
+            batch_size = encoder_tokens.shape[0]
+            return Prompts(np.zeros((batch_size, 1), np.int32), np.ones((batch_size,), np.int32),
+                           encoder_tokens)
+        decoder_inputs = np.asarray(batch["decoder_input_tokens"])
+        prefix = batch.get("decoder_causal_attention")
+        if prefix is None:
+            lengths = np.ones((decoder_inputs.shape[0],), np.int32)
+        else:
+            lengths = np.asarray(prefix).astype(np.int32).sum(axis=1)
+        length = prompt_length or int(lengths.max())
+        if length < lengths.max():
+            raise ValueError(f"prompt_length={length} is shorter than the longest prompt ({lengths.max()})")
+        tokens = np.zeros((decoder_inputs.shape[0], length), np.int32)
+        width = min(length, decoder_inputs.shape[1])
+        tokens[:, :width] = decoder_inputs[:, :width]
+        tokens *= np.arange(length)[None, :] < lengths[:, None]
+        return Prompts(tokens, lengths)
+
+    def prefill(self, params, prompts: Prompts, cache_length: int) -> tuple[Array, DecodingState]:
+        """(logits [B, V] for the first new token, state) with the KV cache filled."""
+        cfg = self.config
+        if cfg.position == "learned" and cache_length > cfg.max_length:
+            raise ValueError(f"prompt + new tokens = {cache_length} positions exceed the learned "
+                             f"position table (max_length={cfg.max_length})")
+        (logits, encoded), variables = self.decoding_module.apply(
+            {"params": params}, prompts.tokens, prompts.lengths, cache_length, prompts.encoder_tokens,
+            method=Transformer.prefill, mutable=["cache"])
+        encoder_valid = None if encoded is None else prompts.encoder_tokens != PAD_ID
+        state = DecodingState(variables["cache"], encoded, encoder_valid, cache_length,
+                              cache_batch_axis=1 if cfg.scan_layers else 0)
+        return logits.astype(jnp.float32), state
+
+    def decode_step(self, params, state: DecodingState, tokens: Array,
+                    positions: Array) -> tuple[Array, DecodingState]:
+        """Feeds `tokens` [B] at `positions` [B]: (next-token logits [B, V], updated state)."""
+        logits, variables = self.decoding_module.apply(
+            {"params": params, "cache": state.cache}, tokens, positions, state.cache_length,
+            state.encoded, state.encoder_valid, method=Transformer.decode_step, mutable=["cache"])
+        return logits.astype(jnp.float32), state.replace(cache=variables["cache"])
+
+    def predict_batch(self, params, batch: dict, decode_config=None, rng: jax.Array | None = None,
+                      prompt_length: int | None = None) -> np.ndarray:
+        """Generated tokens [B, max_new_tokens] for a feature-converted batch (greedy by default)."""
+        from t5x_like import decoding  # decoding imports this module
+        result = decoding.generate(self, params, self.prompts(batch, prompt_length),
+                                   decode_config or decoding.DecodeConfig(), rng)
+        return np.asarray(result.tokens)
