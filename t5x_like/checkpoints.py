@@ -49,8 +49,12 @@ def fingerprint(tree: Any) -> float:
     leaves = [x for x in jax.tree.leaves(tree) if hasattr(x, "dtype") and jnp.issubdtype(x.dtype, jnp.number)]
     if not leaves:
         return 0.0
-    sums = jax.jit(lambda xs: [jnp.sum(jnp.abs(x.astype(jnp.float32))) for x in xs])(leaves)
-    return float(sum(np.float64(s) for s in jax.device_get(sums)))
+    return float(sum(np.float64(s) for s in jax.device_get(_abs_sums(leaves))))
+
+
+@jax.jit
+def _abs_sums(leaves: list[jax.Array]) -> list[jax.Array]:
+    return [jnp.sum(jnp.abs(x.astype(jnp.float32))) for x in leaves]
 
 
 def _fingerprints_match(a: float, b: float) -> bool:
@@ -134,7 +138,7 @@ class Checkpointer:
         for step in reversed(self.steps()):
             try:
                 return self.restore(step, abstract_params, abstract_opt_state)
-            except Exception as e:  # any read/verify failure means: not a good checkpoint
+            except Exception as e:  # noqa: BLE001  (any read/verify failure: not a good checkpoint)
                 self._quarantine(step, e)
         return None
 
@@ -174,6 +178,14 @@ def restore_params(path: str, abstract_params: Any) -> Any:
     steps = [step] if step is not None else list(reversed(checkpointer.steps()))
     if not steps:
         raise FileNotFoundError(f"no checkpoint under {path}")
+    try:
+        return _restore_params_from(checkpointer, directory, steps, abstract_params)
+    finally:
+        checkpointer.close()
+
+
+def _restore_params_from(checkpointer: Checkpointer, directory: str, steps: list[int],
+                         abstract_params: Any) -> Any:
     last_error: Exception | None = None
     for s in steps:
         try:
@@ -186,7 +198,7 @@ def restore_params(path: str, abstract_params: Any) -> Any:
                 raise ValueError(f"params fingerprint mismatch in step {s}")
             log.info("initialized params from %s step %d", directory, s)
             return params
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001  (try the next older step)
             log.warning("cannot read params of step %d in %s: %s", s, directory, e)
             last_error = e
-    raise RuntimeError(f"no readable checkpoint under {path}: {last_error}")
+    raise RuntimeError(f"no readable checkpoint under {directory}: {last_error}")

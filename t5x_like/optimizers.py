@@ -54,6 +54,12 @@ def inverse_sqrt_schedule(peak_learning_rate: float = 0.01, warmup_steps: int = 
 
 
 @gin.configurable
+def constant_schedule(value: float = 1e-3) -> Schedule:
+    """The same learning rate at every step (T5 finetuning: 1e-3 with Adafactor)."""
+    return _as_schedule(value)
+
+
+@gin.configurable
 def warmup_cosine_schedule(peak_learning_rate: float = 3e-4, warmup_steps: int = 1000,
                            total_steps: int = 100_000, end_ratio: float = 0.1) -> Schedule:
     """Linear warmup to the peak, then cosine decay to peak * end_ratio at total_steps."""

@@ -30,7 +30,8 @@ import flax.linen as nn
 import gin
 import jax
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 MESH_AXES = ("data", "fsdp", "tensor")
 # The batch dimension is split over every axis that is not model-parallel.
