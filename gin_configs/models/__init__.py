@@ -1,0 +1,1 @@
+"""See gin_configs/__init__.py."""
