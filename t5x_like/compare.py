@@ -42,7 +42,6 @@ import os
 import re
 import sys
 import time
-from typing import Any
 
 import gin
 import numpy as np

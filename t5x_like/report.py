@@ -51,7 +51,7 @@ def convergence_note(steps: list[int], losses: list[float]) -> tuple[float | Non
     if len(steps) < 2:
         return None, "too few evaluations to judge convergence"
     last = steps[-1]
-    earlier = [l for s, l in zip(steps, losses) if s <= 0.75 * last] or losses[:1]
+    earlier = [loss for step, loss in zip(steps, losses) if step <= 0.75 * last] or losses[:1]
     drop = (earlier[-1] - losses[-1]) / earlier[-1]
     if drop > CONVERGED_DROP:
         return drop, f"still improving ({drop:.1%} lower over the last quarter): far from converged"
