@@ -282,13 +282,18 @@ def make_logger(config: TrainConfig) -> MetricsLogger:
 
 
 def write_run_files(config: TrainConfig) -> None:
-    """MODEL_DIR/train_config.json (the typed config as text), process 0 only."""
+    """MODEL_DIR/train_config.json (the typed config as text) and, when the run
+    came from gin, MODEL_DIR/config.gin (what `t5x-like eval` reloads); process 0 only."""
     if jax.process_index() != 0:
         return
     os.makedirs(config.model_dir, exist_ok=True)
     fields = {f.name: repr(getattr(config, f.name)) for f in dataclasses.fields(config)}
     with open(os.path.join(config.model_dir, "train_config.json"), "w") as f:
         json.dump(fields, f, indent=1)
+    gin_config = gin.config_str()
+    if gin_config.strip():
+        with open(os.path.join(config.model_dir, "config.gin"), "w") as f:
+            f.write(gin_config)
 
 
 # -- the run -------------------------------------------------------------------------
@@ -353,10 +358,22 @@ def evaluate_checkpoint(config: TrainConfig) -> dict[str, float]:
 
 @gin.configurable
 def run_mode(mode: str = "train") -> str:
-    """Which program a run gin file asks for: 'train' (pretrain, finetune) or 'eval'."""
-    if mode not in ("train", "eval"):
-        raise ValueError(f"run_mode.mode={mode!r}: 'train' or 'eval' (inference lands with the evaluation issue)")
+    """Which program a run gin file asks for: 'train' (pretrain, finetune), 'eval'
+    (teacher-forced loss) or 'infer' (generation + task metrics, as `t5x-like eval`)."""
+    if mode not in ("train", "eval", "infer"):
+        raise ValueError(f"run_mode.mode={mode!r}: expected 'train', 'eval' or 'infer'")
     return mode
+
+
+def infer_checkpoint(config: TrainConfig) -> int:
+    """Greedy generation and the task's metrics on the validation split (t5x-like eval)."""
+    from t5x_like import eval as eval_cli
+    lengths = config.task_feature_lengths
+    argv = [f"--checkpoint={config.model_dir}", f"--task={config.mixture_or_task_name}",
+            f"--targets_length={lengths['targets']}"]
+    if "inputs" in lengths:
+        argv.append(f"--inputs_length={lengths['inputs']}")
+    return eval_cli.main(argv)
 
 
 # -- command line --------------------------------------------------------------------
@@ -379,14 +396,12 @@ def _flags(argv: list[str]) -> argparse.Namespace:
 
 def _import_configurables() -> None:
     """Registers every gin configurable a run file may bind, before parsing."""
-    import t5x_like.checkpoints
-    import t5x_like.config
-    import t5x_like.data
-    import t5x_like.metrics_log
-    try:
-        import t5x_like.models  # noqa: F401
-    except ImportError as e:
-        log.warning("t5x_like.models not importable: %s", e)
+    import t5x_like.checkpoints  # noqa: F401
+    import t5x_like.config  # noqa: F401
+    import t5x_like.data  # noqa: F401  (tasks register gin configurables)
+    import t5x_like.decoding  # noqa: F401  (DecodeConfig, for infer runs)
+    import t5x_like.metrics_log  # noqa: F401
+    import t5x_like.models  # noqa: F401
 
 
 def parse_gin(argv: list[str]) -> list[str]:
@@ -427,14 +442,12 @@ def main(argv: list[str] | None = None) -> int:
         message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         print(f"t5x-like train: {message}", file=sys.stderr)
         return 2
-    if jax.process_index() == 0:
-        os.makedirs(config.model_dir, exist_ok=True)
-        with open(os.path.join(config.model_dir, "config.gin"), "w") as f:
-            f.write(gin.config_str())
     try:
         if mode == "eval":
             evaluate_checkpoint(config)
             return 0
+        if mode == "infer":
+            return infer_checkpoint(config)
         result = train(config)
     except NonFiniteLossError:
         return 3

@@ -154,3 +154,18 @@ def test_task_without_the_split_is_a_clear_error(prefix_run, capsys):
     err = capsys.readouterr().err
     assert rc == 2
     assert "'probe_copy' has no split 'dev'" in err and "'validation'" in err
+
+
+def test_infer_run_file_generates_and_scores_like_eval(prefix_run, capsys):
+    """gin_configs/runs/infer.gin through `t5x-like train` runs the same program as `t5x-like eval`."""
+    from t5x_like import train as train_cli
+    model_dir, _, _ = prefix_run
+    written = os.path.join(model_dir, "eval-probe_copy-validation-step7.json")
+    if os.path.exists(written):  # left by the eval test above
+        os.remove(written)
+    rc = train_cli.main(["--gin_file=gin_configs/models/prefix_lm/tiny.gin", "--gin_file=gin_configs/runs/infer.gin",
+                         f"--gin.MODEL_DIR={model_dir}", "--gin.MIXTURE_OR_TASK_NAME=probe_copy",
+                         f"--gin.TASK_FEATURE_LENGTHS={LENGTHS!r}", "--gin.EVAL_STEPS=1"])
+    assert rc == 0
+    assert "exact_match" in capsys.readouterr().out
+    assert os.path.exists(written)

@@ -1,0 +1,215 @@
+"""Downstream quality of the three layouts at tiny size: pretrain, finetune, evaluate.
+
+    python benchmarks/downstream.py                          # defaults: ~15 min on 2 CPU cores
+    python benchmarks/downstream.py --layouts=prefix_lm --pretrain_steps=1000 --finetune_steps=1000
+
+For each layout (gin_configs/models/<layout>/tiny.gin: d_model 64, 2 layers
+per stack; the encoder-decoder has 2 + 2):
+
+  1. pretrain on shakespeare_prefix_lm (inputs 96 / targets 32, as the quick
+     comparison) for --pretrain_steps (Adafactor, inverse-sqrt, 0.01 peak);
+  2. for each downstream task, finetune from that checkpoint (params only,
+     fresh optimizer: `TrainConfig.init_checkpoint`, as gin_configs/runs/finetune.gin)
+     for --finetune_steps at a constant --finetune_lr, then evaluate on the
+     validation split with `evaluation.evaluate` (greedy decoding with the KV cache):
+       probe_copy, probe_reverse   exact match (4-16 digits, the registered tasks)
+       sentiment_finefood          accuracy of the generated label, next to the
+                                   majority-class baseline of the same examples,
+                                   and rank-classification accuracy
+                                   (sentiment_finefood_rank, scored) of the same params
+       translation_en_es_bible     BLEU (short lengths; tiny byte-level models score low)
+
+Prints a table and writes benchmarks/results/downstream.json (--out). Each
+run's checkpoints go under --work_dir (a temporary directory by default).
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import logging
+import os
+import sys
+import tempfile
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+LAYOUTS = ("decoder_only", "prefix_lm", "encoder_decoder")
+PRETRAIN_TASK = "shakespeare_prefix_lm"
+PRETRAIN_LENGTHS = {"inputs": 96, "targets": 32}
+TASKS = ("probe_copy", "probe_reverse", "sentiment_finefood", "translation_en_es_bible")
+
+
+def task_lengths(task: str, args) -> dict[str, int]:
+    if task.startswith("probe_"):
+        from t5x_like.data import corpora
+        kind = task[len("probe_"):]
+        digits = max(len(t) for _, t in corpora.probe_examples(kind, "train"))
+        return {"inputs": len(f"{kind}: ") + digits + 1, "targets": digits + 1}  # + EOS
+    if task == "sentiment_finefood":
+        return {"inputs": args.sentiment_inputs_length, "targets": 6}  # "great"/"other" + EOS
+    if task == "translation_en_es_bible":
+        return {"inputs": args.translation_length, "targets": args.translation_length}
+    raise ValueError(f"unknown task {task!r}")
+
+
+def model_for(layout: str):
+    import gin
+
+    from t5x_like import config as config_lib
+    from t5x_like import gin_utils, models
+    gin_utils.parse([os.path.join(REPO, f"gin_configs/models/{layout}/tiny.gin")], [], finalize=False)
+    config = config_lib.TransformerConfig()
+    gin.clear_config()
+    return models.Model(config)
+
+
+def run_training(model, model_dir: str, task: str, lengths: dict, steps: int, args, *,
+                 learning_rate, init_checkpoint: str | None = None) -> dict:
+    from t5x_like import optimizers, train
+    config = train.TrainConfig(
+        model=model, model_dir=model_dir, mixture_or_task_name=task, task_feature_lengths=lengths,
+        train_steps=steps, batch_size=args.batch_size, seed=args.seed, pack=False, eval_split=None,
+        log_period=max(steps, 1), checkpoint_period=10**9, keep_checkpoints=1, async_checkpointing=False,
+        tensorboard=False, init_checkpoint=init_checkpoint,
+        optimizer=optimizers.adafactor(learning_rate))
+    start = time.perf_counter()
+    result = train.train(config)
+    return {"steps": result.step, "train_loss": result.train_metrics.get("loss"),
+            "seconds": round(time.perf_counter() - start, 1)}
+
+
+def majority_baseline(split: str, max_examples: int | None) -> tuple[str, float]:
+    """The most frequent label of the evaluated examples (the first max_examples, as seqio takes them)."""
+    from t5x_like.data import corpora
+    labels = [label for _, label in corpora.finefood_reviews(split)][:max_examples or None]
+    label, count = collections.Counter(labels).most_common(1)[0]
+    return label, 100.0 * count / len(labels)
+
+
+def evaluate_task(model, model_dir: str, task: str, lengths: dict, args) -> dict:
+    from t5x_like import checkpoints, evaluation
+    params = checkpoints.restore_params(model_dir, evaluation.abstract_params(model))
+    start = time.perf_counter()
+    max_examples = args.sentiment_eval_examples if task.startswith("sentiment") else args.eval_examples
+    result = evaluation.evaluate(model, params, task, args.split, lengths, batch_size=args.eval_batch_size,
+                                 max_examples=max_examples or None)
+    metrics = dict(result.metrics[task])
+    out = {k: metrics[k] for k in ("exact_match", "accuracy", "bleu", "token_accuracy", "loss", "examples")
+           if k in metrics}
+    out["shown"] = result.examples.get(task, [])[:2]
+    if task == "sentiment_finefood":
+        label, share = majority_baseline(args.split, max_examples)
+        out["majority_label"], out["majority_accuracy"] = label, share
+        rank = evaluation.evaluate(model, params, "sentiment_finefood_rank", args.split, lengths,
+                                   batch_size=args.eval_batch_size, max_examples=2 * max_examples
+                                   if max_examples else None)  # two rows (candidates) per example
+        out["rank_accuracy"] = rank.metrics["sentiment_finefood_rank"]["accuracy"]
+    out["eval_seconds"] = round(time.perf_counter() - start, 1)
+    return out
+
+
+def run_layout(layout: str, args, work_dir: str) -> dict:
+    from t5x_like import optimizers
+    model = model_for(layout)
+    row: dict = {}
+    pretrain_dir = os.path.join(work_dir, layout, "pretrain")
+    init = None
+    if args.pretrain_steps:
+        schedule = optimizers.inverse_sqrt_schedule(args.pretrain_lr, args.pretrain_warmup)
+        row["pretrain"] = run_training(model, pretrain_dir, PRETRAIN_TASK, PRETRAIN_LENGTHS,
+                                       args.pretrain_steps, args, learning_rate=schedule)
+        init = pretrain_dir
+        print(f"[{layout}] pretrain {row['pretrain']}", flush=True)
+    for task in args.tasks:
+        lengths = task_lengths(task, args)
+        task_dir = os.path.join(work_dir, layout, task)
+        steps = args.sentiment_steps if task.startswith("sentiment") and args.sentiment_steps else \
+            args.finetune_steps
+        entry = run_training(model, task_dir, task, lengths, steps, args,
+                             learning_rate=optimizers.constant_schedule(args.finetune_lr), init_checkpoint=init)
+        entry["lengths"] = lengths
+        entry.update(evaluate_task(model, task_dir, task, lengths, args))
+        row[task] = entry
+        print(f"[{layout}] {task}: " + json.dumps({k: v for k, v in entry.items() if k != "shown"}), flush=True)
+    return row
+
+
+def fmt(value, digits=1) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def table(results: dict) -> str:
+    header = ("layout", "pretrain loss", "copy EM", "reverse EM", "sentiment acc", "majority",
+              "rank acc", "BLEU", "minutes")
+    lines = [" | ".join(header), " | ".join("---" for _ in header)]
+    for layout, row in results.items():
+        get = lambda task, key: row.get(task, {}).get(key)
+        seconds = sum(v.get("seconds", 0) + v.get("eval_seconds", 0) for v in row.values())
+        lines.append(" | ".join([
+            layout, fmt(get("pretrain", "train_loss"), 3), fmt(get("probe_copy", "exact_match")),
+            fmt(get("probe_reverse", "exact_match")), fmt(get("sentiment_finefood", "accuracy")),
+            fmt(get("sentiment_finefood", "majority_accuracy")), fmt(get("sentiment_finefood", "rank_accuracy")),
+            fmt(get("translation_en_es_bible", "bleu"), 2), fmt(seconds / 60)]))
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--layouts", default=",".join(LAYOUTS), help="comma-separated")
+    p.add_argument("--tasks", default=",".join(TASKS), help="comma-separated downstream tasks")
+    p.add_argument("--pretrain_steps", type=int, default=300, help="0: finetune from a random init")
+    p.add_argument("--pretrain_lr", type=float, default=0.01)
+    p.add_argument("--pretrain_warmup", type=int, default=100)
+    p.add_argument("--finetune_steps", type=int, default=300)
+    p.add_argument("--sentiment_steps", type=int, default=0, help="0: --finetune_steps")
+    p.add_argument("--finetune_lr", type=float, default=0.01,
+                   help="constant Adafactor lr (finetune.gin's T5 value 1e-3 is too slow for a few hundred steps)")
+    p.add_argument("--batch_size", type=int, default=32)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--split", default="validation")
+    p.add_argument("--eval_examples", type=int, default=200, help="per probe / translation; 0: all")
+    p.add_argument("--sentiment_eval_examples", type=int, default=0, help="0: all (406 validation reviews)")
+    p.add_argument("--eval_batch_size", type=int, default=64)
+    p.add_argument("--sentiment_inputs_length", type=int, default=128)
+    p.add_argument("--translation_length", type=int, default=64, help="inputs and targets (bytes)")
+    p.add_argument("--work_dir", default=None)
+    p.add_argument("--out", default=os.path.join(REPO, "benchmarks", "results", "downstream.json"))
+    args = p.parse_args(argv)
+    args.layouts = [x for x in args.layouts.split(",") if x]
+    args.tasks = [x for x in args.tasks.split(",") if x]
+    for name in args.layouts:
+        if name not in LAYOUTS:
+            p.error(f"unknown layout {name!r}; expected some of {LAYOUTS}")
+    for name in args.tasks:
+        if name not in TASKS:
+            p.error(f"unknown task {name!r}; expected some of {TASKS}")
+    logging.basicConfig(level=logging.WARNING)
+    logging.getLogger("absl").setLevel(logging.ERROR)
+    import t5x_like.data  # noqa: F401  (registers the tasks)
+
+    work_dir = args.work_dir or tempfile.mkdtemp(prefix="downstream-")
+    start = time.perf_counter()
+    results = {layout: run_layout(layout, args, work_dir) for layout in args.layouts}
+    total = time.perf_counter() - start
+    print()
+    print(table(results))
+    print(f"\ntotal {total / 60:.1f} min; checkpoints under {work_dir}")
+    report = {"config": {k: v for k, v in vars(args).items() if k not in ("out", "work_dir")},
+              "pretrain_task": PRETRAIN_TASK, "pretrain_lengths": PRETRAIN_LENGTHS,
+              "model": "gin_configs/models/<layout>/tiny.gin", "total_seconds": round(total, 1),
+              "results": results}
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    with open(args.out, "w") as f:
+        json.dump(report, f, indent=1, default=str)
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
