@@ -73,6 +73,11 @@ class Experiment:
     claim_tolerance: float = 0.01
     run_bindings: tuple = ()           # extra bindings for every run (learning rate, ...)
     scaling_fit: bool = False          # fit L(N) per arm group (needs >= 3 sizes per group)
+    # Downstream evaluation of every run: each task is finetuned from the run's
+    # checkpoint for downstream_steps steps (0: scored zero-shot) and scored
+    # with its seqio metrics (evaluation.evaluate) on eval_examples examples.
+    downstream_tasks: tuple = ()
+    downstream_steps: int = 0
     description: str = ""
     output_dir: str = gin.REQUIRED
 
@@ -217,7 +222,10 @@ def run_cell(experiment: Experiment, cell: Cell) -> dict:
         "steps": result.step, "batch_size": config.batch_size,
         "examples_seen": result.step * config.batch_size,
         "final_train_metrics": result.train_metrics, "final_eval_metrics": result.eval_metrics,
-        "shared_nll_per_example": shared, "train_seconds_this_invocation": time.time() - start,
+        "shared_nll_per_example": shared,
+        "downstream": {task: evaluate_downstream(experiment, cell, config, task)
+                       for task in experiment.downstream_tasks},
+        "train_seconds_this_invocation": time.time() - start,
         "command": "t5x-like train " + " ".join(argv),
     }
     with open(os.path.join(cell.run_dir, RESULT_FILE + ".tmp"), "w") as f:
@@ -229,16 +237,13 @@ def run_cell(experiment: Experiment, cell: Cell) -> dict:
 def score_shared_metric(config, eval_task: str, inputs_length: int, targets_length: int,
                         num_examples: int) -> list[float]:
     """Per-example mean NLL of the eval task's target tokens, for the first eval_examples."""
-    import flax.linen as nn
     import jax
 
-    from t5x_like import checkpoints, data
+    from t5x_like import data
 
     model = config.model
     lengths = data.matched_feature_lengths(model.config.layout, inputs_length, targets_length)
-    abstract = jax.eval_shape(lambda: nn.unbox(model.init(jax.random.PRNGKey(0),
-                                                          model.dummy_batch(1, lengths))["params"]))
-    params = checkpoints.restore_params(config.model_dir, abstract)
+    params = restore_run_params(model, config.model_dir, lengths)
     dataset = data.get_dataset(eval_task, lengths, split="validation", layout=model.config.layout,
                                batch_size=16, shuffle=False, seed=0, pack=False, num_epochs=1)
     score = jax.jit(model.score)
@@ -253,6 +258,38 @@ def score_shared_metric(config, eval_task: str, inputs_length: int, targets_leng
     if len(per_example) < num_examples:
         log.warning("%s has only %d validation examples (asked %d)", eval_task, len(per_example), num_examples)
     return per_example[:num_examples]
+
+
+def evaluate_downstream(experiment: Experiment, cell: Cell, config, task: str) -> dict[str, float]:
+    """The task's metrics for one run: finetuned (params from the run) or zero-shot."""
+    from t5x_like import data, evaluation
+    from t5x_like import train as train_lib
+
+    model = config.model
+    lengths = data.matched_feature_lengths(model.config.layout, *arm_lengths(experiment, cell.arm),
+                                           task_has_inputs=data.tasks.task_has_inputs(task))
+    source = config.model_dir
+    if experiment.downstream_steps:
+        finetune = dataclasses.replace(
+            config, model_dir=os.path.join(cell.run_dir, "downstream", task), mixture_or_task_name=task,
+            task_feature_lengths=lengths, train_steps=experiment.downstream_steps,
+            init_checkpoint=config.model_dir, eval_split=None, checkpoint_period=experiment.downstream_steps)
+        train_lib.train(finetune)
+        source = finetune.model_dir
+    params = restore_run_params(model, source, lengths)
+    result = evaluation.evaluate(model, params, task, "validation", lengths, batch_size=16,
+                                 max_examples=experiment.eval_examples)
+    return result.metrics.get(task, {})
+
+
+def restore_run_params(model, model_dir: str, lengths: dict[str, int]):
+    import flax.linen as nn
+    import jax
+
+    from t5x_like import checkpoints
+    abstract = jax.eval_shape(lambda: nn.unbox(model.init(jax.random.PRNGKey(0),
+                                                          model.dummy_batch(1, lengths))["params"]))
+    return checkpoints.restore_params(model_dir, abstract)
 
 
 def run_grid(experiment: Experiment, gin_files: list[str], bindings: list[str]) -> list[dict]:

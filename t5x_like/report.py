@@ -84,6 +84,7 @@ def build_results(experiment, size_rows: dict, records: list[dict]) -> dict:
                       for r in runs]
             drops = [convergence_note(*c) for c in curves]
             row["convergence"] = drops[0][1] if drops else "no runs"
+            row["downstream"] = _downstream_means(runs)
             row["last_quarter_drop"] = [d[0] for d in drops]
         arms.append(row)
     return {"experiment": experiment.name, "description": experiment.description, "task": experiment.task,
@@ -92,6 +93,17 @@ def build_results(experiment, size_rows: dict, records: list[dict]) -> dict:
             "reference_arm": experiment.reference_arm or experiment.arms[0].name,
             "arms": arms, "differences": _differences(experiment, records),
             "scaling": _scaling(experiment, arms, records) if experiment.scaling_fit else None}
+
+
+def _downstream_means(runs: list[dict]) -> dict[str, dict[str, float]]:
+    """{task: {metric: mean over seeds}} of the runs' downstream evaluations."""
+    values = collections.defaultdict(lambda: collections.defaultdict(list))
+    for run in runs:
+        for task, metrics in (run.get("downstream") or {}).items():
+            for name, value in metrics.items():
+                if isinstance(value, (int, float)):
+                    values[task][name].append(float(value))
+    return {task: {name: float(np.mean(v)) for name, v in metrics.items()} for task, metrics in values.items()}
 
 
 def _shared_matrix(records: list[dict], arm: str) -> np.ndarray | None:
@@ -179,6 +191,12 @@ def render_markdown(results: dict) -> str:
         own = a.get("own_objective_eval_loss")
         lines.append(f"| {a['arm']} | {a['eval_task']} | {_fmt_interval(a.get('shared_nll'))} | "
                      f"{'—' if own is None else f'{own:.4f}'} | {a.get('convergence', '—')} |")
+    downstream = [(a["arm"], task, metrics) for a in results["arms"] for task, metrics in (a.get("downstream") or {}).items()]
+    if downstream:
+        lines += ["", "## Downstream (mean over seeds)", "", "| arm | task | metrics |", "|---|---|---|"]
+        for arm, task, metrics in downstream:
+            shown = ", ".join(f"{name} {value:.4g}" for name, value in sorted(metrics.items()))
+            lines.append(f"| {arm} | {task} | {shown} |")
     lines += ["", "## Differences (arm − reference of its eval task, shared metric)", ""]
     lines += [f"- {d['sentence']}" for d in results["differences"]] or ["- (no shared-metric scores)"]
     if results.get("scaling"):

@@ -41,7 +41,8 @@ def test_bad_claim_is_a_clear_error():
 def test_quick_runs_end_to_end_and_resumes(tmp_path, capsys):
     out = tmp_path / "quick"
     argv = ["--gin_file=gin_configs/experiments/quick.gin", f"--gin.OUTPUT_DIR={out}", "--gin.TRAIN_STEPS=6",
-            "--gin.compare.Experiment.eval_period=3", "--gin.compare.Experiment.eval_examples=16"]
+            "--gin.compare.Experiment.eval_period=3", "--gin.compare.Experiment.eval_examples=16",
+            "--gin.compare.Experiment.downstream_tasks=('probe_copy',)", "--gin.compare.Experiment.downstream_steps=2"]
     assert compare.main(argv) == 0
     for name in ("report.md", "results.json", "results.csv", "loss_curves.png"):
         assert (out / name).stat().st_size > 0, name
@@ -54,6 +55,10 @@ def test_quick_runs_end_to_end_and_resumes(tmp_path, capsys):
         assert f"{arm['params']:,}" in report
     for difference in results["differences"]:
         assert difference["sentence"] in report
+    for arm in results["arms"]:  # downstream: finetuned 2 steps from each run, scored with the task's metrics
+        exact_match = arm["downstream"]["probe_copy"]["exact_match"]
+        assert 0.0 <= exact_match <= 100.0
+        assert f"| {arm['arm']} | probe_copy | " in report and f"exact_match {exact_match:.4g}" in report
     # A second invocation finds every run finished and re-trains nothing.
     stamps = {p: p.stat().st_mtime for p in out.glob("runs/*/result.json")}
     capsys.readouterr()
