@@ -46,6 +46,12 @@ def _default_positions(tokens: Array) -> Array:
     return jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
 
 
+def _bias_positions(tokens: Array, positions: Array | None) -> Array:
+    """Positions for relative/ALiBi biases: one shared [1, L] row when every
+    example uses 0..L-1, so the [B, H, L, L] bias is built once, not per example."""
+    return jnp.arange(tokens.shape[1])[None] if positions is None else positions
+
+
 class Transformer(nn.Module):
     """All layouts in one module; `config.layout` chooses which stacks exist."""
 
@@ -86,6 +92,7 @@ class Transformer(nn.Module):
                positions: Array | None = None) -> Array:
         """Bidirectional (or forward/backward mixed) stack over `tokens` [B, L]."""
         cfg = self.config
+        bias_positions = _bias_positions(tokens, positions)
         positions = _default_positions(tokens) if positions is None else positions
         valid = tokens != PAD_ID
         base_mask = mask_lib.combine(
@@ -100,7 +107,7 @@ class Transformer(nn.Module):
                 return base_mask & mask_lib.forward_backward_layer_mask(length, layer_index)
             return base_mask
 
-        bias = self._position_bias(self.encoder_positions, positions, None)
+        bias = self._position_bias(self.encoder_positions, bias_positions, None)
         x = self._embed(tokens, positions, self.encoder_positions)
         x = self._run_layers(self.encoder_layers, x, layer_mask, bias, positions)
         return self._finish_stack(x, self.encoder_norm)
@@ -120,6 +127,7 @@ class Transformer(nn.Module):
         at these positions, [B, 1, V].
         """
         cfg = self.config
+        bias_positions = _bias_positions(tokens, positions)
         positions = _default_positions(tokens) if positions is None else positions
         if cfg.layout == "prefix_lm":
             if prefix_positions is None:
@@ -136,7 +144,7 @@ class Transformer(nn.Module):
             cross_mask = mask_lib.combine(
                 mask_lib.padding_mask(valid, encoder_valid),
                 None if segment_ids is None else mask_lib.segment_mask(segment_ids, encoder_segment_ids))
-        bias = self._position_bias(self.decoder_positions, positions, prefix_positions)
+        bias = self._position_bias(self.decoder_positions, bias_positions, prefix_positions)
         x = self._embed(tokens, positions, self.decoder_positions)
         x = self._run_layers(self.decoder_layers, x, lambda _: mask, bias, positions, encoded, cross_mask,
                              kv_cache, cache_length)
