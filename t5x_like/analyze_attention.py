@@ -1,10 +1,10 @@
 """`t5x-like analyze-attention`: rank and entropy of every head of a trained model.
 
-    t5x-like analyze-attention --checkpoint=MODEL_DIR --task=shakespeare_prefix_lm \
-        [--split=validation] [--examples=32] [--out=DIR]
+    t5x-like analyze-attention --checkpoint=MODEL_DIR [--checkpoint=OTHER_DIR ...] \
+        --task=shakespeare_prefix_lm [--split=validation] [--examples=32] [--out=DIR]
 
-Runs the checkpoint on validation examples of the task, collects the
-attention matrix of every self-attention head and layer, and writes
+Runs each checkpoint on the same validation examples of the task, collects
+the attention matrix of every self-attention head and layer, and writes
 attention_analysis.json (every head × example row and the per-mask-kind
 summary) and attention_analysis.png into --out (default MODEL_DIR). It
 prints whether bidirectional heads are lower-rank than causal ones, as
@@ -68,26 +68,32 @@ def plot(summary: dict, path: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="t5x-like analyze-attention", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint", required=True, help="MODEL_DIR or a checkpoint step directory")
+    parser.add_argument("--checkpoint", required=True, action="append",
+                        help="MODEL_DIR or a checkpoint step directory; repeat to pool several models "
+                             "(e.g. a decoder-only and a prefix-LM run) into one comparison")
     parser.add_argument("--task", required=True)
     parser.add_argument("--split", default="validation")
     parser.add_argument("--examples", type=int, default=32)
     parser.add_argument("--out", help="output directory (default: the model dir)")
     args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
     from t5x_like import evaluation
+    rows, steps = [], {}
     try:
-        loaded = evaluation.load_checkpoint(args.checkpoint)
-        rows = attention_analysis.analyze(loaded.model, loaded.params,
-                                          _batches(loaded, args.task, args.split, args.examples))
+        for checkpoint in args.checkpoint:
+            loaded = evaluation.load_checkpoint(checkpoint)
+            steps[checkpoint] = loaded.step
+            for row in attention_analysis.analyze(loaded.model, loaded.params,
+                                                  _batches(loaded, args.task, args.split, args.examples)):
+                rows.append({"checkpoint": checkpoint, **row})
     except (ValueError, FileNotFoundError) as e:
         print(f"t5x-like analyze-attention: {e}", file=sys.stderr)
         return 2
     summary = attention_analysis.summarize(rows)
-    out = args.out or loaded.model_dir
+    out = args.out or loaded.model_dir  # default: the last checkpoint's model dir
     os.makedirs(out, exist_ok=True)
     sentence = verdict(summary)
     with open(os.path.join(out, "attention_analysis.json"), "w") as f:
-        json.dump({"checkpoint_step": loaded.step, "task": args.task, "summary": summary,
+        json.dump({"checkpoint_steps": steps, "task": args.task, "summary": summary,
                    "verdict": sentence, "rows": rows}, f, indent=1)
     plot(summary, os.path.join(out, "attention_analysis.png"))
     print(f"{'mask':<14} {'heads×ex':>8} {'rank/L':>7} {'eff.rank':>8} {'entropy':>8} {'L':>5}")

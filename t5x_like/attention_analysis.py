@@ -15,7 +15,10 @@ For each layer and head, on each example's real (non-padding) positions:
   row_entropy     mean entropy (nats) of the attention rows
 Heads are grouped by the mask they run under: "causal", "prefix" (the
 prefix×prefix block of a prefix-LM, which is bidirectional), "bidirectional",
-"forward"/"backward" (Su's mixed heads).
+"forward"/"backward" (Su's mixed heads). On data with inputs (a prefix-LM
+task), decoders are analyzed on the input block only, so a decoder-only
+model's causal heads and a prefix-LM's bidirectional heads are measured on the
+same positions.
 """
 from __future__ import annotations
 
@@ -83,7 +86,9 @@ def _region(batch: dict, example: int, kind: str, layer_path: str) -> np.ndarray
     if "encoder" in layer_path:
         return np.flatnonzero(batch["encoder_input_tokens"][example] != 0)
     valid = np.flatnonzero(batch["decoder_target_tokens"][example] != 0)
-    if kind == "prefix":
+    if "decoder_causal_attention" in batch:
+        # The input block: bidirectional in a prefix-LM, causal in a decoder-only
+        # model, so the two layouts are compared on the same square of positions.
         prefix = np.flatnonzero(batch["decoder_causal_attention"][example])
         return np.intersect1d(prefix, valid)
     return valid
