@@ -44,3 +44,21 @@ def test_prefix_and_mixed_heads_are_labelled_by_mask():
     rows = attention_analysis.analyze(model, params, [{"encoder_input_tokens": enc, "encoder_target_tokens": enc}])
     assert {r["mask"] for r in rows} == {"forward", "backward"}
     assert all(r["rank"] == 8 for r in rows)  # triangular with positive diagonal
+
+
+def test_cli_pools_a_causal_and_a_prefix_checkpoint_on_the_same_block(tmp_path, capsys):
+    import json
+
+    from t5x_like import analyze_attention
+    from tests.test_eval import tiny, write_run
+    for layout in ("decoder_only", "prefix_lm"):
+        write_run(str(tmp_path / layout), tiny(layout))
+    out = tmp_path / "analysis"
+    assert analyze_attention.main([f"--checkpoint={tmp_path / 'decoder_only'}", f"--checkpoint={tmp_path / 'prefix_lm'}",
+                                   "--task=probe_copy", "--examples=4", f"--out={out}"]) == 0
+    result = json.loads((out / "attention_analysis.json").read_text())
+    assert set(result["summary"]) == {"causal", "prefix"}
+    assert result["summary"]["causal"]["length"] == result["summary"]["prefix"]["length"]  # same input block
+    assert result["summary"]["causal"]["relative_rank"] == 1.0
+    assert "bidirectional heads have mean relative rank" in capsys.readouterr().out
+    assert (out / "attention_analysis.png").stat().st_size > 0
