@@ -66,7 +66,7 @@ def build_results(experiment, size_rows: dict, records: list[dict]) -> dict:
     for arm in experiment.arms:
         runs = sorted(by_arm.get(arm.name, []), key=lambda r: r["seed"])
         row = {"arm": arm.name, "claims": arm.claims, **size_rows[arm.name], "seeds": [r["seed"] for r in runs],
-               "eval_task": arm.eval_task or experiment.eval_task}
+               "eval_task": arm.eval_task or experiment.eval_task, "task": arm.task or experiment.task}
         if runs:
             own = [r["final_eval_metrics"].get("loss") for r in runs if r.get("final_eval_metrics")]
             row["own_objective_eval_loss"] = float(np.mean(own)) if own else None
@@ -184,6 +184,11 @@ def render_markdown(results: dict) -> str:
         lines.append(f"| {a['arm']} | {a['layout']} | {a['layers']} | {a['params']:,} | {a['non_embedding_params']:,} "
                      f"| {a['params_ratio']:.3f} | {a['train_flops_per_example']:.3e} | {a['flops_ratio']:.3f} "
                      f"| {claims} | {a.get('tokens_seen', 0):,} |")
+    transfer = [a["arm"] for a in results["arms"] if a.get("task") and a["eval_task"] and a["task"] != a["eval_task"]]
+    if transfer:
+        lines += ["", f"Note: {', '.join(transfer)} trained on another objective than their eval task; their "
+                  "shared metric measures transfer to it, not quality on their own objective (compare those "
+                  "arms downstream: `compare.Experiment.downstream_tasks`)."]
     lines += ["", "## Results", "",
               "| arm | eval task | shared NLL/token [95% CI] | own objective eval loss (mean over seeds) | convergence |",
               "|---|---|---|---|---|"]
