@@ -243,7 +243,7 @@ def score_shared_metric(config, eval_task: str, inputs_length: int, targets_leng
 
     model = config.model
     lengths = data.matched_feature_lengths(model.config.layout, inputs_length, targets_length)
-    params = restore_run_params(model, config.model_dir, lengths)
+    params = restore_run_params(model, config.model_dir)
     dataset = data.get_dataset(eval_task, lengths, split="validation", layout=model.config.layout,
                                batch_size=16, shuffle=False, seed=0, pack=False, num_epochs=1)
     score = jax.jit(model.score)
@@ -276,23 +276,18 @@ def evaluate_downstream(experiment: Experiment, cell: Cell, config, task: str) -
             init_checkpoint=config.model_dir, eval_split=None, checkpoint_period=experiment.downstream_steps)
         train_lib.train(finetune)
         source = finetune.model_dir
-    params = restore_run_params(model, source, lengths)
+    params = restore_run_params(model, source)
     result = evaluation.evaluate(model, params, task, "validation", lengths, batch_size=16,
                                  max_examples=experiment.eval_examples)
     return result.metrics.get(task, {})
 
 
-def restore_run_params(model, model_dir: str, lengths: dict[str, int]):
-    import flax.linen as nn
-    import jax
-
-    from t5x_like import checkpoints
-    abstract = jax.eval_shape(lambda: nn.unbox(model.init(jax.random.PRNGKey(0),
-                                                          model.dummy_batch(1, lengths))["params"]))
-    return checkpoints.restore_params(model_dir, abstract)
+def restore_run_params(model, model_dir: str):
+    from t5x_like import checkpoints, evaluation
+    return checkpoints.restore_params(model_dir, evaluation.abstract_params(model))
 
 
-def run_grid(experiment: Experiment, gin_files: list[str], bindings: list[str]) -> list[dict]:
+def run_grid(experiment: Experiment) -> list[dict]:
     cells = plan(experiment)
     records, durations = [], []
     for index, cell in enumerate(cells, 1):
@@ -308,7 +303,6 @@ def run_grid(experiment: Experiment, gin_files: list[str], bindings: list[str]) 
         start = time.time()
         records.append(run_cell(experiment, cell))
         durations.append(time.time() - start)
-        load_experiment(gin_files, bindings)  # training replaced the gin config; restore ours
     return records
 
 
@@ -336,7 +330,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{experiment.name}: all matching claims hold within {experiment.claim_tolerance:.0%}")
         return 0
     from t5x_like import report
-    records = report.load_records(experiment) if args.report_only else run_grid(experiment, files, bindings)
+    records = report.load_records(experiment) if args.report_only else run_grid(experiment)
     outputs = report.write_report(experiment, size_rows, records)
     print("wrote " + ", ".join(outputs))
     return 0
