@@ -1,19 +1,18 @@
-"""Downstream quality end to end: a tiny model trained briefly solves a synthetic probe
-through `train.train` + `evaluation.evaluate` (greedy decoding with the KV cache), while
-the same parameters decoded with an off-by-one cache, and an untrained model, do not.
-A mask that leaks targets in training (or differs between training and prefill) shows
-up as a low exact match of the trained model itself: teacher-forced loss can be near
-zero while greedy decoding, which never sees the targets, fails.
+"""Downstream quality end to end: a tiny model of each generating layout, trained briefly
+through `train.train`, solves a synthetic probe under `evaluation.evaluate` (greedy
+decoding with the KV cache), while deliberately broken variants do not:
 
-Budget: the whole file stays under 90 s on 2 CPU cores (measured 51-75 s, depending on
-other load), so each layout gets one probe: prefix-LM on copy, encoder-decoder on reverse
-(cross-attention + decoder cache). Decoder-only shares the prefix-LM's decoder and cache
-code (only the prefill mask differs); as a third test it measured 100 / 0 / 0 like the
-prefix-LM but took the file to 103 s on a loaded machine. Decoder-only on the registered
-probes, and sentiment after Shakespeare pretraining, are in benchmarks/downstream.py: a
-tiny model that beats the majority class on sentiment_finefood needs minutes of
-pretraining + finetuning on 2 cores (300 + 300 steps still sit at the majority rate),
-far over this file's budget.
+  decoder_only     copy      same params, off-by-one cache; untrained params
+  prefix_lm        reverse   same params, prefill without the prefix mask; a model trained
+                             with a mask that lets targets see later targets
+  encoder_decoder  reverse   same params, off-by-one cache
+
+A mask that leaks targets in training shows up as a low exact match with a *lower*
+teacher-forced loss: loss alone cannot catch it, greedy decoding (which never sees the
+targets) does.
+
+Budget: the whole file stays around 2 minutes on 2 CPU cores. Sentiment after Shakespeare
+pretraining is in tests/test_sentiment.py and benchmarks/downstream.py.
 
 The probes here are the registered probe_copy / probe_reverse examples at a fixed
 length of 8 digits (the registered tasks draw 4-16 digits, which tiny models need
@@ -25,6 +24,7 @@ import functools
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import pytest
 import seqio
 
@@ -70,7 +70,8 @@ def train_and_restore(model: models.Model, model_dir: str, task: str, lengths: d
         checkpoint_period=10**9, async_checkpointing=False, tensorboard=False,
         optimizer=optimizers.adafactor(optimizers.constant_schedule(0.01))))
     assert result.step == steps
-    return checkpoints.restore_params(model_dir, evaluation.abstract_params(model))
+    return (checkpoints.restore_params(model_dir, evaluation.abstract_params(model)),
+            float(result.train_metrics["loss"]))
 
 
 def exact_match(model: models.Model, params, task: str, lengths: dict) -> float:
@@ -83,7 +84,7 @@ def init_params(model: models.Model, lengths: dict):
     return nn.unbox(model.init(jax.random.key(0), model.dummy_batch(2, lengths)))["params"]
 
 
-# --- deliberately broken decoding (same parameters) ------------------------------------------
+# --- deliberately broken models (same parameters, or same training budget) --------------------
 class ShiftedCacheModel(models.Model):
     """Each generated token is written to / attends from cache slot position + 1 (an off-by-one cache)."""
 
@@ -91,25 +92,78 @@ class ShiftedCacheModel(models.Model):
         return super().decode_step(params, state, tokens, positions + 1)
 
 
+class _CausalPrefillTransformer(models.Transformer):
+    def decode(self, tokens, valid, prefix_positions=None, *args, **kwargs):
+        if kwargs.get("kv_cache") == "prefill":
+            prefix_positions = jnp.zeros_like(prefix_positions)
+        return super().decode(tokens, valid, prefix_positions, *args, **kwargs)
+
+
+class CausalPrefillModel(models.Model):
+    """A prefix-LM whose prefill forgets the prefix: the prompt is encoded causally (mask and
+    relative-position buckets), while training and the generated tokens are unchanged."""
+
+    @functools.cached_property
+    def decoding_module(self):
+        return _CausalPrefillTransformer(self.config.replace(remat_policy="none"))
+
+
+class _LeakyTransformer(models.Transformer):
+    def decode(self, tokens, valid, prefix_positions=None, *args, **kwargs):
+        if kwargs.get("kv_cache") is None:  # training and scoring, not generation
+            prefix_positions = valid.astype(prefix_positions.dtype)
+        return super().decode(tokens, valid, prefix_positions, *args, **kwargs)
+
+
+class LeakyMaskModel(models.Model):
+    """A prefix-LM trained with its prefix mask over the whole sequence: each target also sees
+    the targets after it, so teacher forcing can copy the answer it is asked to predict."""
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.module = _LeakyTransformer(config)
+
+
 # --- the tests ---------------------------------------------------------------------------------
 @pytest.mark.slow
-def test_prefix_lm_learns_copy_and_broken_decoding_does_not(tmp_path):
-    layout = "prefix_lm"
+def test_decoder_only_learns_copy_and_broken_decoding_does_not(tmp_path):
     # Measured (2 CPU cores, seed 0, 200 steps, 100 validation examples of 8 digits):
-    # exact match 100 with the real cache (decoder_only, same settings: 100 too); the same params with an
-    # off-by-one cache: 0; untrained params: 0. (Decoding these params with a causal
-    # prefill, or with prefix buckets for the generated query, also gives 100: this copy
-    # solution does not read the prompt's bidirectional context, so a prefill-mask bug is
-    # not what this probe can see; tests/test_decoding.py pins prefill against full passes.)
+    # exact match 100 (prefix_lm with the same settings: 100 too); the same params with an
+    # off-by-one cache: 0; untrained params: 0.
     task, lengths = register_fixed_length_probe("copy"), probe_lengths("copy")
-    model = tiny_model(layout)
-    params = train_and_restore(model, str(tmp_path), task, lengths, steps=200)
+    model = tiny_model("decoder_only")
+    params, _ = train_and_restore(model, str(tmp_path), task, lengths, steps=200)
     score = exact_match(model, params, task, lengths)
     assert score >= 90.0, score
     shifted = exact_match(ShiftedCacheModel(model.config), params, task, lengths)
     untrained = exact_match(model, init_params(model, lengths), task, lengths)
-    print(f"{layout} copy: exact match {score}, off-by-one cache {shifted}, untrained {untrained}")
+    print(f"decoder_only copy: exact match {score}, off-by-one cache {shifted}, untrained {untrained}")
     assert shifted <= 20.0 and untrained <= 5.0, (score, shifted, untrained)
+
+
+@pytest.mark.slow
+def test_prefix_lm_learns_reverse_and_broken_masks_do_not(tmp_path):
+    # Reverse, not copy: copying is solved without reading the prompt's bidirectional
+    # context (a causal prefill of copy-trained params still scores 100), while this
+    # prefix-LM's reverse reads it, so a prefill that drops the prefix mask fails.
+    # Gated-GELU MLP: with tiny.gin's ReLU the model is still at 0 after 200 steps.
+    # Measured (2 CPU cores, seed 0, 400 steps, 100 validation examples of 8 digits):
+    # exact match 100; the same params with a causal prefill: 0 (RoPE instead of relative
+    # bias: 7); a model trained as long with a mask that lets targets see later targets:
+    # training loss 0.0024 (the real model: 0.0032) and exact match 0.
+    task, lengths = register_fixed_length_probe("reverse"), probe_lengths("reverse")
+    model = tiny_model("prefix_lm", mlp_activations=("gelu_tanh", "linear"))
+    params, loss = train_and_restore(model, str(tmp_path / "real"), task, lengths, steps=400)
+    score = exact_match(model, params, task, lengths)
+    assert score >= 90.0, score
+    causal_prefill = exact_match(CausalPrefillModel(model.config), params, task, lengths)
+    leaky_params, leaky_loss = train_and_restore(LeakyMaskModel(model.config), str(tmp_path / "leaky"), task,
+                                                 lengths, steps=400)
+    leaky = exact_match(model, leaky_params, task, lengths)
+    print(f"prefix_lm reverse: exact match {score} (loss {loss:.4f}), causal prefill {causal_prefill}, "
+          f"trained with a leaking mask {leaky} (loss {leaky_loss:.4f})")
+    assert causal_prefill <= 20.0, (score, causal_prefill)
+    assert leaky <= 20.0 and leaky_loss < 0.05, (leaky, leaky_loss, loss)  # looks trained, decodes nothing
 
 
 @pytest.mark.slow
@@ -122,7 +176,7 @@ def test_encoder_decoder_learns_reverse_and_broken_cache_does_not(tmp_path):
     # exact match 99-99.5; the same params with an off-by-one cache: 0.
     task, lengths = register_fixed_length_probe("reverse"), probe_lengths("reverse")
     model = tiny_model("encoder_decoder", position="sinusoidal", mlp_activations=("gelu_tanh", "linear"))
-    params = train_and_restore(model, str(tmp_path), task, lengths, steps=300)
+    params, _ = train_and_restore(model, str(tmp_path), task, lengths, steps=300)
     score = exact_match(model, params, task, lengths)
     assert score >= 90.0, score
     shifted = exact_match(ShiftedCacheModel(model.config), params, task, lengths)
