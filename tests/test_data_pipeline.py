@@ -107,6 +107,22 @@ def test_vocab_command_trains_once_then_reuses(tmp_path, capsys):
     assert vocab_lib.mask_id(sp) == sp.vocab_size - 1 - 103
 
 
+
+def test_vocab_command_trains_on_several_tasks(tmp_path):
+    import t5x_like.data.tasks as tasks
+    for name, line in (("a", "line {i} of the tiny corpus"), ("b", "café número {i} del corpus")):
+        (tmp_path / f"{name}.txt").write_text("\n\n".join(line.format(i=i) for i in range(300)))
+        tasks.register_text_files_task(f"test_vocab_{name}", str(tmp_path / f"{name}.txt"))
+    out = str(tmp_path / "vocab")
+    pieces = {}
+    for task in ("test_vocab_a", "test_vocab_a,test_vocab_b"):
+        assert vocab_cli.main(["--task", task, "--size", "300", "--out", out]) == 0
+        pieces[task] = len(vocab_lib.sentencepiece_vocabulary(vocab_cli.model_path(out, task, 300)).encode("é"))
+    assert vocab_cli.model_path(out, "test_vocab_a,test_vocab_b", 300).endswith("test_vocab_a+test_vocab_b.sp300.model")
+    # A character only the second task has gets a piece of its own when both tasks' text is
+    # used; from the first task alone it falls back to its two UTF-8 bytes.
+    assert pieces["test_vocab_a,test_vocab_b"] < pieces["test_vocab_a"], pieces
+
 # ---------------------------------------------------------------- metrics
 
 def test_metrics_values():

@@ -1,9 +1,10 @@
 """`t5x-like vocab`: train a SentencePiece model on a task's training text, once.
 
     t5x-like vocab --task shakespeare_causal_lm --size 8000 --out vocabs/
+    t5x-like vocab --task shakespeare_causal_lm,sentiment_finefood --size 1000 --out vocabs/
 
-writes vocabs/shakespeare_causal_lm.sp8000.model (and .vocab) and prints the gin
-binding that loads it. If the model is already there it is reused, not retrained.
+writes vocabs/shakespeare_causal_lm.sp8000.model (and .vocab; several tasks:
+their names joined by "+") and prints the gin binding that loads it. If the model is already there it is reused, not retrained.
 The model reserves pad=0, eos=1, unk=2 (seqio's ids); the extra ids for
 sentinels, UL2 mode tokens and [MASK] are added on load by
 `t5x_like.data.vocab.sentencepiece_vocabulary` (vocab_size = size + 125).
@@ -11,6 +12,7 @@ sentinels, UL2 mode tokens and [MASK] are added on load by
 from __future__ import annotations
 
 import argparse
+import itertools
 import logging
 import os
 import sys
@@ -20,7 +22,8 @@ log = logging.getLogger(__name__)
 
 
 def model_path(out_dir: str, task: str, size: int) -> str:
-    return os.path.join(out_dir, f"{task}.sp{size}.model")
+    """task: one task name, or several separated by commas."""
+    return os.path.join(out_dir, f"{task.replace(',', '+')}.sp{size}.model")
 
 
 def task_text(task_name: str, split: str = "train", max_sentences: int = 1_000_000) -> Iterator[str]:
@@ -47,7 +50,8 @@ def task_text(task_name: str, split: str = "train", max_sentences: int = 1_000_0
 
 def train(task: str, size: int, out_dir: str, max_sentences: int = 1_000_000,
           model_type: str = "unigram") -> str:
-    """Trains (or finds) the model; returns its path."""
+    """Trains (or finds) the model on the train text of `task` (comma-separated: each
+    task's text in turn); returns its path."""
     path = model_path(out_dir, task, size)
     if os.path.exists(path):
         log.info("%s exists; not retraining", path)
@@ -57,7 +61,8 @@ def train(task: str, size: int, out_dir: str, max_sentences: int = 1_000_000,
     os.makedirs(out_dir, exist_ok=True)
     prefix = path[: -len(".model")]
     spm.SentencePieceTrainer.train(
-        sentence_iterator=task_text(task, "train", max_sentences), model_prefix=prefix,
+        sentence_iterator=itertools.chain.from_iterable(
+            task_text(name, "train", max_sentences) for name in task.split(",")), model_prefix=prefix,
         vocab_size=size, model_type=model_type, character_coverage=1.0, byte_fallback=True,
         pad_id=0, eos_id=1, unk_id=2, bos_id=-1, shuffle_input_sentence=True,
         input_sentence_size=max_sentences, minloglevel=2)
@@ -66,7 +71,7 @@ def train(task: str, size: int, out_dir: str, max_sentences: int = 1_000_000,
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="t5x-like vocab", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--task", required=True, help="seqio task or mixture (its train split)")
+    parser.add_argument("--task", required=True, help="seqio task or mixture (its train split); several: comma-separated")
     parser.add_argument("--size", type=int, default=8000, help="pieces, before the 125 extra ids")
     parser.add_argument("--out", required=True, help="directory for the .model/.vocab files")
     parser.add_argument("--max_sentences", type=int, default=1_000_000)
