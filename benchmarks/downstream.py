@@ -19,6 +19,16 @@ per stack; the encoder-decoder has 2 + 2):
                                    (sentiment_finefood_rank, scored) of the same params
        translation_en_es_bible     BLEU (short lengths; tiny byte-level models score low)
 
+--sentencepiece=N trains (once, under --work_dir) a SentencePiece model of N
+pieces on the pretraining and downstream tasks' train text (`t5x-like vocab`)
+and re-registers every task used here with it; lengths are then in pieces.
+--sentiment_eval_every=K also evaluates sentiment every K finetuning steps (the
+learning curve: these tiny models memorize the 3.6k training reviews).
+
+    python benchmarks/downstream.py --layouts=prefix_lm --tasks=sentiment_finefood \
+        --sentencepiece=1000 --sentiment_inputs_length=64 --batch_size=128 \
+        --finetune_lr=0.003 --sentiment_steps=1000 --sentiment_eval_every=200
+
 Prints a table and writes benchmarks/results/downstream.json (--out). Each
 run's checkpoints go under --work_dir (a temporary directory by default).
 """
@@ -51,13 +61,26 @@ def task_lengths(task: str, args) -> dict[str, int]:
         digits = max(len(t) for _, t in corpora.probe_examples(kind, "train"))
         return {"inputs": len(f"{kind}: ") + digits + 1, "targets": digits + 1}  # + EOS
     if task == "sentiment_finefood":
-        return {"inputs": args.sentiment_inputs_length, "targets": 6}  # "great"/"other" + EOS
+        return {"inputs": args.sentiment_inputs_length, "targets": 6}  # "great"/"other" + EOS (bytes)
     if task == "translation_en_es_bible":
         return {"inputs": args.translation_length, "targets": args.translation_length}
     raise ValueError(f"unknown task {task!r}")
 
 
-def model_for(layout: str):
+def use_sentencepiece(size: int, work_dir: str) -> int:
+    """Registers PRETRAIN_TASK and the downstream tasks with a SentencePiece vocabulary
+    trained on their text; returns the model's vocab_size (rounded up to 128)."""
+    from t5x_like.data import tasks, vocab, vocab_cli
+    path = vocab_cli.train(",".join((PRETRAIN_TASK, "sentiment_finefood", "translation_en_es_bible")), size,
+                           os.path.join(work_dir, "vocab"))
+    sentencepiece = vocab.sentencepiece_vocabulary(path)
+    objective = PRETRAIN_TASK.split("_", 1)[1]
+    tasks.register_pretraining_tasks("shakespeare", tasks.shakespeare_source, sentencepiece, (objective,))
+    tasks.register_downstream_tasks(sentencepiece)
+    return -(-sentencepiece.vocab_size // 128) * 128
+
+
+def model_for(layout: str, vocab_size: int | None = None):
     import gin
 
     from t5x_like import config as config_lib
@@ -65,7 +88,7 @@ def model_for(layout: str):
     gin_utils.parse([os.path.join(REPO, f"gin_configs/models/{layout}/tiny.gin")], [], finalize=False)
     config = config_lib.TransformerConfig()
     gin.clear_config()
-    return models.Model(config)
+    return models.Model(config.replace(vocab_size=vocab_size) if vocab_size else config)
 
 
 def run_training(model, model_dir: str, task: str, lengths: dict, steps: int, args, *,
@@ -113,9 +136,27 @@ def evaluate_task(model, model_dir: str, task: str, lengths: dict, args) -> dict
     return out
 
 
+def finetune_sentiment(model, task_dir: str, lengths: dict, steps: int, args, init: str | None) -> dict:
+    """Finetunes in chunks of --sentiment_eval_every steps (resuming), evaluating after each."""
+    from t5x_like import optimizers
+    every = args.sentiment_eval_every or steps
+    curve, entry = [], {}
+    for done in range(min(every, steps), steps + every, every):
+        done = min(done, steps)
+        entry = run_training(model, task_dir, "sentiment_finefood", lengths, done, args,
+                             learning_rate=optimizers.constant_schedule(args.finetune_lr), init_checkpoint=init)
+        entry.update(evaluate_task(model, task_dir, "sentiment_finefood", lengths, args))
+        curve.append({k: entry.get(k) for k in ("steps", "train_loss", "accuracy", "rank_accuracy")})
+        print(f"  sentiment after {done} steps: {json.dumps(curve[-1])}", flush=True)
+        if done == steps:
+            break
+    entry["curve"] = curve
+    return entry
+
+
 def run_layout(layout: str, args, work_dir: str) -> dict:
     from t5x_like import optimizers
-    model = model_for(layout)
+    model = model_for(layout, args.vocab_size)
     row: dict = {}
     pretrain_dir = os.path.join(work_dir, layout, "pretrain")
     init = None
@@ -130,10 +171,13 @@ def run_layout(layout: str, args, work_dir: str) -> dict:
         task_dir = os.path.join(work_dir, layout, task)
         steps = args.sentiment_steps if task.startswith("sentiment") and args.sentiment_steps else \
             args.finetune_steps
-        entry = run_training(model, task_dir, task, lengths, steps, args,
-                             learning_rate=optimizers.constant_schedule(args.finetune_lr), init_checkpoint=init)
+        if task == "sentiment_finefood":
+            entry = finetune_sentiment(model, task_dir, lengths, steps, args, init)
+        else:
+            entry = run_training(model, task_dir, task, lengths, steps, args,
+                                 learning_rate=optimizers.constant_schedule(args.finetune_lr), init_checkpoint=init)
+            entry.update(evaluate_task(model, task_dir, task, lengths, args))
         entry["lengths"] = lengths
-        entry.update(evaluate_task(model, task_dir, task, lengths, args))
         row[task] = entry
         print(f"[{layout}] {task}: " + json.dumps({k: v for k, v in entry.items() if k != "shown"}), flush=True)
     return row
@@ -177,6 +221,9 @@ def main(argv=None) -> int:
     p.add_argument("--sentiment_eval_examples", type=int, default=0, help="0: all (406 validation reviews)")
     p.add_argument("--eval_batch_size", type=int, default=64)
     p.add_argument("--sentiment_inputs_length", type=int, default=128)
+    p.add_argument("--sentiment_eval_every", type=int, default=0, help="0: evaluate sentiment once, at the end")
+    p.add_argument("--sentencepiece", type=int, default=0,
+                   help="pieces of a SentencePiece vocabulary for every task here; 0: the byte vocabulary")
     p.add_argument("--translation_length", type=int, default=64, help="inputs and targets (bytes)")
     p.add_argument("--work_dir", default=None)
     p.add_argument("--out", default=os.path.join(REPO, "benchmarks", "results", "downstream.json"))
@@ -194,13 +241,14 @@ def main(argv=None) -> int:
     import t5x_like.data  # noqa: F401  (registers the tasks)
 
     work_dir = args.work_dir or tempfile.mkdtemp(prefix="downstream-")
+    args.vocab_size = use_sentencepiece(args.sentencepiece, work_dir) if args.sentencepiece else None
     start = time.perf_counter()
     results = {layout: run_layout(layout, args, work_dir) for layout in args.layouts}
     total = time.perf_counter() - start
     print()
     print(table(results))
     print(f"\ntotal {total / 60:.1f} min; checkpoints under {work_dir}")
-    report = {"config": {k: v for k, v in vars(args).items() if k not in ("out", "work_dir")},
+    report = {"config": {k: v for k, v in vars(args).items() if k not in ("out", "work_dir", "vocab_size")},
               "pretrain_task": PRETRAIN_TASK, "pretrain_lengths": PRETRAIN_LENGTHS,
               "model": "gin_configs/models/<layout>/tiny.gin", "total_seconds": round(total, 1),
               "results": results}

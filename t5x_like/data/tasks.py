@@ -206,7 +206,7 @@ def register_ul2_mixture(name: str, make_source: Callable[[str], seqio.DataSourc
     return _add_mixture(name, members)
 
 
-def _shakespeare_source(salt: str) -> InMemorySource:
+def shakespeare_source(salt: str) -> InMemorySource:
     return InMemorySource(corpora.shakespeare_documents, ["text"], corpora.SPLITS, salt)
 
 
@@ -324,7 +324,7 @@ def register_downstream_tasks(vocabulary: seqio.Vocabulary | None = None) -> lis
 
 
 def register_all() -> None:
-    register_pretraining_tasks("shakespeare", _shakespeare_source)
+    register_pretraining_tasks("shakespeare", shakespeare_source)
     for corpus, (dataset, text_key, splits) in TFDS_CORPORA.items():
         register_pretraining_tasks(
             corpus, lambda salt, d=dataset, k=text_key, s=splits: tfds_text_source(d, k, s))
