@@ -49,7 +49,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
 LAYOUTS = ("decoder_only", "prefix_lm", "encoder_decoder")
-PRETRAIN_TASK = "shakespeare_prefix_lm"
+PRETRAIN_OBJECTIVE = "prefix_lm"
+PRETRAIN_TASK = f"shakespeare_{PRETRAIN_OBJECTIVE}"
 PRETRAIN_LENGTHS = {"inputs": 96, "targets": 32}
 TASKS = ("probe_copy", "probe_reverse", "sentiment_finefood", "translation_en_es_bible")
 
@@ -74,8 +75,7 @@ def use_sentencepiece(size: int, work_dir: str) -> int:
     path = vocab_cli.train(",".join((PRETRAIN_TASK, "sentiment_finefood", "translation_en_es_bible")), size,
                            os.path.join(work_dir, "vocab"))
     sentencepiece = vocab.sentencepiece_vocabulary(path)
-    objective = PRETRAIN_TASK.split("_", 1)[1]
-    tasks.register_pretraining_tasks("shakespeare", tasks.shakespeare_source, sentencepiece, (objective,))
+    tasks.register_pretraining_tasks("shakespeare", tasks.shakespeare_source, sentencepiece, (PRETRAIN_OBJECTIVE,))
     tasks.register_downstream_tasks(sentencepiece)
     return -(-sentencepiece.vocab_size // 128) * 128
 
@@ -115,8 +115,8 @@ def majority_baseline(split: str, max_examples: int | None) -> tuple[str, float]
 
 
 def evaluate_task(model, model_dir: str, task: str, lengths: dict, args) -> dict:
-    from t5x_like import checkpoints, evaluation
-    params = checkpoints.restore_params(model_dir, evaluation.abstract_params(model))
+    from t5x_like import evaluation
+    params = evaluation.restore_params(model, model_dir)
     start = time.perf_counter()
     max_examples = args.sentiment_eval_examples if task.startswith("sentiment") else args.eval_examples
     result = evaluation.evaluate(model, params, task, args.split, lengths, batch_size=args.eval_batch_size,
@@ -141,15 +141,12 @@ def finetune_sentiment(model, task_dir: str, lengths: dict, steps: int, args, in
     from t5x_like import optimizers
     every = args.sentiment_eval_every or steps
     curve, entry = [], {}
-    for done in range(min(every, steps), steps + every, every):
-        done = min(done, steps)
+    for done in sorted({*range(every, steps, every), steps}):
         entry = run_training(model, task_dir, "sentiment_finefood", lengths, done, args,
                              learning_rate=optimizers.constant_schedule(args.finetune_lr), init_checkpoint=init)
         entry.update(evaluate_task(model, task_dir, "sentiment_finefood", lengths, args))
         curve.append({k: entry.get(k) for k in ("steps", "train_loss", "accuracy", "rank_accuracy")})
         print(f"  sentiment after {done} steps: {json.dumps(curve[-1])}", flush=True)
-        if done == steps:
-            break
     entry["curve"] = curve
     return entry
 

@@ -239,11 +239,11 @@ def score_shared_metric(config, eval_task: str, inputs_length: int, targets_leng
     """Per-example mean NLL of the eval task's target tokens, for the first eval_examples."""
     import jax
 
-    from t5x_like import data
+    from t5x_like import data, evaluation
 
     model = config.model
     lengths = data.matched_feature_lengths(model.config.layout, inputs_length, targets_length)
-    params = restore_run_params(model, config.model_dir)
+    params = evaluation.restore_params(model, config.model_dir)
     dataset = data.get_dataset(eval_task, lengths, split="validation", layout=model.config.layout,
                                batch_size=16, shuffle=False, seed=0, pack=False, num_epochs=1)
     score = jax.jit(model.score)
@@ -276,15 +276,10 @@ def evaluate_downstream(experiment: Experiment, cell: Cell, config, task: str) -
             init_checkpoint=config.model_dir, eval_split=None, checkpoint_period=experiment.downstream_steps)
         train_lib.train(finetune)
         source = finetune.model_dir
-    params = restore_run_params(model, source)
+    params = evaluation.restore_params(model, source)
     result = evaluation.evaluate(model, params, task, "validation", lengths, batch_size=16,
                                  max_examples=experiment.eval_examples)
     return result.metrics.get(task, {})
-
-
-def restore_run_params(model, model_dir: str):
-    from t5x_like import checkpoints, evaluation
-    return checkpoints.restore_params(model_dir, evaluation.abstract_params(model))
 
 
 def run_grid(experiment: Experiment) -> list[dict]:

@@ -92,13 +92,18 @@ def load_model_config(model_dir: str, gin_files=(), gin_bindings=()) -> tuple[mo
     return model, dict(lengths)
 
 
-def abstract_params(model: models.Model, task_feature_lengths: dict[str, int] | None = None) -> Any:
+def abstract_params(model: models.Model) -> Any:
     """Shapes/dtypes of the model's params (no computation)."""
     lengths = {"inputs": 4, "targets": 4} if model.config.layout != "decoder_only" else {"targets": 4}
     batch = model.dummy_batch(1, lengths)
     shapes = jax.eval_shape(lambda: nn.unbox(model.init(jax.random.key(0), batch))["params"])
     sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), shapes)
+
+
+def restore_params(model: models.Model, model_dir: str) -> Any:
+    """`model`'s params from the newest good checkpoint in `model_dir` (or that step directory)."""
+    return checkpoints.restore_params(model_dir, abstract_params(model))
 
 
 def _flat_shapes(tree) -> dict[str, tuple]:

@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import pytest
 import seqio
 
-from t5x_like import checkpoints, evaluation, models, optimizers, train
+from t5x_like import evaluation, models, optimizers, train
 from t5x_like.config import TransformerConfig
 from t5x_like.data import corpora, metrics, tasks, vocab
 
@@ -72,8 +72,7 @@ def train_and_restore(model: models.Model, model_dir: str, task: str, lengths: d
         checkpoint_period=10**9, async_checkpointing=False, tensorboard=False,
         optimizer=optimizers.adafactor(optimizers.constant_schedule(0.01))))
     assert result.step == steps
-    return (checkpoints.restore_params(model_dir, evaluation.abstract_params(model)),
-            float(result.train_metrics["loss"]))
+    return evaluation.restore_params(model, model_dir), float(result.train_metrics["loss"])
 
 
 def exact_match(model: models.Model, params, task: str, lengths: dict) -> float:

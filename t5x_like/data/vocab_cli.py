@@ -3,8 +3,9 @@
     t5x-like vocab --task shakespeare_causal_lm --size 8000 --out vocabs/
     t5x-like vocab --task shakespeare_causal_lm,sentiment_finefood --size 1000 --out vocabs/
 
-writes vocabs/shakespeare_causal_lm.sp8000.model (and .vocab; several tasks:
-their names joined by "+") and prints the gin binding that loads it. If the model is already there it is reused, not retrained.
+writes vocabs/shakespeare_causal_lm.sp8000.model (and .vocab; for several tasks
+their names are joined by "+") and prints the gin binding that loads it. If the
+model is already there it is reused, not retrained.
 The model reserves pad=0, eos=1, unk=2 (seqio's ids); the extra ids for
 sentinels, UL2 mode tokens and [MASK] are added on load by
 `t5x_like.data.vocab.sentencepiece_vocabulary` (vocab_size = size + 125).
