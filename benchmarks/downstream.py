@@ -10,8 +10,8 @@ per stack; the encoder-decoder has 2 + 2):
      comparison) for --pretrain_steps (Adafactor, inverse-sqrt, 0.01 peak);
   2. for each downstream task, finetune from that checkpoint (params only,
      fresh optimizer: `TrainConfig.init_checkpoint`, as gin_configs/runs/finetune.gin)
-     for --finetune_steps at a constant --finetune_lr, then evaluate on the
-     validation split with `evaluation.evaluate` (greedy decoding with the KV cache):
+     for --finetune_steps at --finetune_lr (constant, or --finetune_schedule=cosine),
+     then evaluate on --split (validation by default) with `evaluation.evaluate` (greedy decoding with the KV cache):
        probe_copy, probe_reverse   exact match (4-16 digits, the registered tasks)
        sentiment_finefood          accuracy of the generated label, next to the
                                    majority-class baseline of the same examples,
@@ -23,11 +23,12 @@ per stack; the encoder-decoder has 2 + 2):
 pieces on the pretraining and downstream tasks' train text (`t5x-like vocab`)
 and re-registers every task used here with it; lengths are then in pieces.
 --sentiment_eval_every=K also evaluates sentiment every K finetuning steps (the
-learning curve: these tiny models memorize the 3.6k training reviews).
+learning curve). The sentiment recipe of tests/test_downstream.py, for every layout
+(docs/decoding.md has the figures):
 
-    python benchmarks/downstream.py --layouts=prefix_lm --tasks=sentiment_finefood \
-        --sentencepiece=1000 --sentiment_inputs_length=64 --batch_size=128 \
-        --finetune_lr=0.003 --sentiment_steps=1000 --sentiment_eval_every=200
+    python benchmarks/downstream.py --tasks=sentiment_finefood --sentencepiece=1000 \
+        --split=test --finetune_lr=0.003 --finetune_schedule=cosine --sentiment_steps=600 \
+        --out=benchmarks/results/downstream_sentiment.json
 
 Prints a table and writes benchmarks/results/downstream.json (--out). Each
 run's checkpoints go under --work_dir (a temporary directory by default).
@@ -35,7 +36,6 @@ run's checkpoints go under --work_dir (a temporary directory by default).
 from __future__ import annotations
 
 import argparse
-import collections
 import json
 import logging
 import os
@@ -77,7 +77,7 @@ def use_sentencepiece(size: int, work_dir: str) -> int:
     sentencepiece = vocab.sentencepiece_vocabulary(path)
     tasks.register_pretraining_tasks("shakespeare", tasks.shakespeare_source, sentencepiece, (PRETRAIN_OBJECTIVE,))
     tasks.register_downstream_tasks(sentencepiece)
-    return -(-sentencepiece.vocab_size // 128) * 128
+    return vocab.embedding_rows(sentencepiece)
 
 
 def model_for(layout: str, vocab_size: int | None = None):
@@ -106,16 +106,9 @@ def run_training(model, model_dir: str, task: str, lengths: dict, steps: int, ar
             "seconds": round(time.perf_counter() - start, 1)}
 
 
-def majority_baseline(split: str, max_examples: int | None) -> tuple[str, float]:
-    """The most frequent label of the evaluated examples (the first max_examples, as seqio takes them)."""
-    from t5x_like.data import corpora
-    labels = [label for _, label in corpora.finefood_reviews(split)][:max_examples or None]
-    label, count = collections.Counter(labels).most_common(1)[0]
-    return label, 100.0 * count / len(labels)
-
-
 def evaluate_task(model, model_dir: str, task: str, lengths: dict, args) -> dict:
     from t5x_like import evaluation
+    from t5x_like.data import corpora
     params = evaluation.restore_params(model, model_dir)
     start = time.perf_counter()
     max_examples = args.sentiment_eval_examples if task.startswith("sentiment") else args.eval_examples
@@ -126,7 +119,7 @@ def evaluate_task(model, model_dir: str, task: str, lengths: dict, args) -> dict
            if k in metrics}
     out["shown"] = result.examples.get(task, [])[:2]
     if task == "sentiment_finefood":
-        label, share = majority_baseline(args.split, max_examples)
+        label, share = corpora.finefood_majority_baseline(args.split, max_examples or None)
         out["majority_label"], out["majority_accuracy"] = label, share
         rank = evaluation.evaluate(model, params, "sentiment_finefood_rank", args.split, lengths,
                                    batch_size=args.eval_batch_size, max_examples=2 * max_examples
@@ -136,14 +129,20 @@ def evaluate_task(model, model_dir: str, task: str, lengths: dict, args) -> dict
     return out
 
 
+def finetune_schedule(args, steps: int):
+    from t5x_like import optimizers
+    if args.finetune_schedule == "cosine":
+        return optimizers.warmup_cosine_schedule(args.finetune_lr, args.finetune_warmup, steps)
+    return optimizers.constant_schedule(args.finetune_lr)
+
+
 def finetune_sentiment(model, task_dir: str, lengths: dict, steps: int, args, init: str | None) -> dict:
     """Finetunes in chunks of --sentiment_eval_every steps (resuming), evaluating after each."""
-    from t5x_like import optimizers
     every = args.sentiment_eval_every or steps
     curve, entry = [], {}
     for done in sorted({*range(every, steps, every), steps}):
         entry = run_training(model, task_dir, "sentiment_finefood", lengths, done, args,
-                             learning_rate=optimizers.constant_schedule(args.finetune_lr), init_checkpoint=init)
+                             learning_rate=finetune_schedule(args, steps), init_checkpoint=init)
         entry.update(evaluate_task(model, task_dir, "sentiment_finefood", lengths, args))
         curve.append({k: entry.get(k) for k in ("steps", "train_loss", "accuracy", "rank_accuracy")})
         print(f"  sentiment after {done} steps: {json.dumps(curve[-1])}", flush=True)
@@ -172,7 +171,7 @@ def run_layout(layout: str, args, work_dir: str) -> dict:
             entry = finetune_sentiment(model, task_dir, lengths, steps, args, init)
         else:
             entry = run_training(model, task_dir, task, lengths, steps, args,
-                                 learning_rate=optimizers.constant_schedule(args.finetune_lr), init_checkpoint=init)
+                                 learning_rate=finetune_schedule(args, steps), init_checkpoint=init)
             entry.update(evaluate_task(model, task_dir, task, lengths, args))
         entry["lengths"] = lengths
         row[task] = entry
@@ -210,7 +209,10 @@ def main(argv=None) -> int:
     p.add_argument("--finetune_steps", type=int, default=300)
     p.add_argument("--sentiment_steps", type=int, default=0, help="0: --finetune_steps")
     p.add_argument("--finetune_lr", type=float, default=0.01,
-                   help="constant Adafactor lr (finetune.gin's T5 value 1e-3 is too slow for a few hundred steps)")
+                   help="Adafactor lr (finetune.gin's T5 value 1e-3 is too slow for a few hundred steps)")
+    p.add_argument("--finetune_schedule", default="constant", choices=("constant", "cosine"),
+                   help="cosine: --finetune_warmup steps up to --finetune_lr, then down to a tenth of it")
+    p.add_argument("--finetune_warmup", type=int, default=30)
     p.add_argument("--batch_size", type=int, default=32)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--split", default="validation")

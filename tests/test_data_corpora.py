@@ -118,6 +118,15 @@ def test_finefood_splits_have_the_documented_sizes_and_do_not_overlap():
     assert {label for _, label in corpora.finefood_reviews("test")} == {"great", "other"}
 
 
+def test_finefood_majority_baseline_counts_the_most_common_label_of_the_split():
+    for split, max_examples in (("test", None), ("validation", 50)):
+        labels = [label for _, label in corpora.finefood_reviews(split)][:max_examples]
+        label, accuracy = corpora.finefood_majority_baseline(split, max_examples)
+        assert labels.count(label) >= len(labels) / 2
+        assert accuracy == pytest.approx(100.0 * labels.count(label) / len(labels))
+    assert corpora.finefood_majority_baseline("test") == ("great", pytest.approx(65.8))
+
+
 def test_sentiment_rank_classification_gives_one_correct_candidate_per_review():
     task = seqio.get_mixture_or_task("sentiment_finefood_rank")
     rows = list(task.get_dataset({"inputs": 64, "targets": 8}, "validation", shuffle=False).take(10)

@@ -7,6 +7,7 @@ import textwrap
 
 import numpy as np
 import pytest
+import seqio
 
 import tests.data_fixtures  # noqa: F401  (registers the tasks)
 from t5x_like.data import metrics, pipeline, vocab_cli
@@ -122,6 +123,22 @@ def test_vocab_command_trains_on_several_tasks(tmp_path):
     # A character only the second task has gets a piece of its own when both tasks' text is
     # used; from the first task alone it falls back to its two UTF-8 bytes.
     assert pieces["test_vocab_a,test_vocab_b"] < pieces["test_vocab_a"], pieces
+
+def test_downstream_tasks_registered_with_a_suffix_use_that_vocabulary_beside_the_byte_ones(tmp_path):
+    import t5x_like.data.tasks as tasks
+    (tmp_path / "corpus.txt").write_text("\n\n".join(f"a great review number {i}" for i in range(300)))
+    tasks.register_text_files_task("test_suffix_corpus", str(tmp_path / "corpus.txt"))
+    sp = vocab_lib.sentencepiece_vocabulary(vocab_cli.train("test_suffix_corpus", 300, str(tmp_path / "vocab")))
+    names = tasks.register_downstream_tasks(sp, suffix="_sp300test")
+    assert "sentiment_finefood_rank_sp300test" in names and all(n.endswith("_sp300test") for n in names)
+    for name, vocabulary in (("sentiment_finefood", vocab_lib.default_vocabulary()),
+                             ("sentiment_finefood_sp300test", sp)):
+        task = seqio.get_mixture_or_task(name)
+        row = next(task.get_dataset({"inputs": 64, "targets": 8}, "test", shuffle=False).as_numpy_iterator())
+        assert task.output_features["inputs"].vocabulary is vocabulary
+        assert row["inputs"].tolist() == vocabulary.encode(row["inputs_pretokenized"].decode())[:63] + [1]
+    assert vocab_lib.embedding_rows(sp) == 512 and vocab_lib.embedding_rows(vocab_lib.default_vocabulary()) == 384
+
 
 # ---------------------------------------------------------------- metrics
 

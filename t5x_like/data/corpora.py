@@ -196,6 +196,14 @@ def finefood_reviews(split: str) -> tuple[tuple[str, str], ...]:
                  and (_stable_bucket(r, 10) == 0) == (split == "validation"))
 
 
+def finefood_majority_baseline(split: str, max_examples: int | None = None) -> tuple[str, float]:
+    """The most common label of the first `max_examples` reviews of `split` (all: None) and
+    the accuracy (%) of always answering it: the bar a sentiment classifier must clear."""
+    labels = [label for _, label in finefood_reviews(split)][:max_examples]
+    label = max(SENTIMENT_LABELS, key=labels.count)
+    return label, 100.0 * labels.count(label) / len(labels)
+
+
 # ---------------------------------------------------------------- translation
 
 def bible_split_of(ref: str) -> str:

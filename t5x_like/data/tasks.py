@@ -296,30 +296,29 @@ def _translation_text(x):
     return {"inputs": tf.strings.join([TRANSLATION_PREFIX, x["english"]]), "targets": x["spanish"]}
 
 
-def register_downstream_tasks(vocabulary: seqio.Vocabulary | None = None) -> list[str]:
+def register_downstream_tasks(vocabulary: seqio.Vocabulary | None = None, suffix: str = "") -> list[str]:
+    """Registers the sentiment, translation and probe tasks, each named `<task><suffix>`
+    (a suffix keeps the byte-vocabulary tasks registered next to, e.g., a SentencePiece copy)."""
     vocabulary = vocabulary or vocab_lib.default_vocabulary()
     features = _features(vocabulary, True)
     tokenize = [seqio.preprocessors.tokenize, seqio.preprocessors.append_eos_after_trim]
     sentiment_source = InMemorySource(_finefood_rows, ["review", "label", "idx"], corpora.SPLITS)
-    _add_task("sentiment_finefood", source=sentiment_source,
-              preprocessors=[_sentiment_text, *tokenize], output_features=features,
-              metric_fns=[metrics.accuracy])
-    _add_task("sentiment_finefood_rank", source=sentiment_source,
-              preprocessors=[_sentiment_text, rank_classification, *tokenize], output_features=features,
-              postprocess_fn=rank_classification_targets,
-              metric_fns=[metrics.rank_classification_accuracy])
-    _add_task("translation_en_es_bible",
-              source=InMemorySource(corpora.bible_pairs, ["english", "spanish"], corpora.SPLITS),
-              preprocessors=[_translation_text, *tokenize], output_features=features,
-              metric_fns=[metrics.bleu])
-    names = ["sentiment_finefood", "sentiment_finefood_rank", "translation_en_es_bible"]
+    names = []
+
+    def add(name: str, **kwargs) -> None:
+        names.append(_add_task(name + suffix, output_features=features, **kwargs).name)
+
+    add("sentiment_finefood", source=sentiment_source, preprocessors=[_sentiment_text, *tokenize],
+        metric_fns=[metrics.accuracy])
+    add("sentiment_finefood_rank", source=sentiment_source,
+        preprocessors=[_sentiment_text, rank_classification, *tokenize],
+        postprocess_fn=rank_classification_targets, metric_fns=[metrics.rank_classification_accuracy])
+    add("translation_en_es_bible", source=InMemorySource(corpora.bible_pairs, ["english", "spanish"], corpora.SPLITS),
+        preprocessors=[_translation_text, *tokenize], metric_fns=[metrics.bleu])
     for kind in corpora.PROBES:
-        _add_task(f"probe_{kind}",
-                  source=InMemorySource(functools.partial(corpora.probe_examples, kind),
-                                        ["inputs", "targets"], corpora.SPLITS),
-                  preprocessors=tokenize, output_features=features,
-                  metric_fns=[metrics.exact_match])
-        names.append(f"probe_{kind}")
+        add(f"probe_{kind}", source=InMemorySource(functools.partial(corpora.probe_examples, kind),
+                                                    ["inputs", "targets"], corpora.SPLITS),
+            preprocessors=tokenize, metric_fns=[metrics.exact_match])
     return names
 
 

@@ -53,6 +53,11 @@ def sentencepiece_vocabulary(path: str, extra_ids: int = NUM_EXTRA_IDS) -> seqio
     return seqio.SentencePieceVocabulary(path, extra_ids=extra_ids)
 
 
+def embedding_rows(vocabulary: seqio.Vocabulary, multiple: int = 128) -> int:
+    """A model's vocab_size for `vocabulary`: its size rounded up to `multiple` (aligned matmuls)."""
+    return -(-vocabulary.vocab_size // multiple) * multiple
+
+
 def _check_extra_ids(vocabulary: seqio.Vocabulary, needed: int) -> None:
     if vocabulary.extra_ids < needed:
         raise ValueError(
