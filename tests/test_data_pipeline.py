@@ -108,7 +108,6 @@ def test_vocab_command_trains_once_then_reuses(tmp_path, capsys):
     assert vocab_lib.mask_id(sp) == sp.vocab_size - 1 - 103
 
 
-
 def test_vocab_command_trains_on_several_tasks(tmp_path):
     import t5x_like.data.tasks as tasks
     for name, line in (("a", "line {i} of the tiny corpus"), ("b", "café número {i} del corpus")):
@@ -123,6 +122,7 @@ def test_vocab_command_trains_on_several_tasks(tmp_path):
     # A character only the second task has gets a piece of its own when both tasks' text is
     # used; from the first task alone it falls back to its two UTF-8 bytes.
     assert pieces["test_vocab_a,test_vocab_b"] < pieces["test_vocab_a"], pieces
+
 
 def test_downstream_tasks_registered_with_a_suffix_use_that_vocabulary_beside_the_byte_ones(tmp_path):
     import t5x_like.data.tasks as tasks

@@ -68,14 +68,22 @@ def tiny_model(layout: str, **overrides) -> models.Model:
     return models.Model(TransformerConfig(**{**base, **overrides}))
 
 
-def train_and_restore(model: models.Model, model_dir: str, task: str, lengths: dict, steps: int):
+def train_tiny(model: models.Model, model_dir: str, task: str, lengths: dict, steps: int,
+               schedule=optimizers.constant_schedule(0.01), seed: int = 0,
+               init_checkpoint: str | None = None) -> float:
+    """`steps` Adafactor steps at batch 32 (one checkpoint, at the end); the last training loss."""
     result = train.train(train.TrainConfig(
         model=model, model_dir=model_dir, mixture_or_task_name=task, task_feature_lengths=lengths,
         train_steps=steps, batch_size=32, pack=False, eval_split=None, log_period=steps,
-        checkpoint_period=10**9, async_checkpointing=False, tensorboard=False,
-        optimizer=optimizers.adafactor(optimizers.constant_schedule(0.01))))
+        checkpoint_period=10**9, async_checkpointing=False, tensorboard=False, seed=seed,
+        optimizer=optimizers.adafactor(schedule), init_checkpoint=init_checkpoint))
     assert result.step == steps
-    return evaluation.restore_params(model, model_dir), float(result.train_metrics["loss"])
+    return float(result.train_metrics["loss"])
+
+
+def train_and_restore(model: models.Model, model_dir: str, task: str, lengths: dict, steps: int):
+    loss = train_tiny(model, model_dir, task, lengths, steps)
+    return evaluation.restore_params(model, model_dir), loss
 
 
 def exact_match(model: models.Model, params, task: str, lengths: dict) -> float:
@@ -207,20 +215,13 @@ def pretrain_then_finetune_sentiment(work_dir, seed: int = 0, pretrain_steps: in
     tasks.register_downstream_tasks(sentencepiece, suffix=suffix)
     model = tiny_model("prefix_lm", vocab_size=vocab.embedding_rows(sentencepiece))
 
-    def run(model_dir, task, lengths, steps, schedule, init_checkpoint=None):
-        result = train.train(train.TrainConfig(
-            model=model, model_dir=str(model_dir), mixture_or_task_name=task, task_feature_lengths=lengths,
-            train_steps=steps, batch_size=32, pack=False, eval_split=None, log_period=steps,
-            checkpoint_period=10**9, async_checkpointing=False, tensorboard=False, seed=seed,
-            optimizer=optimizers.adafactor(schedule), init_checkpoint=init_checkpoint))
-        assert result.step == steps
-
     init_checkpoint = None  # pretrain_steps=0: finetune from a random init (the control)
     if pretrain_steps:
         init_checkpoint = str(work_dir / "pretrain")
-        run(init_checkpoint, pretrain_task, PRETRAIN_LENGTHS, pretrain_steps, optimizers.inverse_sqrt_schedule(0.01, 100))
-    run(work_dir / "finetune", f"sentiment_finefood{suffix}", SENTIMENT_LENGTHS, finetune_steps,
-        optimizers.warmup_cosine_schedule(0.003, 30, finetune_steps), init_checkpoint=init_checkpoint)
+        train_tiny(model, init_checkpoint, pretrain_task, PRETRAIN_LENGTHS, pretrain_steps,
+                   optimizers.inverse_sqrt_schedule(0.01, 100), seed)
+    train_tiny(model, str(work_dir / "finetune"), f"sentiment_finefood{suffix}", SENTIMENT_LENGTHS,
+               finetune_steps, optimizers.warmup_cosine_schedule(0.003, 30, finetune_steps), seed, init_checkpoint)
     params = evaluation.restore_params(model, str(work_dir / "finetune"))
     rank_task = f"sentiment_finefood_rank{suffix}"
     result = evaluation.evaluate(model, params, rank_task, "test", SENTIMENT_LENGTHS, batch_size=128)
