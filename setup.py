@@ -47,5 +47,5 @@ setuptools.setup(
     python_requires=">=3.11,<3.12",
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS,
-    entry_points={"console_scripts": ["t5x-like=t5x_like.cli:main"]},
+    entry_points={"console_scripts": ["t5x-like=t5x_like.cli.main:main"]},
 )

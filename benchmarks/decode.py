@@ -26,7 +26,9 @@ import jax
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from t5x_like import config as config_lib, decoding, models  # noqa: E402
+from t5x_like.inference import decoding
+from t5x_like.model import config as config_lib
+from t5x_like.model import model as models
 
 PROMPT, NEW, VOCAB = 128, 128, 384
 SHAPES = dict(vocab_size=VOCAB, d_model=512, num_heads=8, head_dim=64, d_ff=2048, max_length=512)

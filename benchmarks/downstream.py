@@ -71,8 +71,8 @@ def task_lengths(task: str, args) -> dict[str, int]:
 def use_sentencepiece(size: int, work_dir: str) -> int:
     """Registers PRETRAIN_TASK and the downstream tasks with a SentencePiece vocabulary
     trained on their text; returns the model's vocab_size (rounded up to 128)."""
-    from t5x_like.data import tasks, vocab, vocab_cli
-    path = vocab_cli.train(",".join((PRETRAIN_TASK, "sentiment_finefood", "translation_en_es_bible")), size,
+    from t5x_like.data import tasks, vocab, vocab_training
+    path = vocab_training.train_sentencepiece(",".join((PRETRAIN_TASK, "sentiment_finefood", "translation_en_es_bible")), size,
                            os.path.join(work_dir, "vocab"))
     sentencepiece = vocab.sentencepiece_vocabulary(path)
     tasks.register_pretraining_tasks("shakespeare", tasks.shakespeare_source, sentencepiece, (PRETRAIN_OBJECTIVE,))
@@ -81,19 +81,16 @@ def use_sentencepiece(size: int, work_dir: str) -> int:
 
 
 def model_for(layout: str, vocab_size: int | None = None):
-    import gin
-
-    from t5x_like import config as config_lib
-    from t5x_like import gin_utils, models
-    gin_utils.parse([os.path.join(REPO, f"gin_configs/models/{layout}/tiny.gin")], [], finalize=False)
-    config = config_lib.TransformerConfig()
-    gin.clear_config()
+    from t5x_like.cli import gin_loading
+    from t5x_like.model import model as models
+    config = gin_loading.model_config_from_file(os.path.join(REPO, f"gin_configs/models/{layout}/tiny.gin"), [])
     return models.Model(config.replace(vocab_size=vocab_size) if vocab_size else config)
 
 
 def run_training(model, model_dir: str, task: str, lengths: dict, steps: int, args, *,
                  learning_rate, init_checkpoint: str | None = None) -> dict:
-    from t5x_like import optimizers, train
+    from t5x_like.training import optimizers
+    from t5x_like.training import run as train
     config = train.TrainConfig(
         model=model, model_dir=model_dir, mixture_or_task_name=task, task_feature_lengths=lengths,
         train_steps=steps, batch_size=args.batch_size, seed=args.seed, pack=False, eval_split=None,
@@ -107,9 +104,9 @@ def run_training(model, model_dir: str, task: str, lengths: dict, steps: int, ar
 
 
 def evaluate_task(model, model_dir: str, task: str, lengths: dict, args) -> dict:
-    from t5x_like import evaluation
     from t5x_like.data import corpora
-    params = evaluation.restore_params(model, model_dir)
+    from t5x_like.inference import evaluation
+    params = evaluation.load_params(model, model_dir)
     start = time.perf_counter()
     max_examples = args.sentiment_eval_examples if task.startswith("sentiment") else args.eval_examples
     result = evaluation.evaluate(model, params, task, args.split, lengths, batch_size=args.eval_batch_size,
@@ -130,7 +127,7 @@ def evaluate_task(model, model_dir: str, task: str, lengths: dict, args) -> dict
 
 
 def finetune_schedule(args, steps: int):
-    from t5x_like import optimizers
+    from t5x_like.training import optimizers
     if args.finetune_schedule == "cosine":
         return optimizers.warmup_cosine_schedule(args.finetune_lr, args.finetune_warmup, steps)
     return optimizers.constant_schedule(args.finetune_lr)
@@ -151,7 +148,7 @@ def finetune_sentiment(model, task_dir: str, lengths: dict, steps: int, args, in
 
 
 def run_layout(layout: str, args, work_dir: str) -> dict:
-    from t5x_like import optimizers
+    from t5x_like.training import optimizers
     model = model_for(layout, args.vocab_size)
     row: dict = {}
     pretrain_dir = os.path.join(work_dir, layout, "pretrain")
@@ -237,7 +234,7 @@ def main(argv=None) -> int:
             p.error(f"unknown task {name!r}; expected some of {TASKS}")
     logging.basicConfig(level=logging.WARNING)
     logging.getLogger("absl").setLevel(logging.ERROR)
-    import t5x_like.data  # noqa: F401  (registers the tasks)
+    import t5x_like.data.tasks  # noqa: F401  (registers the tasks)
 
     work_dir = args.work_dir or tempfile.mkdtemp(prefix="downstream-")
     args.vocab_size = use_sentencepiece(args.sentencepiece, work_dir) if args.sentencepiece else None

@@ -33,23 +33,23 @@ LAYOUTS = {
 
 
 def bench_layout(layout: str, lengths: dict[str, int], batch_size: int, steps: int) -> dict:
-    import gin
     import jax
 
-    from t5x_like import config as config_lib
-    from t5x_like import gin_utils, models, optimizers, partitioning, sizing, train
-    from t5x_like.trainer import LossOptions, Trainer
+    from t5x_like.cli import gin_loading
+    from t5x_like.data.sources import DataRequest, synthetic_batches
+    from t5x_like.model import model as models
+    from t5x_like.model import sizing
+    from t5x_like.training import optimizers, partitioning
+    from t5x_like.training.trainer import LossOptions, Trainer
 
-    gin_utils.parse([f"gin_configs/models/{layout}/small.gin"], [], finalize=False)
-    model_config = config_lib.TransformerConfig()
-    gin.clear_config()
+    model_config = gin_loading.model_config_from_file(f"gin_configs/models/{layout}/small.gin", [])
     model = models.Model(model_config)
     mesh = partitioning.make_mesh((-1, 1, 1))
     trainer = Trainer(model, optimizers.adamw(learning_rate=1e-4), mesh, partitioning.logical_axis_rules(),
                       batch_size, lengths, loss=LossOptions(z_loss=0.0))
     state = trainer.init_state()
-    request = train.DataRequest("synthetic", lengths, "train", batch_size, False, 0, False)
-    batches = train.synthetic_batches(request, model)
+    request = DataRequest("synthetic", lengths, "train", batch_size, False, 0, False)
+    batches = synthetic_batches(request, model)
     batch = trainer.global_batch(next(batches))
     start = time.perf_counter()
     state, metrics = trainer.train_step(state, batch)
@@ -144,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     sys.path.insert(0, REPO)
     import jax
 
-    from t5x_like.metrics_log import measure_matmul_flops
+    from t5x_like.training.metrics_log import measure_matmul_flops
     ceiling = measure_matmul_flops(2048)
     results = {"device": jax.devices()[0].device_kind, "num_devices": jax.device_count(),
                "jax_f32_matmul_flops_per_sec": ceiling, "layouts": []}

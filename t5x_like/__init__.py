@@ -1,14 +1,17 @@
 """t5x_like: decoder-only, prefix-LM and encoder-decoder Transformers, compared fairly.
 
-Subpackages and modules (each owns one concept; see its docstring):
-  config      -- TransformerConfig, the one typed description of every layout.
-  masks       -- attention masks (1 = may attend), composable.
-  positions   -- position encodings (absolute, sinusoidal, relative bias, RoPE, ALiBi).
-  layers      -- the shared Flax layers every layout is built from.
-  models      -- the Transformer module and the per-layout loss / feature converter.
-  sizing      -- exact parameter counts, FLOPs, and the matching solver.
-  data        -- vocabularies, corpora, objectives and seqio tasks.
-  cli         -- the `t5x-like` command.
+The packages are the layers; imports only go down (tests/test_architecture.py
+enforces it; docs/architecture.md draws it):
+
+  cli/          the `t5x-like` command: argv and gin are read only here; nothing imports it
+  experiments/  comparison grids, their reports and statistics
+  inference/    cached decoding, checkpoint evaluation with task metrics, attention analysis
+  interop/      Hugging Face T5 / GPT-2 import and export
+  training/     meshes, optimizers, checkpoints, metrics, the train loop, TrainConfig / train()
+  model/        config, masks, positions, layers, every layout, Model, sizing  (ground floor)
+  data/         vocabularies, corpora, objectives, seqio tasks, data sources  (ground floor)
+
+`python -m t5x_like.train` is `t5x-like train`, as T5X users type it.
 """
 
 __version__ = "0.1.0"

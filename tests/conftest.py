@@ -1,4 +1,8 @@
-"""Shared pytest set-up: markers, quiet TensorFlow, one CPU device by default."""
+"""Shared pytest set-up: markers, quiet TensorFlow, one CPU device by default, shared fixtures.
+
+Helpers that are plain functions live in tests/*_fixtures.py (import what you use);
+fixtures shared across folders live here.
+"""
 import os
 import sys
 
@@ -12,6 +16,7 @@ def pytest_configure(config):
 
 
 import gin  # noqa: E402
+import jax  # noqa: E402
 import pytest  # noqa: E402
 
 
@@ -22,3 +27,30 @@ def _fresh_gin_config():
     gin.clear_config()
     yield
     gin.clear_config()
+
+
+@pytest.fixture(scope="module")
+def persistent_compilation_cache(tmp_path_factory):
+    """Runs in this module compile the same programs again and again: cache them."""
+    # private API: the cache is set up once per process; reset it to take effect
+    from jax._src import compilation_cache
+    names = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
+             "jax_persistent_cache_min_entry_size_bytes")
+    old = {n: getattr(jax.config, n) for n in names}
+    new = (str(tmp_path_factory.getbasetemp() / "jax_cache"), 0, 0)
+    for n, v in zip(names, new):
+        jax.config.update(n, v)
+    compilation_cache.reset_cache()
+    yield
+    for n, v in old.items():
+        jax.config.update(n, v)
+    compilation_cache.reset_cache()
+
+
+@pytest.fixture(scope="module")
+def prefix_run(tmp_path_factory):
+    """A prefix-LM model dir with config.gin and a step-7 checkpoint: (model_dir, model, params)."""
+    from tests.checkpoint_fixtures import tiny, write_run
+    model_dir = str(tmp_path_factory.mktemp("prefix_run"))
+    model, params = write_run(model_dir, tiny("prefix_lm"))
+    return model_dir, model, params

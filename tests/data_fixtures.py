@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import seqio
 
-import t5x_like.data  # noqa: F401  (registers the tasks)
+import t5x_like.data.tasks  # noqa: F401  (registers the tasks)
 from t5x_like.data import objectives, tasks
 from t5x_like.data import vocab as vocab_lib
 

@@ -7,8 +7,8 @@ import flax.linen as nn
 import jax
 import numpy as np
 
-from t5x_like import models
-from t5x_like.config import TransformerConfig
+from t5x_like.model import model as models
+from t5x_like.model.config import TransformerConfig
 
 TINY = dict(vocab_size=64, d_model=32, num_heads=4, head_dim=8, d_ff=64)
 

@@ -1,23 +1,33 @@
-"""Vocabularies, corpora, objectives and seqio tasks (see docs/data.md).
+"""Vocabularies, corpora, objectives, seqio tasks and training data sources (see docs/data.md).
 
-Importing this package registers every task and mixture (tasks.py) without
-reading any data. Modules:
+Ground floor: imports nothing of model/, training/ or above. Importing the
+package itself loads nothing heavy; `t5x_like.data.tasks` registers every
+task and mixture (without reading any data) and is imported by whatever needs
+the registry (`pipeline`, `sources.check_task_name`, evaluation). Modules:
   vocab              default byte vocabulary, sentinel/mode/mask ids, SentencePiece loading
-  vocab_cli          `t5x-like vocab`: train a SentencePiece model on a task
   corpora            Shakespeare, local files, fine-food reviews, Bible pairs, probes
   sword              SWORD zText Bible reader
   objectives         causal LM, prefix LM, span corruption, MLM, UL2; length matching
   feature_converters EncoderOnlyMLMFeatureConverter, for_layout
-  tasks              task and mixture registration, data sources
+  tasks              task and mixture registration, TFDS / local-file sources, `configure`
   metrics            accuracy, exact match, BLEU, rank classification
-  pipeline           get_dataset
-"""
-from t5x_like.data import tasks  # noqa: F401  (registers the tasks)
-from t5x_like.data.feature_converters import EncoderOnlyMLMFeatureConverter, for_layout
-from t5x_like.data.objectives import matched_feature_lengths
-from t5x_like.data.pipeline import get_dataset
-from t5x_like.data.tasks import register_text_files_task
-from t5x_like.data.vocab import default_vocabulary, sentencepiece_vocabulary
+  pipeline           get_dataset: a task converted for one layout, batched and sharded
+  sources            DataRequest and the training loop's data sources (seqio, synthetic)
 
-__all__ = ["EncoderOnlyMLMFeatureConverter", "default_vocabulary", "for_layout", "get_dataset",
-           "matched_feature_lengths", "register_text_files_task", "sentencepiece_vocabulary"]
+The names below are importable from the package; each loads its module (and
+so seqio and TensorFlow) on first use.
+"""
+import importlib
+
+_EXPORTS = {
+    "EncoderOnlyMLMFeatureConverter": "feature_converters", "for_layout": "feature_converters",
+    "matched_feature_lengths": "objectives", "get_dataset": "pipeline",
+    "register_text_files_task": "tasks", "default_vocabulary": "vocab", "sentencepiece_vocabulary": "vocab",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f"t5x_like.data.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module 't5x_like.data' has no attribute {name!r}")

@@ -11,7 +11,10 @@ from typing import Mapping
 import seqio
 import tensorflow as tf
 
-from t5x_like.data import feature_converters
+from t5x_like.data import (
+    feature_converters,
+    tasks,  # noqa: F401  (registers the tasks get_dataset looks up)
+)
 
 
 def _provider(name: str) -> seqio.Task | seqio.Mixture:

@@ -22,7 +22,6 @@ import re
 import zlib
 from typing import Callable, Mapping, Sequence
 
-import gin
 import numpy as np
 import seqio
 import tensorflow as tf
@@ -77,10 +76,24 @@ class TfdsDataMissingError(FileNotFoundError):
     """A TFDS dataset is not prepared on disk; the message says where we looked and what to do."""
 
 
-@gin.configurable
-def tfds_data_dir(data_dir: str | None = None) -> str:
-    """Where prepared TFDS datasets live: gin, else $TFDS_DATA_DIR, else ~/tensorflow_datasets."""
-    return os.path.expanduser(data_dir or os.environ.get("TFDS_DATA_DIR") or "~/tensorflow_datasets")
+# Settings read when a dataset is built (not when tasks are registered).
+# Python callers use `configure`; the command line sets them from gin
+# (`t5x_like.data.tasks.tfds_data_dir.data_dir`, `...ul2_mixing_rates.rates`,
+# registered in cli/configurables.py).
+_SETTINGS: dict = {"tfds_data_dir": None, "ul2_mixing_rates": objectives.UL2_DEFAULT_RATES}
+
+
+def configure(tfds_data_dir: str | None = None,
+              ul2_mixing_rates: Sequence[float] = objectives.UL2_DEFAULT_RATES) -> None:
+    """Sets where prepared TFDS datasets live (None: $TFDS_DATA_DIR, else
+    ~/tensorflow_datasets) and the UL2 mixture's rates; ValueError if the rates are malformed."""
+    _SETTINGS.update(tfds_data_dir=tfds_data_dir, ul2_mixing_rates=check_ul2_mixing_rates(ul2_mixing_rates))
+
+
+def tfds_data_dir() -> str:
+    """Where prepared TFDS datasets live: `configure`, else $TFDS_DATA_DIR, else ~/tensorflow_datasets."""
+    return os.path.expanduser(_SETTINGS["tfds_data_dir"] or os.environ.get("TFDS_DATA_DIR")
+                              or "~/tensorflow_datasets")
 
 
 _VERSION = re.compile(r"^\d+\.\d+\.\d+$")
@@ -148,9 +161,8 @@ _TOKENIZE = functools.partial(seqio.preprocessors.tokenize, copy_pretokenized=Fa
 _TEXT_TO_TARGETS = functools.partial(seqio.preprocessors.rekey, key_map={"targets": "text"})
 
 
-@gin.configurable
-def ul2_mixing_rates(rates: Sequence[float] = objectives.UL2_DEFAULT_RATES) -> tuple[float, ...]:
-    """Rate of each UL2 denoiser, in the order of objectives.UL2_DENOISERS (gin-configurable)."""
+def check_ul2_mixing_rates(rates: Sequence[float]) -> tuple[float, ...]:
+    """Rate of each UL2 denoiser, in the order of objectives.UL2_DENOISERS; ValueError if malformed."""
     if len(rates) != len(objectives.UL2_DENOISERS) or min(rates) < 0 or not sum(rates):
         raise ValueError(f"need {len(objectives.UL2_DENOISERS)} non-negative rates, not all 0; got {rates}")
     return tuple(float(r) for r in rates)
@@ -158,7 +170,7 @@ def ul2_mixing_rates(rates: Sequence[float] = objectives.UL2_DEFAULT_RATES) -> t
 
 def _ul2_rate(index: int, task: seqio.Task) -> float:
     del task
-    return ul2_mixing_rates()[index]
+    return _SETTINGS["ul2_mixing_rates"][index]
 
 
 # ---------------------------------------------------------------- pretraining
@@ -193,7 +205,7 @@ def register_pretraining_tasks(corpus: str, make_source: Callable[[str], seqio.D
 def register_ul2_mixture(name: str, make_source: Callable[[str], seqio.DataSource],
                          vocabulary: seqio.Vocabulary | None = None) -> seqio.Mixture:
     """A task per UL2 denoiser ({name}_{denoiser}) and the mixture `name` over them,
-    at rates from ul2_mixing_rates() (read when the dataset is built)."""
+    at the configured UL2 rates (read when the dataset is built; see `configure`)."""
     vocabulary = vocabulary or vocab_lib.default_vocabulary()
     members = []
     for index, denoiser in enumerate(objectives.UL2_DENOISERS):
@@ -210,7 +222,6 @@ def shakespeare_source(salt: str) -> InMemorySource:
     return InMemorySource(corpora.shakespeare_documents, ["text"], corpora.SPLITS, salt)
 
 
-@gin.configurable
 def register_text_files_task(name: str, glob: str | Mapping[str, str], objective: str = "causal_lm",
                              text_key: str = "text", max_chars: int = corpora.DOCUMENT_CHARS) -> list[str]:
     """Registers a pretraining task (or UL2 mixture) named `name` over local files.

@@ -23,7 +23,6 @@ from __future__ import annotations
 import functools
 import os
 
-import gin
 import seqio
 
 NUM_SENTINELS = 100
@@ -43,7 +42,6 @@ def default_vocabulary() -> seqio.ByteVocabulary:
     return seqio.ByteVocabulary(extra_ids=NUM_EXTRA_IDS)
 
 
-@gin.configurable
 def sentencepiece_vocabulary(path: str, extra_ids: int = NUM_EXTRA_IDS) -> seqio.SentencePieceVocabulary:
     """A SentencePiece model trained by `t5x-like vocab`, with our extra-id layout."""
     if not os.path.exists(path):

@@ -5,19 +5,22 @@ Owns: reading and writing an HF directory's `config.json` and weights
 the `TensorSource` that hands out HF tensors with shape checks, the expected
 params tree of a `TransformerConfig`, and the converted MODEL_DIR layout:
 
-    MODEL_DIR/model.gin                the architecture (`MODEL = @models.Model()`)
+    MODEL_DIR/model.gin                the architecture (`MODEL = @models.Model()`; written
+                                       by `config_to_gin`, read back by `read_model_gin`)
     MODEL_DIR/checkpoints/0/params     orbax, the params tree (read with
     MODEL_DIR/checkpoints/0/meta       `checkpoints.restore_params`)
     MODEL_DIR/hf/                      the source config.json and tokenizer files
 
 Does not own: which HF tensor becomes which parameter (`hf_t5.py`,
-`hf_gpt2.py`) or the command line (`convert.py`).
+`hf_gpt2.py`), the import/export steps (`convert.py`) or the command line
+(`cli/convert.py`).
 
 Only numpy and safetensors are needed to convert safetensors weights;
 torch only for `pytorch_model.bin`; transformers only for the GPT-2 tokenizer.
 """
 from __future__ import annotations
 
+import ast
 import dataclasses
 import functools
 import json
@@ -27,7 +30,9 @@ from typing import Any
 
 import numpy as np
 
-from t5x_like.config import TransformerConfig
+from t5x_like.model.config import TransformerConfig
+from t5x_like.model.model import Model
+from t5x_like.training import checkpoints
 
 Params = dict[str, Any]
 
@@ -202,12 +207,11 @@ class TensorSource:
 # --- our params tree -----------------------------------------------------------
 @functools.lru_cache(maxsize=32)
 def expected_params(config: TransformerConfig) -> Params:
-    """The params tree `models.Model(config).init` produces, as ShapeDtypeStructs (no compute; cached)."""
+    """The params tree `Model(config).init` produces, as ShapeDtypeStructs (no compute; cached)."""
     import flax.linen as nn
     import jax
 
-    from t5x_like import models
-    model = models.Model(config)
+    model = Model(config)
     lengths = {"inputs": 4, "targets": 4} if config.layout == "encoder_decoder" else {"targets": 4}
     batch = model.dummy_batch(1, lengths)
     variables = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), batch))
@@ -293,7 +297,7 @@ ALWAYS_WRITTEN = ("layout", "vocab_size", "d_model", "num_heads", "head_dim", "d
 def config_to_gin(config: TransformerConfig, header: str = "") -> str:
     default = TransformerConfig()
     lines = [f"# {line}" for line in header.splitlines()]
-    lines += ["import t5x_like.config", "import t5x_like.models", "",
+    lines += ["import t5x_like.cli.configurables", "",
               "MODEL = @models.Model()", "models.Model.config = @config.TransformerConfig()"]
     for field in dataclasses.fields(TransformerConfig):
         value = getattr(config, field.name)
@@ -302,28 +306,34 @@ def config_to_gin(config: TransformerConfig, header: str = "") -> str:
     return "\n".join(lines) + "\n"
 
 
-def config_from_gin(path: str) -> TransformerConfig:
-    """The TransformerConfig a model gin file describes. Clears gin's global config (before and after)."""
-    import gin
-
-    from t5x_like import models
+def read_model_gin(path: str) -> TransformerConfig:
+    """The TransformerConfig of a model.gin written by `config_to_gin` (its exact inverse;
+    no gin needed). Any other gin file is the command line's to parse (`--gin_file`)."""
     if not os.path.exists(path):
         raise ConversionError(f"{path!r} does not exist: a converted MODEL_DIR has {MODEL_GIN}")
-    gin.clear_config()
+    prefix = "config.TransformerConfig."
+    fields = {}
+    with open(path) as f:
+        for number, line in enumerate(f, 1):
+            line = line.strip()
+            if not line.startswith(prefix):
+                continue
+            name, _, value = line[len(prefix):].partition("=")
+            try:
+                fields[name.strip()] = ast.literal_eval(value.strip())
+            except (ValueError, SyntaxError):
+                raise ConversionError(f"{path}:{number}: not a literal: {line!r}; pass a model gin "
+                                      "file with --gin_file instead") from None
     try:
-        gin.parse_config_file(path, skip_unknown=True)
-        return models.Model().config
-    except Exception as e:
-        raise ConversionError(f"{path}: cannot build the model config: {e}") from e
-    finally:
-        gin.clear_config()
+        return TransformerConfig(**fields)
+    except (TypeError, ValueError) as e:
+        raise ConversionError(f"{path}: cannot build the model config: {e}") from None
 
 
 def save_model_dir(model_dir: str, config: TransformerConfig, params: Params, header: str = "") -> None:
     """Writes model.gin and an orbax checkpoint (step 0: params + meta) under MODEL_DIR."""
     import orbax.checkpoint as ocp
 
-    from t5x_like import checkpoints
     check_params(params, config)
     os.makedirs(model_dir, exist_ok=True)
     with open(os.path.join(model_dir, MODEL_GIN), "w") as f:
@@ -346,8 +356,7 @@ def load_model_dir(model_dir: str, config: TransformerConfig | None = None) -> t
     """(config, params) of a MODEL_DIR: config from model.gin unless given, params from its newest checkpoint."""
     import jax
 
-    from t5x_like import checkpoints
-    config = config or config_from_gin(os.path.join(model_dir, MODEL_GIN))
+    config = config or read_model_gin(os.path.join(model_dir, MODEL_GIN))
     abstract = expected_params(config)
     params = checkpoints.restore_params(model_dir, abstract)
     return config, jax.tree.map(np.asarray, params)

@@ -1,10 +1,10 @@
-"""`t5x-like convert`: Hugging Face directory <-> t5x_like MODEL_DIR.
+"""Hugging Face directory <-> t5x_like MODEL_DIR (the library behind `t5x-like convert`).
 
-    t5x-like convert --from-hf HF_DIR --to MODEL_DIR     # import (T5 1.0/1.1, mT5, GPT-2)
-    t5x-like convert --from MODEL_DIR --to-hf HF_DIR     # export (config.json + model.safetensors)
+    import_hf(HF_DIR, MODEL_DIR)     # import (T5 1.0/1.1, mT5, GPT-2)
+    export_hf(MODEL_DIR, HF_DIR)     # export (config.json + model.safetensors)
 
 Import writes MODEL_DIR/model.gin (the architecture), an orbax checkpoint
-MODEL_DIR/checkpoints/0 (params; read it with `checkpoints.restore_params`)
+MODEL_DIR/checkpoints/0 (params; read it with `training.checkpoints.restore_params`)
 and MODEL_DIR/hf/ (the original config.json and tokenizer files, which
 export copies back and `load_vocabulary` reads). Which converter handles a
 directory is decided by config.json's `model_type` (import) or the config's
@@ -12,15 +12,13 @@ layout (export: encoder_decoder -> T5, decoder_only -> GPT-2).
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import sys
 from types import ModuleType
 
-from t5x_like.config import TransformerConfig
 from t5x_like.interop import common, hf_gpt2, hf_t5
 from t5x_like.interop.common import ConversionError, Params
+from t5x_like.model.config import TransformerConfig
 
 CONVERTERS: dict[str, ModuleType] = {"t5": hf_t5, "mt5": hf_t5, "gpt2": hf_gpt2}
 EXPORTERS: dict[str, ModuleType] = {"encoder_decoder": hf_t5, "decoder_only": hf_gpt2}
@@ -92,41 +90,3 @@ def load_vocabulary(model_dir: str):
                 extra_ids = int(json.load(f).get("extra_ids", extra_ids))
         return seqio.SentencePieceVocabulary(spiece, extra_ids=extra_ids)
     return hf_gpt2.bpe_vocabulary(hf_copy)
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="t5x-like convert",
-        description="Convert between a local Hugging Face directory and a t5x_like MODEL_DIR.")
-    parser.add_argument("--from-hf", dest="from_hf", metavar="HF_DIR", help="import this HF directory")
-    parser.add_argument("--to", dest="to", metavar="MODEL_DIR", help="MODEL_DIR to write (with --from-hf)")
-    parser.add_argument("--from", dest="from_", metavar="MODEL_DIR", help="export this MODEL_DIR")
-    parser.add_argument("--to-hf", dest="to_hf", metavar="HF_DIR", help="HF directory to write (with --from)")
-    parser.add_argument("--gin_file", default=None,
-                        help="with --from: the model gin file (default MODEL_DIR/model.gin)")
-    args = parser.parse_args(argv)
-    importing = bool(args.from_hf or args.to)
-    exporting = bool(args.from_ or args.to_hf)
-    if importing == exporting or (importing and not (args.from_hf and args.to)) or (
-            exporting and not (args.from_ and args.to_hf)):
-        parser.print_usage(sys.stderr)
-        print("t5x-like convert: give either --from-hf HF_DIR --to MODEL_DIR or --from MODEL_DIR --to-hf HF_DIR",
-              file=sys.stderr)
-        return 2
-    try:
-        if importing:
-            config = import_hf(args.from_hf, args.to)
-            print(f"wrote {args.to}: {config.layout}, {config.num_encoder_layers}+{config.num_decoder_layers} "
-                  f"layers, d_model {config.d_model}, vocab {config.vocab_size}")
-        else:
-            config = common.config_from_gin(args.gin_file) if args.gin_file else None
-            config = export_hf(args.from_, args.to_hf, config)
-            print(f"wrote {args.to_hf}: {EXPORTERS[config.layout].ARCHITECTURE}")
-    except ConversionError as e:
-        print(f"t5x-like convert: {e}", file=sys.stderr)
-        return 1
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

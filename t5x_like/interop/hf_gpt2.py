@@ -31,8 +31,6 @@ import os
 
 import numpy as np
 
-from t5x_like import config as config_lib
-from t5x_like.config import TransformerConfig
 from t5x_like.interop.common import (
     ACTIVATIONS_TO_HF,
     ConversionError,
@@ -46,6 +44,8 @@ from t5x_like.interop.common import (
     tensors_from_table,
     unscan_params,
 )
+from t5x_like.model import config as config_lib
+from t5x_like.model.config import TransformerConfig
 
 MODEL_TYPES = ("gpt2",)
 ARCHITECTURE = "GPT2LMHeadModel"

@@ -34,8 +34,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from t5x_like import config as config_lib
-from t5x_like.config import TransformerConfig
 from t5x_like.interop.common import (
     ACTIVATIONS_TO_HF,
     ConversionError,
@@ -48,6 +46,8 @@ from t5x_like.interop.common import (
     tensors_from_table,
     unscan_params,
 )
+from t5x_like.model import config as config_lib
+from t5x_like.model.config import TransformerConfig
 
 MODEL_TYPES = ("t5", "mt5")
 ARCHITECTURE = "T5ForConditionalGeneration"
@@ -57,8 +57,15 @@ _UNUSED = ("decoder.block.0.layer.1.EncDecAttention.relative_attention_bias.weig
 
 
 # --- config ----------------------------------------------------------------------
-def config_from_hf(hf: dict, untied_head: bool) -> tuple[TransformerConfig, bool]:
-    """(our config, whether D**-0.5 must be folded into an untied head) from T5's config.json."""
+def scales_decoder_outputs(hf: dict) -> bool:
+    """Whether T5 multiplies the decoder output by d_model**-0.5 before the logits."""
+    if "scale_decoder_outputs" in hf:
+        return bool(hf["scale_decoder_outputs"])
+    return hf.get("tie_word_embeddings", True) is not False
+
+
+def config_from_hf(hf: dict, untied_head: bool) -> TransformerConfig:
+    """Our config from T5's config.json (`untied_head`: the weights have their own lm_head)."""
     num_layers = config_field(hf, "num_layers", int)
     ff = config_field(hf, "feed_forward_proj", str, "relu")
     parts = ff.split("-")
@@ -67,11 +74,8 @@ def config_from_hf(hf: dict, untied_head: bool) -> tuple[TransformerConfig, bool
     # HF reads "gated-gelu" as the tanh approximation (gelu_new), for T5 1.1's sake.
     activation = activation_from_hf("gelu_new" if ff == "gated-gelu" else parts[-1], "feed_forward_proj")
     activations = (activation, "linear") if len(parts) == 2 else (activation,)
-    if "scale_decoder_outputs" in hf:
-        scaled = bool(hf["scale_decoder_outputs"])
-    else:
-        scaled = hf.get("tie_word_embeddings", True) is not False
-    config = config_lib.t5_1_0(
+    scaled = scales_decoder_outputs(hf)
+    return config_lib.t5_1_0(
         vocab_size=config_field(hf, "vocab_size", int),
         d_model=config_field(hf, "d_model", int),
         num_heads=config_field(hf, "num_heads", int),
@@ -87,7 +91,6 @@ def config_from_hf(hf: dict, untied_head: bool) -> tuple[TransformerConfig, bool
         tie_embeddings=not untied_head,
         rescale_tied_logits=scaled or untied_head,  # unused when untied; keep the T5 1.1 preset's value
     )
-    return config, untied_head and scaled
 
 
 def config_to_hf(config: TransformerConfig, base: dict | None = None) -> dict:
@@ -180,7 +183,9 @@ def has_untied_head(tensors: dict[str, np.ndarray]) -> bool:
 
 def from_hf(hf: dict, tensors: dict[str, np.ndarray]) -> tuple[TransformerConfig, Params, list[str]]:
     """(config, params, notes) from T5's config.json and its tensors."""
-    config, fold_scale = config_from_hf(hf, has_untied_head(tensors))
+    untied_head = has_untied_head(tensors)
+    config = config_from_hf(hf, untied_head)
+    fold_scale = untied_head and scales_decoder_outputs(hf)  # D**-0.5 folded into the untied head
     source = TensorSource(tensors)
     params = params_from_table(parameter_table(config), source)
     for name in _TIED_COPIES:

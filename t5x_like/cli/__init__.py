@@ -1,0 +1,8 @@
+"""The command line: the only place argv is parsed and gin is loaded; nothing imports it.
+
+  main               the `t5x-like` dispatcher (console entry point)
+  configurables      every gin configurable, registered in one place
+  gin_loading        --gin_file / --gin.X=V handling; gin files -> plain library objects
+  train, eval, size, compare, vocab, convert, analyze_attention
+                     one module per subcommand, each with main(argv) -> int
+"""

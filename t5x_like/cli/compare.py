@@ -1,0 +1,71 @@
+"""`t5x-like compare`: run an experiment's grid of training runs and write its report.
+
+    t5x-like compare --gin_file=gin_configs/experiments/quick.gin --gin.OUTPUT_DIR=out/quick
+    t5x-like compare --gin_file=... --check_only     # verify the matching claims, train nothing
+    t5x-like compare --gin_file=... --report_only    # rebuild the report from finished runs
+
+The experiment file binds `compare.Experiment` (experiments/grid.py); each
+cell's TrainConfig comes from its `t5x-like train` arguments, parsed here.
+Rerunning the command resumes an interrupted grid; finished runs are kept.
+Exit codes: 0 done, 2 bad experiment file or a matching claim that does not hold.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from t5x_like.cli import configurables, gin_loading
+from t5x_like.experiments import grid, report
+
+
+def load_experiment(gin_files: list[str], bindings: list[str]) -> grid.Experiment:
+    """The Experiment an experiment gin file binds (plus --gin.X=V bindings)."""
+    gin_loading.load_config(gin_files, bindings, finalize=False)
+    try:
+        return configurables.configured_experiment()
+    except TypeError as e:  # a required field (name, output_dir) is not bound
+        raise ValueError(f"compare.Experiment: {e}") from None
+
+
+def _train_config(argv: list[str]):
+    config, _, _ = gin_loading.train_config_from_args(argv)
+    return config
+
+
+GIN_LOADERS = grid.Loaders(
+    model_config=lambda arm: gin_loading.model_config_from_file(arm.model, list(arm.bindings)),
+    train_config=_train_config)
+
+
+def main(argv: list[str] | None = None) -> int:
+    files, bindings, rest = gin_loading.split_gin_args(list(sys.argv[1:] if argv is None else argv))
+    parser = argparse.ArgumentParser(prog="t5x-like compare", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--report_only", action="store_true", help="rebuild the report from finished runs")
+    parser.add_argument("--check_only", action="store_true", help="verify the matching claims and exit")
+    args = parser.parse_args(rest)
+    if not files:
+        parser.error("give --gin_file=gin_configs/experiments/<name>.gin")
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        experiment = load_experiment(files, bindings)
+        size_rows = grid.sizes(experiment, GIN_LOADERS)
+        failures = grid.check_claims(experiment, size_rows)
+    except ValueError as e:
+        print(f"t5x-like compare: {e}", file=sys.stderr)
+        return 2
+    if failures:
+        print("t5x-like compare: matching claims do not hold:\n  " + "\n  ".join(failures), file=sys.stderr)
+        return 2
+    if args.check_only:
+        print(f"{experiment.name}: all matching claims hold within {experiment.claim_tolerance:.0%}")
+        return 0
+    records = grid.load_records(experiment) if args.report_only else grid.run_grid(experiment, GIN_LOADERS)
+    outputs = report.write_report(experiment, size_rows, records)
+    print("wrote " + ", ".join(outputs))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

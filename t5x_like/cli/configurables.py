@@ -1,0 +1,77 @@
+"""Every gin configurable, registered in one place, under the names gin files use.
+
+The library is plain Python: no class or function below it imports gin. This
+module makes them configurable from outside (`gin.external_configurable`),
+under stable gin names that do not move when a Python module does:
+
+    gin name                     library object
+    config.TransformerConfig     model.config.TransformerConfig
+    models.Model                 model.model.Model
+    train.TrainConfig            training.run.TrainConfig
+    train.run_mode               which program a run file asks for (below)
+    optimizers.*                 training.optimizers (adafactor, adamw, schedules)
+    decoding.DecodeConfig        inference.decoding.DecodeConfig
+    compare.Experiment           experiments.grid.Experiment
+    t5x_like.data.vocab.sentencepiece_vocabulary
+    t5x_like.data.tasks.tfds_data_dir, t5x_like.data.tasks.ul2_mixing_rates
+                                 data settings read when a dataset is built;
+                                 `apply_data_settings` hands them to data.tasks
+
+Gin files import this module (`import t5x_like.cli.configurables`), and every
+command imports it before parsing. The `configured_*` names are the gin-aware
+constructors: calling one fills in what the parsed files bind.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import gin
+
+from t5x_like.data import objectives, tasks, vocab
+from t5x_like.experiments import grid
+from t5x_like.inference import decoding
+from t5x_like.model import config, model
+from t5x_like.training import optimizers, run
+
+RUN_MODES = ("train", "eval", "infer")
+
+configured_transformer_config = gin.external_configurable(config.TransformerConfig, module="config")
+configured_model = gin.external_configurable(model.Model, module="models")
+configured_train_config = gin.external_configurable(run.TrainConfig, module="train")
+configured_decode_config = gin.external_configurable(decoding.DecodeConfig, module="decoding")
+configured_experiment = gin.external_configurable(grid.Experiment, module="compare")
+for _factory in (optimizers.inverse_sqrt_schedule, optimizers.warmup_cosine_schedule,
+                 optimizers.constant_schedule, optimizers.adafactor, optimizers.adamw, optimizers.sgd):
+    gin.external_configurable(_factory, module="optimizers")
+gin.external_configurable(vocab.sentencepiece_vocabulary, module="t5x_like.data.vocab")
+
+
+@gin.configurable(module="train")
+def run_mode(mode: str = "train") -> str:
+    """Which program a run gin file asks for: 'train' (pretrain, finetune), 'eval'
+    (teacher-forced loss) or 'infer' (generation + task metrics, as `t5x-like eval`)."""
+    if mode not in RUN_MODES:
+        raise ValueError(f"run_mode.mode={mode!r}: expected 'train', 'eval' or 'infer'")
+    return mode
+
+
+@gin.configurable(module="t5x_like.data.tasks")
+def tfds_data_dir(data_dir: str | None = None) -> str | None:
+    """Where prepared TFDS datasets live (None: $TFDS_DATA_DIR, else ~/tensorflow_datasets)."""
+    return data_dir
+
+
+@gin.configurable(module="t5x_like.data.tasks")
+def ul2_mixing_rates(rates: Sequence[float] = objectives.UL2_DEFAULT_RATES) -> tuple[float, ...]:
+    """Rate of each UL2 denoiser, in the order of objectives.UL2_DENOISERS."""
+    return tuple(rates)
+
+
+def apply_data_settings() -> None:
+    """Hands the parsed data settings to the data package (defaults where unbound)."""
+    tasks.configure(tfds_data_dir=tfds_data_dir(), ul2_mixing_rates=ul2_mixing_rates())
+
+
+@gin.configurable(module="t5x_like.cli")
+def _macro_value(value=gin.REQUIRED):
+    return value

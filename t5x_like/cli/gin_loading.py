@@ -1,0 +1,173 @@
+"""Gin on the command line, in T5X's conventions, and the loaders built on it.
+
+`--gin_file=PATH` (repeatable) and `--gin.NAME=VALUE` (repeatable, applied after
+the files) are split off the argument list; everything else is returned for the
+subcommand's own flags. Errors are turned into one line that names the binding
+or file at fault, before anything is compiled.
+
+`load_config` replaces the process's global gin config (every command parses
+its own files); the loaders on top of it turn gin files into the library's
+plain objects:
+  model_config_from_file   a model gin file -> TransformerConfig  (`t5x-like size`, compare)
+  train_config_from_args   `t5x-like train` arguments -> TrainConfig (train, compare cells)
+  load_saved_model         MODEL_DIR/config.gin -> Model + task lengths (eval, analyze-attention)
+"""
+from __future__ import annotations
+
+import os
+import re
+
+import gin
+
+from t5x_like.cli import configurables
+from t5x_like.inference import evaluation
+from t5x_like.model.config import TransformerConfig
+from t5x_like.model.model import Model
+from t5x_like.training.run import TrainConfig
+
+# Directories searched for relative --gin_file paths, after the working directory.
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+REQUIRED_TRAIN_MACROS = ("MODEL", "MODEL_DIR", "MIXTURE_OR_TASK_NAME", "TASK_FEATURE_LENGTHS", "TRAIN_STEPS")
+SAVED_CONFIG_FILES = ("config.gin", "operative_config.gin")  # written by `t5x-like train`
+DEFAULT_SEARCH_PATHS = (os.getcwd(), REPO_ROOT)
+
+
+class GinConfigError(ValueError):
+    """A gin file or binding that cannot be applied; the message says which."""
+
+
+def split_gin_args(argv: list[str]) -> tuple[list[str], list[str], list[str]]:
+    """Returns (gin_files, gin_bindings, other_args) from a raw argument list."""
+    files, bindings, rest = [], [], []
+    args = list(argv)
+    while args:
+        arg = args.pop(0)
+        if arg.startswith("--gin_file="):
+            files.append(arg.split("=", 1)[1])
+        elif arg == "--gin_file" and args:
+            files.append(args.pop(0))
+        elif arg.startswith("--gin."):
+            name, sep, value = arg[len("--gin."):].partition("=")
+            if not sep:
+                raise GinConfigError(f"--gin.{name} needs a value: --gin.{name}=VALUE")
+            bindings.append(f"{name} = {_as_gin_literal(value)}")
+        elif arg.startswith("--gin_bindings="):
+            bindings.append(arg.split("=", 1)[1])
+        else:
+            rest.append(arg)
+    return files, bindings, rest
+
+
+def _as_gin_literal(value: str) -> str:
+    """Lets users write --gin.MODEL_DIR=/tmp/x without T5X's nested quoting."""
+    try:
+        gin.config_parser.ConfigParser(f"X = {value}", gin.config.ParserDelegate(skip_unknown=True)).parse_statement()
+        return value
+    except Exception:  # not a gin literal or reference: treat it as a string
+        return repr(value)
+
+
+def resolve_gin_file(path: str) -> str:
+    if os.path.isabs(path) and os.path.exists(path):
+        return path
+    for root in DEFAULT_SEARCH_PATHS:
+        candidate = os.path.join(root, path)
+        if os.path.exists(candidate):
+            return candidate
+    raise GinConfigError(
+        f"gin file {path!r} not found (looked in {', '.join(DEFAULT_SEARCH_PATHS)}); "
+        "pass a path relative to the repository root, e.g. "
+        "--gin_file=gin_configs/models/decoder_only/tiny.gin")
+
+
+def load_config(files: list[str], bindings: list[str], finalize: bool = True) -> None:
+    """Replaces the global gin config by `files` then `bindings`, and hands the data
+    settings to the data package; raises GinConfigError with one clear line."""
+    gin.clear_config()
+    for root in DEFAULT_SEARCH_PATHS:
+        gin.add_config_file_search_path(root)
+    resolved = [resolve_gin_file(f) for f in files]
+    try:
+        gin.parse_config_files_and_bindings(resolved, bindings, finalize_config=finalize)
+    except Exception as e:  # gin raises several types; all become one readable line
+        raise GinConfigError(_one_line(e, resolved, bindings)) from e
+    try:
+        configurables.apply_data_settings()
+    except (ValueError, TypeError) as e:
+        raise GinConfigError(f"gin config error: {e}") from e
+
+
+def _one_line(error: Exception, files: list[str], bindings: list[str]) -> str:
+    message = str(error).strip().splitlines()
+    first = message[0] if message else type(error).__name__
+    where = [line.strip() for line in message[1:] if re.search(r"(line \d+|In file|In bindings)", line)]
+    hint = f" ({'; '.join(where)})" if where else ""
+    return f"gin config error: {first}{hint}. Files: {files or '-'}; bindings: {bindings or '-'}"
+
+
+def query_macro(name: str, required: bool = True, default=None):
+    """Value of a gin macro, with a clear error naming the flag when it is missing."""
+    try:
+        return gin.query_parameter(f"%{name}")
+    except ValueError:
+        if required:
+            raise GinConfigError(
+                f"required gin macro {name} is not set; add --gin.{name}=VALUE "
+                "or bind it in a gin file") from None
+        return default
+
+
+def evaluate_macro(name: str):
+    """The evaluated value of macro `name` (e.g. MODEL -> a Model instance)."""
+    query_macro(name)  # one clear error if it is unset
+    with gin.unlock_config():
+        gin.parse_config(f"t5x_like.cli._macro_value.value = %{name}")
+    return configurables._macro_value()
+
+
+# --- loaders: gin files -> the library's plain objects ----------------------------------
+def model_config_from_file(gin_file: str, bindings: list[str]) -> TransformerConfig:
+    """The TransformerConfig that a model gin file binds to MODEL."""
+    load_config([gin_file], bindings, finalize=False)
+    return evaluate_macro("MODEL").config
+
+
+def train_config_from_args(argv: list[str]) -> tuple[TrainConfig, str, list[str]]:
+    """(TrainConfig, run mode, remaining arguments) of a `t5x-like train` command line.
+
+    Checks that the required macros are bound. The TrainConfig carries the
+    parsed config as text (`config_text`), which the run saves as MODEL_DIR/config.gin.
+    """
+    files, bindings, rest = split_gin_args(argv)
+    load_config(files, bindings)
+    for name in REQUIRED_TRAIN_MACROS:
+        query_macro(name)
+    try:
+        config = configurables.configured_train_config()
+        mode = configurables.run_mode()
+    except (ValueError, TypeError) as e:
+        raise GinConfigError(str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__) from e
+    config.config_text = gin.config_str()
+    return config, mode, rest
+
+
+def load_saved_model(model_dir: str, gin_files=(), gin_bindings=()) -> tuple[Model, dict[str, int]]:
+    """The Model (and training task lengths) from MODEL_DIR/config.gin, then extra gin files/bindings."""
+    saved = [os.path.join(model_dir, name) for name in SAVED_CONFIG_FILES
+             if os.path.exists(os.path.join(model_dir, name))]
+    if not saved and not gin_files:
+        raise evaluation.CheckpointError(
+            f"no model config in {model_dir!r}: expected {' or '.join(SAVED_CONFIG_FILES)} (written by "
+            "`t5x-like train`), or pass the model's gin file with --gin_file")
+    load_config(saved[:1] + list(gin_files), list(gin_bindings), finalize=False)
+    model = configurables.configured_model()  # gin supplies the config bound in the files
+    lengths = query_macro("TASK_FEATURE_LENGTHS", required=False, default={}) or {}
+    return model, dict(lengths)
+
+
+def load_checkpoint(path: str, gin_files=(), gin_bindings=()) -> evaluation.LoadedCheckpoint:
+    """The checkpoint at `path` (MODEL_DIR, its checkpoints/ or a step folder) with the
+    model rebuilt from the config saved in its MODEL_DIR."""
+    _, _, model_dir = evaluation.locate_checkpoint(path)
+    model, lengths = load_saved_model(model_dir, gin_files, gin_bindings)
+    return evaluation.load_checkpoint(path, model, lengths)

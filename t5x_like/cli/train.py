@@ -1,0 +1,121 @@
+"""`t5x-like train` (and `python -m t5x_like.train`): a run from gin files.
+
+    t5x-like train \\
+      --gin_file=gin_configs/models/decoder_only/tiny.gin \\
+      --gin_file=gin_configs/runs/pretrain.gin \\
+      --gin.MODEL_DIR=/tmp/run --gin.MIXTURE_OR_TASK_NAME=shakespeare_causal_lm \\
+      --gin.TASK_FEATURE_LENGTHS="{'targets': 128}" --gin.TRAIN_STEPS=1000
+
+The run file's `run_mode.mode` picks the program: 'train' (training/run.train),
+'eval' (training/run.eval_checkpoint_loss: teacher-forced loss) or 'infer'
+(inference/evaluation.evaluate_checkpoint: generation + task metrics).
+
+Multi-host: `--coordinator_address=HOST:PORT --num_processes=N
+--process_id=I` (or the JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES /
+JAX_PROCESS_ID variables, or `--multihost` for auto-detection on TPU pods
+and SLURM).
+
+Exit codes: 0 done, 2 bad configuration (one line on stderr, nothing
+written), 3 the loss became NaN/inf (checkpoints kept), 143 stopped by
+SIGTERM/SIGINT after saving a checkpoint.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+import gin
+import jax
+
+from t5x_like.cli import eval as eval_cli
+from t5x_like.cli import gin_loading
+from t5x_like.data.sources import check_task_name
+from t5x_like.inference import evaluation
+from t5x_like.training import partitioning
+from t5x_like.training import run as train_lib
+from t5x_like.training.trainer import NonFiniteLossError
+
+EXIT_BAD_CONFIG, EXIT_NON_FINITE, EXIT_SIGNAL = 2, 3, 143
+
+
+def _flags(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="t5x-like train", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Train a model from gin files.\n\n" + __doc__.split("\n\n")[1],
+        epilog="gin: --gin_file=PATH (repeatable), --gin.NAME=VALUE (repeatable). Required macros: "
+               + ", ".join(gin_loading.REQUIRED_TRAIN_MACROS) + ". See docs/training.md.")
+    p.add_argument("--coordinator_address", default=None)
+    p.add_argument("--num_processes", type=int, default=None)
+    p.add_argument("--process_id", type=int, default=None)
+    p.add_argument("--multihost", action="store_true", help="jax.distributed auto-detection (TPU pod, SLURM)")
+    p.add_argument("--cpu_devices", type=int, default=None, help="fake CPU devices per process (testing)")
+    p.add_argument("--compilation_cache_dir", default=None,
+                   help="persistent XLA compilation cache (restarts skip recompiling)")
+    p.add_argument("-v", "--verbose", action="store_true")
+    return p.parse_args(argv)
+
+
+def _set_up_jax(flags: argparse.Namespace) -> None:
+    logging.basicConfig(level=logging.INFO if flags.verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if flags.compilation_cache_dir:
+        jax.config.update("jax_compilation_cache_dir", flags.compilation_cache_dir)
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+    if flags.cpu_devices:
+        jax.config.update("jax_num_cpu_devices", flags.cpu_devices)
+    partitioning.initialize_distributed(flags.coordinator_address, flags.num_processes, flags.process_id,
+                                        auto=flags.multihost)
+
+
+def infer(config: train_lib.TrainConfig) -> None:
+    """Greedy generation and the task's metrics on the validation split (as `t5x-like eval`), with
+    the model that trained the checkpoint (MODEL_DIR/config.gin), like `t5x-like eval`."""
+    loaded = gin_loading.load_checkpoint(config.model_dir)
+    result, output, seconds = evaluation.evaluate_checkpoint(
+        loaded, config.mixture_or_task_name, "validation", dict(config.task_feature_lengths))
+    print(f"{config.mixture_or_task_name} [validation] at step {loaded.step} of {loaded.model_dir} ({seconds:.1f} s)")
+    print(eval_cli.metrics_table(result.metrics))
+    print(f"wrote {output}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "-h" in argv or "--help" in argv:
+        _flags(["--help"])  # prints usage and exits
+    try:
+        config, mode, rest = gin_loading.train_config_from_args(argv)
+        flags = _flags(rest)
+    except gin_loading.GinConfigError as e:
+        print(f"t5x-like train: {e}", file=sys.stderr)
+        return EXIT_BAD_CONFIG
+    _set_up_jax(flags)
+    try:
+        config.validate()
+        check_task_name(config.mixture_or_task_name)
+    except (ValueError, TypeError) as e:
+        message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        print(f"t5x-like train: {message}", file=sys.stderr)
+        return EXIT_BAD_CONFIG
+    try:
+        if mode == "eval":
+            train_lib.eval_checkpoint_loss(config)
+            return 0
+        if mode == "infer":
+            infer(config)
+            return 0
+        result = train_lib.train(config)
+    except NonFiniteLossError:
+        return EXIT_NON_FINITE
+    except (evaluation.CheckpointError, FileNotFoundError) as e:
+        print(f"t5x-like train: {e}", file=sys.stderr)
+        return EXIT_BAD_CONFIG
+    if jax.process_index() == 0:
+        with open(os.path.join(config.model_dir, "operative_config.gin"), "w") as f:
+            f.write(gin.operative_config_str())
+    return EXIT_SIGNAL if result.stopped_by_signal else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

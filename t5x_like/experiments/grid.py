@@ -1,0 +1,372 @@
+"""Comparison grids: an Experiment's arms × seeds, each a normal training run, scored alike.
+
+    t5x-like compare --gin_file=gin_configs/experiments/quick.gin --gin.OUTPUT_DIR=out/quick
+
+An `Experiment` (bound by a file under gin_configs/experiments/, or built in
+Python) lists its arms explicitly, or declares a grid that expands to arms
+(`expand_grid`: e.g. layouts × position encodings, with per-arm overrides).
+Each grid cell (arm × seed) is a normal training run — the arm's model gin file
++ gin_configs/runs/pretrain.gin — with its own MODEL_DIR under OUTPUT_DIR/runs/.
+After training, the cell is scored on the shared metric and its record is
+written to MODEL_DIR/result.json; a cell with a record is never re-run, and a
+cell cut off mid-run resumes from its checkpoint. `report.py` turns the records
+into report.md, results.json, results.csv, loss_curves.png and metrics/.
+
+Nothing here reads gin: turning an arm's model file into a TransformerConfig,
+and a cell's `t5x-like train` arguments into a TrainConfig, is the caller's
+(`Loaders`; the command line's are in cli/compare.py).
+
+The shared metric: the negative log-likelihood per target token of the
+`eval_task` validation examples (the same examples, in the same order, for
+every arm with that eval task), given each example's inputs. Every layout
+with a decoder can be scored on a prefix-LM task; encoder-only arms are
+scored on an MLM task (NLL of the masked tokens). Arms are compared with the
+reference arm of their eval task (the experiment's reference_arm, or the
+first arm with that eval task).
+
+Matching claims: an arm may claim its size and cost relative to the
+reference arm, T5 Table 2 style: `'claims': {'params': 'P', 'flops': 'M'}`,
+with P = the reference's non-embedding parameters and M = its training
+FLOPs per example (model/sizing.py). `check_claims` verifies them (tests run
+it on every shipped experiment) and the report prints the measured ratios.
+"""
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import logging
+import os
+import re
+import time
+from collections.abc import Callable
+
+import jax
+import numpy as np
+
+from t5x_like.data import pipeline, tasks
+from t5x_like.data.objectives import matched_feature_lengths
+from t5x_like.inference import evaluation
+from t5x_like.model import sizing
+from t5x_like.model.config import TransformerConfig
+from t5x_like.training import run as train_lib
+
+log = logging.getLogger(__name__)
+PRETRAIN_GIN = "gin_configs/runs/pretrain.gin"
+RESULT_FILE = "result.json"
+
+
+@dataclasses.dataclass
+class Experiment:
+    """One comparison: arms × seeds on one task, with matched sizes and lengths.
+
+    `arms` (dicts or Arm) and the arms `grid` expands to are joined, explicit
+    ones first; after construction `arms` is a list of Arm with unique names.
+    """
+
+    name: str
+    output_dir: str
+    arms: list = dataclasses.field(default_factory=list)  # dicts: name, model, [bindings, task, claims, ...]
+    grid: dict | None = None           # expands to more arms: see expand_grid
+    task: str = "shakespeare_prefix_lm"
+    inputs_length: int = 96
+    targets_length: int = 32
+    seeds: tuple = (0, 1)
+    train_steps: int = 200
+    batch_size: int = 16
+    eval_period: int = 50
+    eval_task: str | None = "shakespeare_prefix_lm"
+    eval_examples: int = 256
+    reference_arm: str | None = None   # defines P and M; default: the first arm
+    claim_tolerance: float = 0.01
+    run_bindings: tuple = ()           # extra bindings for every run (learning rate, ...)
+    scaling_fit: bool = False          # fit L(N) per arm group (needs >= 3 sizes per group)
+    # Downstream evaluation of every run: each task is finetuned from the run's
+    # checkpoint for downstream_steps steps (0: scored zero-shot) and scored
+    # with its seqio metrics (evaluation.evaluate) on eval_examples examples.
+    downstream_tasks: tuple = ()
+    downstream_steps: int = 0
+    description: str = ""
+
+    def __post_init__(self):
+        specs = list(self.arms) + (expand_grid(self.grid) if self.grid else [])
+        self.arms = [spec if isinstance(spec, Arm) else Arm.from_dict(spec) for spec in specs]
+        self.grid = None  # expanded: `arms` is now the whole list
+        names = [arm.name for arm in self.arms]
+        if not names:
+            raise ValueError(f"experiment {self.name}: no arms (give `arms` or a `grid`)")
+        if len(set(names)) != len(names):
+            raise ValueError(f"experiment {self.name}: arm names must be unique, got {names}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Arm:
+    name: str
+    model: str
+    bindings: tuple = ()
+    task: str | None = None
+    claims: dict = dataclasses.field(default_factory=dict)
+    group: str | None = None
+    eval_task: str | None = None  # default: the experiment's
+    inputs_length: int | None = None
+    targets_length: int | None = None
+
+    @classmethod
+    def from_dict(cls, spec: dict) -> "Arm":
+        unknown = set(spec) - {f.name for f in dataclasses.fields(cls)}
+        if unknown or "name" not in spec or "model" not in spec:
+            raise ValueError(f"arm {spec!r}: needs 'name' and 'model'; unknown keys {sorted(unknown)}")
+        return cls(**{**spec, "bindings": tuple(spec.get("bindings", ())),
+                      "claims": dict(spec.get("claims", {}))})
+
+
+@dataclasses.dataclass(frozen=True)
+class Cell:
+    arm: Arm
+    seed: int
+    run_dir: str
+
+    @property
+    def label(self) -> str:
+        return f"{self.arm.name} seed {self.seed}"
+
+
+# --- arms from a declared grid -----------------------------------------------------
+def expand_grid(grid: dict) -> list[dict]:
+    """Arm specs for every combination of a grid's axes, in the order the axes are given.
+
+    A grid is an arm spec whose strings may name axes in braces, plus:
+      axes       {axis: values}; values are a list, or a dict value -> partial arm
+                 spec merged in for that value (bindings are appended, claims merged)
+      overrides  {arm name: partial spec} merged into that expanded arm last
+    Example (two arms: causal_rope, causal_none):
+      {'name': 'causal_{position}', 'model': 'gin_configs/models/decoder_only/tiny.gin',
+       'bindings': ["TransformerConfig.position = '{position}'"],
+       'axes': {'position': ['rope', 'none']}}
+    """
+    grid = dict(grid)
+    axes = grid.pop("axes", None)
+    overrides = dict(grid.pop("overrides", {}))
+    if not isinstance(axes, dict) or not axes:
+        raise ValueError(f"grid {grid!r}: needs 'axes': {{axis name: [values] or {{value: partial arm}}}}")
+    choices = [[(name, value, parts.get(value, {}) if isinstance(parts, dict) else {}) for value in parts]
+               for name, parts in axes.items()]
+    specs = []
+    for combination in itertools.product(*choices):
+        values = {name: value for name, value, _ in combination}
+        spec = dict(grid)
+        for _, _, partial in combination:
+            spec = _merge_spec(spec, partial)
+        spec = _format_spec(spec, values)
+        spec = _merge_spec(spec, overrides.pop(spec.get("name"), {}))
+        specs.append(spec)
+    if overrides:
+        raise ValueError(f"grid overrides name arms the grid does not make: {sorted(overrides)}; "
+                         f"it makes {[s.get('name') for s in specs]}")
+    return specs
+
+
+def _merge_spec(spec: dict, partial: dict) -> dict:
+    merged = dict(spec)
+    for key, value in partial.items():
+        if key == "bindings":
+            merged[key] = [*merged.get(key, ()), *value]
+        elif key == "claims":
+            merged[key] = {**merged.get(key, {}), **value}
+        else:
+            merged[key] = value
+    return merged
+
+
+def _format_spec(value, axis_values: dict):
+    """Fills {axis} in every string of a spec (recursively); names no axis knows are an error."""
+    if isinstance(value, str):
+        try:
+            return value.format(**axis_values)
+        except KeyError as e:
+            raise ValueError(f"grid string {value!r} names {e}, which is not an axis "
+                             f"({sorted(axis_values)})") from None
+    if isinstance(value, dict):
+        return {k: _format_spec(v, axis_values) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_format_spec(v, axis_values) for v in value)
+    return value
+
+
+# --- turning arms and cells into configs (the caller's) ---------------------------------
+@dataclasses.dataclass(frozen=True)
+class Loaders:
+    """How an arm's model file becomes a TransformerConfig, and a cell's `t5x-like train`
+    arguments a TrainConfig. The command line reads gin (cli/compare.py); tests may pass anything."""
+
+    model_config: Callable[[Arm], TransformerConfig]
+    train_config: Callable[[list[str]], train_lib.TrainConfig]
+
+
+def arm_lengths(experiment: Experiment, arm: Arm) -> tuple[int, int]:
+    return (arm.inputs_length or experiment.inputs_length, arm.targets_length or experiment.targets_length)
+
+
+# --- matching claims ----------------------------------------------------------------
+def parse_multiple(claim: str, unit: str) -> float:
+    """'2P' -> 2.0, 'P/2' -> 0.5, 'M' -> 1.0, '1.5M' -> 1.5."""
+    match = re.fullmatch(rf"\s*([0-9.]*)\s*{unit}\s*(?:/\s*([0-9.]+))?\s*", claim)
+    if not match:
+        raise ValueError(f"claim {claim!r}: expected e.g. '{unit}', '2{unit}' or '{unit}/2'")
+    return float(match.group(1) or 1.0) / float(match.group(2) or 1.0)
+
+
+def sizes(experiment: Experiment, loaders: Loaders) -> dict[str, dict]:
+    """Per arm: config summary plus ratios to the reference arm's P and M."""
+    rows = {}
+    for arm in experiment.arms:
+        config = loaders.model_config(arm)
+        inputs_length, targets_length = arm_lengths(experiment, arm)
+        rows[arm.name] = {**sizing.summary(config, inputs_length, targets_length),
+                          "non_embedding_params": sizing.count_params(config).non_embedding,
+                          "inputs_length": inputs_length, "targets_length": targets_length}
+    reference = rows[experiment.reference_arm or experiment.arms[0].name]
+    for row in rows.values():
+        row["params_ratio"] = row["non_embedding_params"] / reference["non_embedding_params"]
+        row["flops_ratio"] = row["train_flops_per_example"] / reference["train_flops_per_example"]
+    return rows
+
+
+def check_claims(experiment: Experiment, size_rows: dict) -> list[str]:
+    """Claims that the configs (`sizes`) do not satisfy within the tolerance (empty = all hold)."""
+    failures = []
+    for arm in experiment.arms:
+        row = size_rows[arm.name]
+        for kind, unit, measured in (("params", "P", row["params_ratio"]), ("flops", "M", row["flops_ratio"])):
+            if kind in arm.claims:
+                claimed = parse_multiple(arm.claims[kind], unit)
+                if abs(measured - claimed) > experiment.claim_tolerance * claimed:
+                    failures.append(f"{arm.name}: claims {kind} = {arm.claims[kind]} but measures "
+                                    f"{measured:.4f}{unit} (tolerance {experiment.claim_tolerance:.0%})")
+    return failures
+
+
+# --- running ------------------------------------------------------------------------
+def plan(experiment: Experiment) -> list[Cell]:
+    root = os.path.join(experiment.output_dir, "runs")
+    return [Cell(arm, seed, os.path.join(root, f"{arm.name}_seed{seed}"))
+            for seed in experiment.seeds for arm in experiment.arms]
+
+
+def train_argv(experiment: Experiment, cell: Cell, layout: str) -> list[str]:
+    """The `t5x-like train` command line of one cell (also printed in the report)."""
+    task = cell.arm.task or experiment.task
+    lengths = matched_feature_lengths(layout, *arm_lengths(experiment, cell.arm),
+                                      task_has_inputs=tasks.task_has_inputs(task))
+    bindings = [*experiment.run_bindings, *cell.arm.bindings,
+                f"MODEL_DIR='{cell.run_dir}'", f"MIXTURE_OR_TASK_NAME='{task}'",
+                f"TASK_FEATURE_LENGTHS={lengths!r}", f"TRAIN_STEPS={experiment.train_steps}",
+                f"SEED={cell.seed}", f"BATCH_SIZE={experiment.batch_size}",
+                f"EVAL_PERIOD={experiment.eval_period}",
+                f"CHECKPOINT_PERIOD={experiment.eval_period}"]
+    return [f"--gin_file={cell.arm.model}", f"--gin_file={PRETRAIN_GIN}"] + [f"--gin.{b}" for b in bindings]
+
+
+def run_cell(experiment: Experiment, cell: Cell, loaders: Loaders) -> dict:
+    """Trains (or resumes) one cell, scores it, writes and returns its record."""
+    argv = train_argv(experiment, cell, loaders.model_config(cell.arm).layout)
+    config = loaders.train_config(argv)
+    start = time.time()
+    result = train_lib.train(config)
+    if result.stopped_by_signal:
+        raise KeyboardInterrupt(f"{cell.label} stopped by a signal; rerun the same command to resume")
+    eval_task = cell.arm.eval_task or experiment.eval_task
+    inputs_length, targets_length = arm_lengths(experiment, cell.arm)
+    shared = (score_shared_metric(config, eval_task, inputs_length, targets_length, experiment.eval_examples)
+              if eval_task else None)
+    record = {
+        "arm": cell.arm.name, "seed": cell.seed, "group": cell.arm.group or cell.arm.name,
+        "eval_task": eval_task,
+        "layout": config.model.config.layout, "task": config.mixture_or_task_name,
+        **{k: v for k, v in sizing.summary(config.model.config, inputs_length, targets_length).items()
+           if k != "layout"},
+        "steps": result.step, "batch_size": config.batch_size,
+        "examples_seen": result.step * config.batch_size,
+        "final_train_metrics": result.train_metrics, "final_eval_metrics": result.eval_metrics,
+        "shared_nll_per_example": shared,
+        "downstream": {task: evaluate_downstream(experiment, cell, config, task)
+                       for task in experiment.downstream_tasks},
+        "train_seconds_this_invocation": time.time() - start,
+        "command": "t5x-like train " + " ".join(argv),
+    }
+    with open(os.path.join(cell.run_dir, RESULT_FILE + ".tmp"), "w") as f:
+        json.dump(record, f)
+    os.replace(os.path.join(cell.run_dir, RESULT_FILE + ".tmp"), os.path.join(cell.run_dir, RESULT_FILE))
+    return record
+
+
+def score_shared_metric(config, eval_task: str, inputs_length: int, targets_length: int,
+                        num_examples: int) -> list[float]:
+    """Per-example mean NLL of the eval task's target tokens, for the first eval_examples."""
+    model = config.model
+    lengths = matched_feature_lengths(model.config.layout, inputs_length, targets_length)
+    params = evaluation.load_params(model, config.model_dir)
+    dataset = pipeline.get_dataset(eval_task, lengths, split="validation", layout=model.config.layout,
+                               batch_size=16, shuffle=False, seed=0, pack=False, num_epochs=1)
+    score = jax.jit(model.score)
+    per_example: list[float] = []
+    for batch in dataset.as_numpy_iterator():
+        log_likelihood = np.asarray(score(params, batch))
+        _, weights = model.targets_and_weights(batch)
+        tokens = np.maximum(np.asarray(weights).sum(-1), 1.0)
+        per_example.extend((-log_likelihood / tokens).tolist())
+        if len(per_example) >= num_examples:
+            break
+    if len(per_example) < num_examples:
+        log.warning("%s has only %d validation examples (asked %d)", eval_task, len(per_example), num_examples)
+    return per_example[:num_examples]
+
+
+def evaluate_downstream(experiment: Experiment, cell: Cell, config, task: str) -> dict[str, float]:
+    """The task's metrics for one run: finetuned (params from the run) or zero-shot."""
+    model = config.model
+    lengths = matched_feature_lengths(model.config.layout, *arm_lengths(experiment, cell.arm),
+                                      task_has_inputs=tasks.task_has_inputs(task))
+    source = config.model_dir
+    if experiment.downstream_steps:
+        finetune = dataclasses.replace(
+            config, model_dir=os.path.join(cell.run_dir, "downstream", task), mixture_or_task_name=task,
+            task_feature_lengths=lengths, train_steps=experiment.downstream_steps,
+            init_checkpoint=config.model_dir, eval_split=None, checkpoint_period=experiment.downstream_steps)
+        train_lib.train(finetune)
+        source = finetune.model_dir
+    params = evaluation.load_params(model, source)
+    result = evaluation.evaluate(model, params, task, "validation", lengths, batch_size=16,
+                                 max_examples=experiment.eval_examples)
+    return result.metrics.get(task, {})
+
+
+def load_records(experiment: Experiment) -> list[dict]:
+    """The records of the cells that have finished (MODEL_DIR/result.json), in plan order."""
+    records = []
+    for cell in plan(experiment):
+        path = os.path.join(cell.run_dir, RESULT_FILE)
+        if os.path.exists(path):
+            with open(path) as f:
+                records.append(json.load(f))
+    return records
+
+
+def run_grid(experiment: Experiment, loaders: Loaders) -> list[dict]:
+    """Runs every cell without a record (resuming any cut off), in plan order; returns all records."""
+    cells = plan(experiment)
+    records, durations = [], []
+    for index, cell in enumerate(cells, 1):
+        path = os.path.join(cell.run_dir, RESULT_FILE)
+        if os.path.exists(path):
+            with open(path) as f:
+                records.append(json.load(f))
+            print(f"[run {index}/{len(cells)}] {cell.label}: done earlier, kept", flush=True)
+            continue
+        remaining = len(cells) - index + 1
+        eta = f", grid ETA {np.mean(durations) * remaining / 60:.1f} min" if durations else ""
+        print(f"[run {index}/{len(cells)}] {cell.label}{eta}", flush=True)
+        start = time.time()
+        records.append(run_cell(experiment, cell, loaders))
+        durations.append(time.time() - start)
+    return records

@@ -1,0 +1,263 @@
+"""Reports of a comparison: report.md, results.json, results.csv, plots, metrics/.
+
+Input: the per-run records that `grid.py` writes (MODEL_DIR/result.json)
+and each run's metrics.jsonl. Every number in report.md is taken from the
+same `results` dict that is written to results.json, so the two never
+disagree. Statistics (intervals, difference sentences, scaling fits) are
+`stats.py`'s.
+"""
+from __future__ import annotations
+
+import collections
+import csv
+import json
+import os
+import shutil
+
+import numpy as np
+
+from t5x_like.experiments import stats
+from t5x_like.training.metrics_log import read_jsonl
+
+CONVERGED_DROP = 0.02  # < 2% loss drop over the last quarter of training = "near convergence"
+
+
+def read_metrics(run_dir: str) -> list[dict]:
+    path = os.path.join(run_dir, "metrics.jsonl")
+    return read_jsonl(path) if os.path.exists(path) else []
+
+
+def eval_curve(rows: list[dict]) -> tuple[list[int], list[float]]:
+    points = {r["step"]: r["loss"] for r in rows if r.get("split") == "eval" and "loss" in r}
+    steps = sorted(points)
+    return steps, [points[s] for s in steps]
+
+
+def convergence_note(steps: list[int], losses: list[float]) -> tuple[float | None, str]:
+    """Relative loss drop over the last quarter of training, and a plain sentence."""
+    if len(steps) < 2:
+        return None, "too few evaluations to judge convergence"
+    last = steps[-1]
+    earlier = [loss for step, loss in zip(steps, losses) if step <= 0.75 * last] or losses[:1]
+    drop = (earlier[-1] - losses[-1]) / earlier[-1]
+    if drop > CONVERGED_DROP:
+        return drop, f"still improving ({drop:.1%} lower over the last quarter): far from converged"
+    return drop, f"near a plateau ({drop:.1%} change over the last quarter)"
+
+
+def build_results(experiment, size_rows: dict, records: list[dict]) -> dict:
+    by_arm = collections.defaultdict(list)
+    for record in records:
+        by_arm[record["arm"]].append(record)
+    arms = []
+    for arm in experiment.arms:
+        runs = sorted(by_arm.get(arm.name, []), key=lambda r: r["seed"])
+        row = {"arm": arm.name, "claims": arm.claims, **size_rows[arm.name], "seeds": [r["seed"] for r in runs],
+               "eval_task": arm.eval_task or experiment.eval_task, "task": arm.task or experiment.task}
+        if runs:
+            own = [r["final_eval_metrics"].get("loss") for r in runs if r.get("final_eval_metrics")]
+            row["own_objective_eval_loss"] = float(np.mean(own)) if own else None
+            row["own_objective_eval_loss_per_seed"] = own
+            row["steps"] = runs[0]["steps"]
+            row["examples_seen"] = runs[0]["examples_seen"]
+            row["tokens_seen"] = runs[0]["examples_seen"] * (row["inputs_length"] + row["targets_length"])
+            row["train_flops_total"] = runs[0]["examples_seen"] * row["train_flops_per_example"]
+            shared = [r["shared_nll_per_example"] for r in runs if r.get("shared_nll_per_example")]
+            if shared:
+                n = min(len(s) for s in shared)
+                row["shared_nll"] = stats.layout_mean_ci([s[:n] for s in shared]).as_dict()
+                row["shared_eval_examples"] = n
+            curves = [eval_curve(read_metrics(os.path.join(experiment.output_dir, "runs", f"{arm.name}_seed{r['seed']}")))
+                      for r in runs]
+            drops = [convergence_note(*c) for c in curves]
+            row["convergence"] = drops[0][1] if drops else "no runs"
+            row["downstream"] = _downstream_means(runs)
+            row["last_quarter_drop"] = [d[0] for d in drops]
+        arms.append(row)
+    return {"experiment": experiment.name, "description": experiment.description, "task": experiment.task,
+            "eval_task": experiment.eval_task, "seeds": list(experiment.seeds),
+            "train_steps": experiment.train_steps, "batch_size": experiment.batch_size,
+            "reference_arm": experiment.reference_arm or experiment.arms[0].name,
+            "arms": arms, "differences": _differences(experiment, records),
+            "scaling": _scaling(experiment, arms, records) if experiment.scaling_fit else None}
+
+
+def _downstream_means(runs: list[dict]) -> dict[str, dict[str, float]]:
+    """{task: {metric: mean over seeds}} of the runs' downstream evaluations."""
+    values = collections.defaultdict(lambda: collections.defaultdict(list))
+    for run in runs:
+        for task, metrics in (run.get("downstream") or {}).items():
+            for name, value in metrics.items():
+                if isinstance(value, (int, float)):
+                    values[task][name].append(float(value))
+    return {task: {name: float(np.mean(v)) for name, v in metrics.items()} for task, metrics in values.items()}
+
+
+def _shared_matrix(records: list[dict], arm: str) -> np.ndarray | None:
+    rows = [r["shared_nll_per_example"] for r in records if r["arm"] == arm and r.get("shared_nll_per_example")]
+    if not rows:
+        return None
+    n = min(len(r) for r in rows)
+    return np.asarray([r[:n] for r in rows])
+
+
+def reference_arms(experiment) -> dict[str, str]:
+    """Reference arm per eval task: the experiment's reference_arm where it shares
+    the eval task, otherwise the first arm with that eval task."""
+    eval_task = lambda arm: arm.eval_task or experiment.eval_task
+    references = {}
+    for arm in experiment.arms:
+        references.setdefault(eval_task(arm), arm.name)
+    if experiment.reference_arm:
+        chosen = next(a for a in experiment.arms if a.name == experiment.reference_arm)
+        references[eval_task(chosen)] = chosen.name
+    return references
+
+
+def _differences(experiment, records: list[dict]) -> list[dict]:
+    references = reference_arms(experiment)
+    out = []
+    for arm in experiment.arms:
+        reference = references[arm.eval_task or experiment.eval_task]
+        ref, other = _shared_matrix(records, reference), _shared_matrix(records, arm.name)
+        if arm.name == reference or ref is None or other is None:
+            continue
+        n = min(ref.shape[1], other.shape[1])
+        interval = stats.paired_difference_ci(other[:, :n], ref[:, :n])
+        out.append({"arm": arm.name, "reference": reference, **interval.as_dict(),
+                    "within_noise": interval.contains(0.0),
+                    "sentence": stats.describe_difference(arm.name, reference, interval)})
+    return out
+
+
+def _scaling(experiment, arms: list[dict], records: list[dict]) -> dict:
+    groups = collections.defaultdict(lambda: ([], []))
+    for record in records:
+        if record.get("shared_nll_per_example"):
+            n, losses = groups[record["group"]]
+            n.append(record["non_embedding_params"])
+            losses.append(float(np.mean(record["shared_nll_per_example"])))
+    fits = {}
+    for group, (n, losses) in sorted(groups.items()):
+        try:
+            fit = stats.fit_scaling_law(n, losses)
+            fits[group] = {"E": fit.E, "A": fit.A, "alpha": fit.alpha_interval.as_dict(), "points": list(zip(n, losses))}
+        except (ValueError, RuntimeError) as e:
+            fits[group] = {"error": str(e), "points": list(zip(n, losses))}
+    return fits
+
+
+def _fmt_interval(d: dict | None) -> str:
+    return "—" if not d else f"{d['estimate']:.4f} [{d['low']:.4f}, {d['high']:.4f}]"
+
+
+def render_markdown(results: dict) -> str:
+    ref = results["reference_arm"]
+    lines = [f"# Comparison: {results['experiment']}", ""]
+    if results["description"]:
+        lines += [results["description"], ""]
+    lines += [
+        f"Training task `{results['task']}`, {results['train_steps']} steps × batch {results['batch_size']}, "
+        f"seeds {results['seeds']}. Shared metric: NLL per target token on the first validation examples "
+        f"of each arm's eval task (default `{results['eval_task']}`; the same examples for every arm with "
+        "that task), mean over seeds and examples "
+        "with a 95% bootstrap interval over both. P and M are the reference arm's "
+        f"(`{ref}`) non-embedding parameters and training FLOPs per example.", "",
+        "## How the arms were matched", "",
+        "| arm | layout | layers | params | non-emb params | × P | train FLOPs/example | × M | claims | tokens seen |",
+        "|---|---|---|---|---|---|---|---|---|---|"]
+    for a in results["arms"]:
+        claims = ", ".join(f"{k}={v}" for k, v in a["claims"].items()) or "—"
+        lines.append(f"| {a['arm']} | {a['layout']} | {a['layers']} | {a['params']:,} | {a['non_embedding_params']:,} "
+                     f"| {a['params_ratio']:.3f} | {a['train_flops_per_example']:.3e} | {a['flops_ratio']:.3f} "
+                     f"| {claims} | {a.get('tokens_seen', 0):,} |")
+    transfer = [a["arm"] for a in results["arms"] if a.get("task") and a["eval_task"] and a["task"] != a["eval_task"]]
+    if transfer:
+        lines += ["", f"Note: {', '.join(transfer)} trained on another objective than their eval task; their "
+                  "shared metric measures transfer to it, not quality on their own objective (compare those "
+                  "arms downstream: `compare.Experiment.downstream_tasks`)."]
+    lines += ["", "## Results", "",
+              "| arm | eval task | shared NLL/token [95% CI] | own objective eval loss (mean over seeds) | convergence |",
+              "|---|---|---|---|---|"]
+    for a in results["arms"]:
+        own = a.get("own_objective_eval_loss")
+        lines.append(f"| {a['arm']} | {a['eval_task']} | {_fmt_interval(a.get('shared_nll'))} | "
+                     f"{'—' if own is None else f'{own:.4f}'} | {a.get('convergence', '—')} |")
+    downstream = [(a["arm"], task, metrics) for a in results["arms"] for task, metrics in (a.get("downstream") or {}).items()]
+    if downstream:
+        lines += ["", "## Downstream (mean over seeds)", "", "| arm | task | metrics |", "|---|---|---|"]
+        for arm, task, metrics in downstream:
+            shown = ", ".join(f"{name} {value:.4g}" for name, value in sorted(metrics.items()))
+            lines.append(f"| {arm} | {task} | {shown} |")
+    lines += ["", "## Differences (arm − reference of its eval task, shared metric)", ""]
+    lines += [f"- {d['sentence']}" for d in results["differences"]] or ["- (no shared-metric scores)"]
+    if results.get("scaling"):
+        lines += ["", "## Scaling fits L(N) = E + A·N^(−α)", "", "| group | α [95% CI] | E | A |", "|---|---|---|---|"]
+        for group, fit in results["scaling"].items():
+            if "error" in fit:
+                lines.append(f"| {group} | {fit['error']} | | |")
+            else:
+                lines.append(f"| {group} | {_fmt_interval(fit['alpha'])} | {fit['E']:.3f} | {fit['A']:.3g} |")
+    lines += ["", "Files: results.json and results.csv (every number above), loss_curves.png, metrics/ "
+              "(each run's JSONL log). Each run's exact command is in its result.json."]
+    return "\n".join(lines) + "\n"
+
+
+def write_csv(results: dict, path: str) -> None:
+    columns = ["arm", "layout", "layers", "params", "non_embedding_params", "params_ratio", "train_flops_per_example",
+               "flops_ratio", "tokens_seen", "steps", "own_objective_eval_loss"]
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(columns + ["shared_nll", "shared_nll_low", "shared_nll_high"])
+        for a in results["arms"]:
+            shared = a.get("shared_nll") or {}
+            writer.writerow([a.get(c) for c in columns] + [shared.get("estimate"), shared.get("low"), shared.get("high")])
+
+
+def plot_loss_curves(experiment, results: dict, path: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (by_step, by_flops) = plt.subplots(1, 2, figsize=(11, 4))
+    for arm_row in results["arms"]:
+        curves = [eval_curve(read_metrics(os.path.join(experiment.output_dir, "runs", f"{arm_row['arm']}_seed{s}")))
+                  for s in arm_row["seeds"]]
+        curves = [c for c in curves if c[0]]
+        if not curves:
+            continue
+        n = min(len(c[0]) for c in curves)
+        steps = np.asarray(curves[0][0][:n])
+        losses = np.asarray([c[1][:n] for c in curves])
+        flops = steps * experiment.batch_size * arm_row["train_flops_per_example"]
+        for axis, x in ((by_step, steps), (by_flops, flops)):
+            line, = axis.plot(x, losses.mean(0), label=arm_row["arm"])
+            axis.fill_between(x, losses.min(0), losses.max(0), color=line.get_color(), alpha=0.2)
+    by_step.set_xlabel("step")
+    by_flops.set_xlabel("training FLOPs")
+    by_flops.set_xscale("log")
+    for axis in (by_step, by_flops):
+        axis.set_ylabel("validation loss (own objective)")
+        axis.legend()
+    fig.suptitle(f"{results['experiment']}: mean over seeds, band = min..max")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def write_report(experiment, size_rows: dict, records: list[dict]) -> list[str]:
+    out = experiment.output_dir
+    os.makedirs(os.path.join(out, "metrics"), exist_ok=True)
+    results = build_results(experiment, size_rows, records)
+    paths = {name: os.path.join(out, name) for name in ("report.md", "results.json", "results.csv", "loss_curves.png")}
+    with open(paths["results.json"], "w") as f:
+        json.dump(results, f, indent=1)
+    with open(paths["report.md"], "w") as f:
+        f.write(render_markdown(results))
+    write_csv(results, paths["results.csv"])
+    plot_loss_curves(experiment, results, paths["loss_curves.png"])
+    for record in records:
+        source = os.path.join(out, "runs", f"{record['arm']}_seed{record['seed']}", "metrics.jsonl")
+        if os.path.exists(source):
+            shutil.copy(source, os.path.join(out, "metrics", f"{record['arm']}_seed{record['seed']}.jsonl"))
+    return list(paths.values()) + [os.path.join(out, "metrics/")]

@@ -1,0 +1,350 @@
+"""Evaluation of a trained model: load a checkpoint, predict, score, compute task metrics.
+
+Owns: finding and loading a model's checkpoint (with clear errors for an
+empty directory or a checkpoint of another layout/size), `evaluate`, which
+runs a task or mixture through `seqio.Evaluator` with
+
+  predict_fn   greedy (or any `DecodeConfig`) generation with the KV cache,
+               for tasks whose metrics read generated text (accuracy, exact
+               match, BLEU);
+  score_fn     per-example target log-likelihood (`Model.score`), for tasks
+               whose metrics read scores, e.g. rank classification
+               (`sentiment_finefood_rank`: one example per candidate label,
+               the metric picks the highest-scoring one);
+
+plus teacher-forced loss, perplexity and token accuracy for every task (also
+those without metrics, such as pretraining tasks), and `evaluate_checkpoint`,
+which does all of it for a checkpoint and writes the JSON report (what
+`t5x-like eval` and infer runs print). Does not own the metric functions
+(each task's, `data/metrics.py`), the decoding search (`decoding.py`), or
+rebuilding a model from the gin config saved in MODEL_DIR (the command line's:
+cli/gin_loading.py).
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import functools
+import json
+import logging
+import math
+import os
+import time
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+import seqio
+
+from t5x_like.data import feature_converters
+from t5x_like.data import tasks as _tasks  # noqa: F401  (registers the tasks evaluate looks up)
+from t5x_like.inference import decoding
+from t5x_like.model import model as models
+from t5x_like.training import checkpoints
+
+log = logging.getLogger(__name__)
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be evaluated; the message says what was expected and found."""
+
+
+# --- loading ---------------------------------------------------------------------------
+@dataclasses.dataclass
+class LoadedCheckpoint:
+    model: models.Model
+    params: Any
+    step: int
+    model_dir: str
+    task_feature_lengths: dict[str, int]  # the training run's, {} if unknown
+
+
+def locate_checkpoint(path: str) -> tuple[str, int, str]:
+    """(checkpoints directory, step, model dir) for MODEL_DIR, MODEL_DIR/checkpoints
+    or MODEL_DIR/checkpoints/<step>; the newest step unless one is named."""
+    if not os.path.isdir(path):
+        raise CheckpointError(f"checkpoint path {path!r} does not exist")
+    directory, step = checkpoints.find_checkpoint_dir(path)
+    steps = sorted(int(name) for name in os.listdir(directory)
+                   if name.isdigit() and os.path.isdir(os.path.join(directory, name)))
+    if step is None:
+        if not steps:
+            found = sorted(os.listdir(path))[:10]
+            raise CheckpointError(
+                f"no checkpoint in {path!r}: expected step folders (e.g. checkpoints/1000/params) as "
+                f"written by `t5x-like train`; found {found or 'an empty directory'}")
+        step = steps[-1]
+    elif step not in steps:
+        raise CheckpointError(f"no step {step} in {directory!r}; steps there: {steps or 'none'}")
+    model_dir = os.path.dirname(directory) if os.path.basename(directory) == checkpoints.CHECKPOINT_SUBDIR \
+        else directory
+    return directory, step, model_dir
+
+
+def abstract_params(model: models.Model) -> Any:
+    """Shapes/dtypes of the model's params (no computation)."""
+    lengths = {"inputs": 4, "targets": 4} if model.config.layout != "decoder_only" else {"targets": 4}
+    batch = model.dummy_batch(1, lengths)
+    shapes = jax.eval_shape(lambda: nn.unbox(model.init(jax.random.key(0), batch))["params"])
+    sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), shapes)
+
+
+def load_params(model: models.Model, model_dir: str) -> Any:
+    """`model`'s params from the newest good checkpoint in `model_dir` (or that step directory)."""
+    return checkpoints.restore_params(model_dir, abstract_params(model))
+
+
+def _flat_shapes(tree) -> dict[str, tuple]:
+    flat = jax.tree_util.tree_flatten_with_path(tree)[0]
+    return {"/".join(str(getattr(k, "key", k)) for k in path): tuple(leaf.shape) for path, leaf in flat}
+
+
+def check_params_match(expected: Any, found: Any, where: str) -> None:
+    """Raises CheckpointError naming missing, unexpected and differently shaped parameters."""
+    want, have = _flat_shapes(expected), _flat_shapes(found)
+    missing = sorted(set(want) - set(have))
+    unexpected = sorted(set(have) - set(want))
+    reshaped = [f"{k}: model {want[k]} vs checkpoint {have[k]}" for k in sorted(set(want) & set(have))
+                if want[k] != have[k]]
+    if not (missing or unexpected or reshaped):
+        return
+    parts = []
+    if missing:
+        parts.append(f"missing from the checkpoint ({len(missing)}): {', '.join(missing[:5])}")
+    if unexpected:
+        parts.append(f"not in the model ({len(unexpected)}): {', '.join(unexpected[:5])}")
+    if reshaped:
+        parts.append(f"different shapes ({len(reshaped)}): {'; '.join(reshaped[:5])}")
+    raise CheckpointError(
+        f"the checkpoint at {where} does not match the model config (another layout or size?): "
+        + " | ".join(parts))
+
+
+def load_checkpoint(path: str, model: models.Model, task_feature_lengths: dict[str, int] | None = None
+                    ) -> LoadedCheckpoint:
+    """`model`'s params from the checkpoint at `path` (MODEL_DIR, its checkpoints/ or a step folder),
+    with a CheckpointError naming every mismatched tensor if the checkpoint is of another model.
+
+    `t5x-like eval` rebuilds `model` from the gin config saved in MODEL_DIR
+    (cli/gin_loading.load_saved_model) and calls this."""
+    directory, step, model_dir = locate_checkpoint(path)
+    expected = abstract_params(model)
+    step_dir = os.path.join(directory, str(step))
+    try:
+        found = ocp.StandardCheckpointer().metadata(os.path.join(step_dir, "params"))
+        found = getattr(found, "item_metadata", found)
+    except Exception as e:  # not an orbax params item at all
+        raise CheckpointError(f"cannot read parameters in {step_dir!r}: expected an orbax 'params' "
+                              f"item ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
+    check_params_match(expected, found, step_dir)
+    params = checkpoints.restore_params(step_dir, expected)
+    return LoadedCheckpoint(model, params, step, model_dir, dict(task_feature_lengths or {}))
+
+
+# --- model functions for seqio.Evaluator -------------------------------------------------
+def _batches(dataset, batch_size: int):
+    """(indices, batch) from seqio's enumerated eval dataset, the last batch padded to batch_size."""
+    for indices, features in dataset.batch(batch_size).as_numpy_iterator():
+        real = len(indices)
+        if real < batch_size:
+            features = {k: np.concatenate([v, np.repeat(v[:1], batch_size - real, 0)]) for k, v in features.items()}
+        yield indices, real, features
+
+
+def strip_after_eos(tokens: np.ndarray, eos_id: int | None = decoding.EOS_ID) -> list[int]:
+    """Generated ids up to (not including) EOS, without padding."""
+    out = []
+    for t in tokens.tolist():
+        if t == eos_id:
+            break
+        if t != models.PAD_ID:
+            out.append(t)
+    return out
+
+
+def make_predict_fn(model: models.Model, params, feature_lengths: dict[str, int], batch_size: int,
+                    decode_config: decoding.DecodeConfig | None = None, rng_seed: int = 0):
+    """seqio predict_fn: [(index, generated ids [max_new_tokens])] with the KV cache.
+
+    The ids keep their fixed length (0 after EOS): seqio stacks them into one
+    array, and its vocabulary's decode stops at EOS."""
+    config = decode_config or decoding.DecodeConfig()
+    config = dataclasses.replace(config, max_new_tokens=feature_lengths["targets"])
+    prompt_length = feature_lengths.get("inputs", 0) + 1 if model.config.layout != "encoder_decoder" else None
+
+    def predict_fn(dataset, model_feature_shapes=None):
+        results = []
+        for n, (indices, real, batch) in enumerate(_batches(dataset, batch_size)):
+            prompts = model.prompts(batch, prompt_length)
+            out = decoding.generate(model, params, prompts, config, jax.random.key(rng_seed + n))
+            tokens = np.asarray(out.tokens)
+            results.extend((int(i), t) for i, t in zip(indices, tokens[:real]))
+        return results
+    return predict_fn
+
+
+@functools.lru_cache(maxsize=8)
+def _jitted(model: models.Model, name: str):
+    if name == "score":
+        return jax.jit(model.score)
+    return jax.jit(lambda params, batch: model.loss_sums(params, batch)[1])
+
+
+def make_score_fn(model: models.Model, params, batch_size: int):
+    """seqio score_fn: [(index, sum of target log-likelihoods)]."""
+    def score_fn(dataset, model_feature_shapes=None):
+        results = []
+        for indices, real, batch in _batches(dataset, batch_size):
+            scores = np.asarray(_jitted(model, "score")(params, batch))
+            results.extend((int(i), float(s)) for i, s in zip(indices, scores[:real]))
+        return results
+    return score_fn
+
+
+def teacher_forced_metrics(model: models.Model, params, dataset, batch_size: int) -> dict[str, float]:
+    """Loss (mean cross-entropy per target token), perplexity and token accuracy over a dataset."""
+    totals = {"loss_sum": 0.0, "weight_sum": 0.0, "correct_sum": 0.0}
+    examples = 0
+    for _, real, batch in _batches(dataset, batch_size):
+        weights = np.zeros((batch_size, 1), np.float32)
+        weights[:real] = 1.0  # padded rows do not count
+        key = "encoder_loss_weights" if model.config.layout == "encoder_only" else "decoder_loss_weights"
+        target_key = key.replace("loss_weights", "target_tokens")
+        base = batch.get(key, (batch[target_key] != models.PAD_ID))
+        batch = dict(batch, **{key: (np.asarray(base, np.float32) * weights)})
+        sums = jax.device_get(_jitted(model, "loss")(params, batch))
+        for name in totals:
+            totals[name] += float(sums[name])
+        examples += real
+    tokens = max(totals["weight_sum"], 1.0)
+    loss = totals["loss_sum"] / tokens
+    return {"loss": loss, "perplexity": math.exp(min(loss, 700.0)),
+            "token_accuracy": 100.0 * totals["correct_sum"] / tokens, "examples": examples,
+            "target_tokens": int(totals["weight_sum"])}
+
+
+# --- the evaluation ------------------------------------------------------------------------
+@dataclasses.dataclass
+class EvalResult:
+    metrics: dict[str, dict[str, float]]      # task -> metric -> value
+    examples: dict[str, list[dict[str, str]]]  # task -> a few decoded predictions
+
+
+def check_split(mixture_or_task_name: str, split: str) -> list:
+    """The subtasks; raises ValueError if one of them lacks `split`."""
+    try:
+        provider = seqio.get_mixture_or_task(mixture_or_task_name)
+    except ValueError:
+        known = sorted(set(seqio.TaskRegistry.names()) | set(seqio.MixtureRegistry.names()))
+        close = difflib.get_close_matches(mixture_or_task_name, known, n=5, cutoff=0.5)
+        raise ValueError(f"unknown task or mixture {mixture_or_task_name!r}"
+                         + (f"; did you mean {', '.join(close)}?" if close else "")) from None
+    tasks = seqio.get_subtasks(provider)
+    for task in tasks:
+        if split not in task.splits:
+            raise ValueError(f"task {task.name!r} has no split {split!r}; it has {sorted(task.splits)}")
+    return tasks
+
+
+def evaluate(model: models.Model, params, mixture_or_task_name: str, split: str = "validation",
+             feature_lengths: dict[str, int] | None = None, batch_size: int = 16,
+             decode_config: decoding.DecodeConfig | None = None, max_examples: int | None = None,
+             num_shown: int = 3) -> EvalResult:
+    """Metrics of every subtask: its seqio metric fns (predictions and/or scores)
+    plus teacher-forced loss/perplexity/token accuracy.
+
+    feature_lengths: task feature lengths (targets = the most tokens generated);
+    None: the longest example of each feature (seqio's automatic lengths).
+    """
+    tasks = check_split(mixture_or_task_name, split)
+    has_inputs = "inputs" in tasks[0].output_features
+    converter = feature_converters.for_layout(model.config.layout, has_inputs, pack=False)
+    evaluator = seqio.Evaluator(mixture_or_task_name, converter, eval_split=split,
+                                sequence_length=feature_lengths, num_examples=max_examples,
+                                use_memory_cache=True, async_compute_metrics=False)
+    metrics: dict[str, dict[str, float]] = {}
+    examples: dict[str, list[dict[str, str]]] = {}
+    if evaluator.eval_tasks:
+        lengths = dict(feature_lengths) if feature_lengths else _longest(evaluator)
+        predict_fn = make_predict_fn(model, params, lengths, batch_size, decode_config)
+        score_fn = make_score_fn(model, params, batch_size)
+        future, outputs = evaluator.evaluate(compute_metrics=True, predict_fn=predict_fn, score_fn=score_fn)
+        metrics = {name: dict(values) for name, values in (future.result() or {}).items()}
+        for task in evaluator.eval_tasks:
+            examples[task.name] = _shown(task, evaluator, outputs.get(task.name, {}), num_shown)
+        datasets = evaluator.cached_model_datasets
+    else:  # no task with metrics (e.g. pretraining): teacher-forced metrics only
+        datasets = _model_datasets(tasks, converter, split, feature_lengths, max_examples)
+    for name, dataset in datasets.items():
+        tf_metrics = teacher_forced_metrics(model, params, dataset, batch_size)
+        metrics.setdefault(name, {}).update(tf_metrics)
+    return EvalResult({k: {m: _plain(v) for m, v in d.items()} for k, d in metrics.items()}, examples)
+
+
+def evaluate_checkpoint(loaded: LoadedCheckpoint, mixture_or_task_name: str, split: str = "validation",
+                        feature_lengths: dict[str, int] | None = None, batch_size: int = 16,
+                        decode_config: decoding.DecodeConfig | None = None, max_examples: int | None = None,
+                        output: str | None = None) -> tuple[EvalResult, str, float]:
+    """`evaluate` on a loaded checkpoint; writes the JSON report (default
+    MODEL_DIR/eval-<task>-<split>-step<step>.json). Returns (result, report path, seconds)."""
+    config = decode_config or decoding.DecodeConfig(method="greedy")
+    start = time.time()
+    result = evaluate(loaded.model, loaded.params, mixture_or_task_name, split, feature_lengths, batch_size,
+                      config, max_examples)
+    seconds = time.time() - start
+    output = output or os.path.join(loaded.model_dir,
+                                    f"eval-{mixture_or_task_name}-{split}-step{loaded.step}.json")
+    report = {"checkpoint": os.path.abspath(loaded.model_dir), "step": loaded.step,
+              "task": mixture_or_task_name, "split": split, "feature_lengths": feature_lengths,
+              "decoding": {"method": config.method, "num_beams": config.num_beams,
+                           "length_penalty": config.length_penalty},
+              "seconds": round(seconds, 2), "metrics": result.metrics, "examples": result.examples}
+    with open(output, "w") as f:
+        json.dump(report, f, indent=1, default=str)
+    return result, output, seconds
+
+
+def _longest(evaluator) -> dict[str, int]:
+    """The automatic lengths seqio used: the longest example of each feature over all tasks."""
+    lengths: dict[str, int] = {}
+    for ds in evaluator.cached_task_datasets.values():
+        for example in ds.as_numpy_iterator():
+            for name in ("inputs", "targets"):
+                if name in example:
+                    lengths[name] = max(lengths.get(name, 0), len(example[name]))
+    return lengths
+
+
+def _model_datasets(tasks, converter, split, feature_lengths, max_examples):
+    out = {}
+    for task in tasks:
+        ds = task.get_dataset(sequence_length=feature_lengths, split=split, shuffle=False, num_epochs=1)
+        if max_examples:
+            ds = ds.take(max_examples)
+        out[task.name] = converter(ds, feature_lengths).enumerate()
+    return out
+
+
+def _shown(task, evaluator, outputs, n: int) -> list[dict[str, str]]:
+    predictions = outputs.get(seqio.metrics.ModelOutputType.PREDICTION)
+    if not predictions:
+        return []
+    vocabulary = task.output_features["targets"].vocabulary
+    shown = []
+    for example, tokens in zip(evaluator.cached_task_datasets[task.name].take(n).as_numpy_iterator(), predictions):
+        shown.append({"inputs": example.get("inputs_pretokenized", b"").decode("utf-8", "replace"),
+                      "targets": example.get("targets_pretokenized", b"").decode("utf-8", "replace"),
+                      "prediction": vocabulary.decode(list(tokens))})
+    return shown
+
+
+def _plain(value):
+    if isinstance(value, (np.generic, jnp.ndarray)):
+        value = np.asarray(value).item()
+    if hasattr(value, "result"):  # seqio metric objects
+        value = value.result()
+    return value

@@ -1,0 +1,16 @@
+"""The model, ground floor: configs, masks, positions, layers, every layout, sizing.
+
+Imports nothing else of t5x_like, and neither seqio, TensorFlow nor gin (a
+test holds it to that). Modules, in the order a batch flows through them:
+  config       TransformerConfig: every architectural choice, typed and validated
+  masks        what a mask means (1 = may attend), composable builders
+  positions    learned, sinusoidal, T5 relative bias, RoPE, ALiBi
+  layers       the one shared Flax layers module (attention + KV cache, MLP, norms, blocks)
+  transformer  Transformer: every layout from those layers, and which mask each stack uses
+  model        Model: feature-converted batch -> loss sums / scores / prompts / cache steps
+  sizing       exact parameter counts, FLOPs, and the matching solver
+"""
+from t5x_like.model.config import TransformerConfig
+from t5x_like.model.model import Model
+
+__all__ = ["Model", "TransformerConfig"]

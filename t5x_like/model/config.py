@@ -1,0 +1,141 @@
+"""TransformerConfig: the one typed description of every model layout.
+
+A config says which layout (decoder-only, prefix-LM, encoder-only,
+encoder-decoder), how deep each stack is, and every architectural choice that
+the comparison varies (masks, position encodings, MLP, norms, tying, dtypes).
+The model (`transformer.py`, `model.py`), the sizing tool (`sizing.py`) and the gin files all
+read this one dataclass; nothing else defines architecture.
+
+Presets for the published architectures are the gin files under
+`gin_configs/models/`; `t5_1_0`, `t5_1_1` and `gpt2` below give the same
+choices in Python for tests and the converter.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal
+
+Layout = Literal["decoder_only", "prefix_lm", "encoder_only", "encoder_decoder"]
+# How a bidirectional stack's heads see the sequence; see masks.py.
+EncoderMask = Literal["bidirectional", "forward_backward_heads", "forward_backward_layers"]
+Position = Literal["learned", "sinusoidal", "relative", "rope", "alibi", "none"]
+Activation = Literal["relu", "gelu", "gelu_tanh", "silu", "linear"]
+
+LAYOUTS = ("decoder_only", "prefix_lm", "encoder_only", "encoder_decoder")
+
+
+@dataclasses.dataclass(frozen=True)
+class TransformerConfig:
+    """Architecture of one model. Defaults: a tiny T5 1.1-style decoder-only model."""
+
+    layout: Layout = "decoder_only"
+    vocab_size: int = 384
+    d_model: int = 64
+    num_heads: int = 4
+    head_dim: int = 16
+    d_ff: int = 256
+    # Depth per stack. Decoder-only, prefix-LM: num_decoder_layers only.
+    # Encoder-only: num_encoder_layers only. Encoder-decoder: both.
+    num_encoder_layers: int = 0
+    num_decoder_layers: int = 2
+    # Encoder-decoder only: the decoder reuses the encoder's self-attention and
+    # MLP parameters layer by layer (T5 Table 2's "shared"); cross-attention
+    # stays the decoder's own. Requires equal depths.
+    share_encoder_decoder: bool = False
+    # Masking of bidirectional stacks (the encoder, the encoder-only model).
+    encoder_mask: EncoderMask = "bidirectional"
+
+    # MLP: one activation = plain MLP; two = gated (first is the gate's, second
+    # the linear branch's: ("gelu_tanh", "linear") is T5 1.1, ("silu", "linear") LLaMA).
+    mlp_activations: tuple[str, ...] = ("gelu_tanh", "linear")
+    norm: Literal["rms", "layer"] = "rms"
+    norm_position: Literal["pre", "post"] = "pre"
+    norm_epsilon: float = 1e-6
+    use_bias: bool = False
+
+    position: Position = "relative"
+    max_length: int = 2048  # table size for learned absolute positions
+    relative_num_buckets: int = 32
+    relative_max_distance: int = 128
+    rope_max_wavelength: float = 10_000.0
+    # T5 scales q·k by nothing (folded into the init); GPT-2 by 1/sqrt(head_dim).
+    scale_attention_by_head_dim: bool = False
+
+    tie_embeddings: bool = True
+    embedding_init_std: float = 1.0  # T5: 1.0; GPT-2: 0.02
+    # T5 multiplies the decoder output by d_model**-0.5 before the tied
+    # projection; GPT-2 does not.
+    rescale_tied_logits: bool = True
+
+    dropout_rate: float = 0.0
+    dtype: str = "float32"        # compute dtype ("bfloat16" for mixed precision)
+    param_dtype: str = "float32"  # parameters stay fp32 for the optimizer
+    # "einsum": explicit softmax(QKᵀ + bias); "dot_product_attention":
+    # jax.nn.dot_product_attention with implementation=attention_implementation.
+    attention_kernel: Literal["einsum", "dot_product_attention"] = "einsum"
+    attention_implementation: str | None = None  # None, "xla" or "cudnn"
+    scan_layers: bool = False
+    remat_policy: Literal["none", "full", "dots_saveable", "nothing_saveable"] = "none"
+
+    def __post_init__(self):
+        errors = list(self._errors())
+        if errors:
+            raise ValueError("invalid TransformerConfig: " + "; ".join(errors))
+
+    def _errors(self):
+        if self.layout not in LAYOUTS:
+            yield f"layout={self.layout!r}, expected one of {LAYOUTS}"
+        if self.layout in ("decoder_only", "prefix_lm") and (
+                self.num_decoder_layers < 1 or self.num_encoder_layers):
+            yield f"{self.layout} needs num_decoder_layers >= 1 and num_encoder_layers = 0"
+        if self.layout == "encoder_only" and (self.num_encoder_layers < 1 or self.num_decoder_layers):
+            yield "encoder_only needs num_encoder_layers >= 1 and num_decoder_layers = 0"
+        if self.layout == "encoder_decoder" and min(self.num_encoder_layers, self.num_decoder_layers) < 1:
+            yield "encoder_decoder needs num_encoder_layers >= 1 and num_decoder_layers >= 1"
+        if self.share_encoder_decoder and (
+                self.layout != "encoder_decoder" or self.num_encoder_layers != self.num_decoder_layers):
+            yield "share_encoder_decoder needs layout='encoder_decoder' and equal stack depths"
+        if not 1 <= len(self.mlp_activations) <= 2:
+            yield f"mlp_activations={self.mlp_activations}: give one (plain) or two (gated)"
+        if self.position == "rope" and self.head_dim % 2:
+            yield "rope needs an even head_dim"
+        if self.scan_layers and self.encoder_mask == "forward_backward_layers":
+            yield "scan_layers does not support per-layer masks (forward_backward_layers)"
+
+    # Derived facts every consumer needs; kept here so they are defined once.
+    @property
+    def has_encoder(self) -> bool:
+        return self.layout in ("encoder_only", "encoder_decoder")
+
+    @property
+    def has_decoder(self) -> bool:
+        return self.layout != "encoder_only"
+
+    @property
+    def is_gated(self) -> bool:
+        return len(self.mlp_activations) == 2
+
+    def replace(self, **changes) -> "TransformerConfig":
+        return dataclasses.replace(self, **changes)
+
+
+def t5_1_0(**overrides) -> TransformerConfig:
+    """T5 1.0 choices: ReLU MLP, tied and rescaled embeddings, RMSNorm, relative bias."""
+    base = dict(layout="encoder_decoder", mlp_activations=("relu",), tie_embeddings=True,
+                rescale_tied_logits=True, norm="rms", position="relative", use_bias=False,
+                scale_attention_by_head_dim=False, num_encoder_layers=2, num_decoder_layers=2)
+    return TransformerConfig(**{**base, **overrides})
+
+
+def t5_1_1(**overrides) -> TransformerConfig:
+    """T5 1.1 choices: gated-GELU (tanh form) MLP, untied embeddings."""
+    return t5_1_0(**{"mlp_activations": ("gelu_tanh", "linear"), "tie_embeddings": False, **overrides})
+
+
+def gpt2(**overrides) -> TransformerConfig:
+    """GPT-2 choices: learned positions, LayerNorm and biases, GELU (tanh), tied, scaled q·k."""
+    base = dict(layout="decoder_only", mlp_activations=("gelu_tanh",), norm="layer",
+                norm_epsilon=1e-5, use_bias=True, position="learned", max_length=1024,
+                tie_embeddings=True, rescale_tied_logits=False, scale_attention_by_head_dim=True,
+                embedding_init_std=0.02)
+    return TransformerConfig(**{**base, **overrides})

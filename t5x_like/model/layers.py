@@ -1,0 +1,356 @@
+"""The shared Flax layers that every layout is built from (there is no other copy).
+
+Owns: dense projections, embeddings, norms, the MLP, multi-head attention,
+relative-position bias, and the Transformer block (self-attention, optional
+cross-attention, MLP). How blocks are stacked into encoders and decoders, and
+which mask each stack uses, is `transformer.py`'s business; what a mask means is
+`masks.py`'s.
+
+Every parameter carries logical axis names (`nn.with_logical_partitioning`)
+and key activations are constrained by logical names
+(`nn.with_logical_constraint`); `training/partitioning.py` maps both onto a device mesh.
+Parameter axes: vocab, embed, heads, kv, mlp, relpos_buckets, abspos, layers.
+Activation axes: activation_batch, activation_length, activation_embed,
+activation_heads, activation_kv, activation_mlp, activation_vocab.
+
+Dropout is active exactly when a 'dropout' RNG is supplied to `apply`.
+"""
+from __future__ import annotations
+
+import functools
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from t5x_like.model import positions as position_lib
+from t5x_like.model.config import TransformerConfig
+
+Array = jnp.ndarray
+
+ACTIVATIONS = {
+    "relu": nn.relu,
+    "gelu": functools.partial(nn.gelu, approximate=False),
+    "gelu_tanh": functools.partial(nn.gelu, approximate=True),
+    "silu": nn.silu,
+    "linear": lambda x: x,
+}
+
+BATCH_LENGTH_EMBED = ("activation_batch", "activation_length", "activation_embed")
+BATCH_LENGTH_HEADS_KV = ("activation_batch", "activation_length", "activation_heads", "activation_kv")
+
+
+def partitioned(init, axes: tuple[str | None, ...]):
+    return nn.with_logical_partitioning(init, axes)
+
+
+def constrain(x: Array, axes: tuple[str, ...]) -> Array:
+    return nn.with_logical_constraint(x, axes)
+
+
+def is_training(module: nn.Module) -> bool:
+    return module.has_rng("dropout")
+
+
+class Dense(nn.Module):
+    """y = x · W (+ b), contracting the last `num_contracted` axes of x.
+
+    `kernel_axes` names every kernel axis: the contracted input axes, then the
+    output axes. Init: normal with std = init_scale / sqrt(fan_in).
+    """
+
+    features: tuple[int, ...]
+    kernel_axes: tuple[str, ...]
+    num_contracted: int = 1
+    use_bias: bool = False
+    init_scale: float = 1.0
+    dtype: str = "float32"
+    param_dtype: str = "float32"
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        contracted_shape = x.shape[x.ndim - self.num_contracted:]
+        fan_in = math.prod(contracted_shape)
+        kernel = self.param(
+            "kernel",
+            partitioned(nn.initializers.normal(self.init_scale / math.sqrt(fan_in)), self.kernel_axes),
+            contracted_shape + tuple(self.features), jnp.dtype(self.param_dtype))
+        lhs_axes = tuple(range(x.ndim - self.num_contracted, x.ndim))
+        rhs_axes = tuple(range(self.num_contracted))
+        y = jax.lax.dot_general(x.astype(self.dtype), kernel.astype(self.dtype),
+                                ((lhs_axes, rhs_axes), ((), ())))
+        if self.use_bias:
+            bias = self.param("bias", partitioned(nn.initializers.zeros,
+                                                  self.kernel_axes[self.num_contracted:]),
+                              tuple(self.features), jnp.dtype(self.param_dtype))
+            y = y + bias.astype(self.dtype)
+        return y
+
+
+def dense(config: TransformerConfig, features, kernel_axes, name: str, num_contracted: int = 1,
+          init_scale: float = 1.0) -> Dense:
+    features = tuple(features) if isinstance(features, (tuple, list)) else (features,)
+    return Dense(features=features, kernel_axes=kernel_axes, num_contracted=num_contracted,
+                 use_bias=config.use_bias, init_scale=init_scale, dtype=config.dtype,
+                 param_dtype=config.param_dtype, name=name)
+
+
+class Embed(nn.Module):
+    """A [num_embeddings, features] table; `attend` is the tied output projection."""
+
+    num_embeddings: int
+    features: int
+    axes: tuple[str, str] = ("vocab", "embed")
+    init_std: float = 1.0
+    dtype: str = "float32"
+    param_dtype: str = "float32"
+
+    def setup(self):
+        self.embedding = self.param(
+            "embedding", partitioned(nn.initializers.normal(self.init_std), self.axes),
+            (self.num_embeddings, self.features), jnp.dtype(self.param_dtype))
+
+    def __call__(self, ids: Array) -> Array:
+        return jnp.take(self.embedding, ids, axis=0).astype(self.dtype)
+
+    def attend(self, x: Array) -> Array:
+        return jnp.einsum("...d,vd->...v", x.astype(self.dtype), self.embedding.astype(self.dtype))
+
+
+def make_norm(config: TransformerConfig, name: str) -> nn.Module:
+    """RMSNorm (T5, scale only) or LayerNorm (GPT-2, scale and bias)."""
+    scale_init = partitioned(nn.initializers.ones, ("embed",))
+    if config.norm == "rms":
+        return nn.RMSNorm(epsilon=config.norm_epsilon, dtype=config.dtype,
+                          param_dtype=config.param_dtype, scale_init=scale_init, name=name)
+    return nn.LayerNorm(epsilon=config.norm_epsilon, dtype=config.dtype,
+                        param_dtype=config.param_dtype, scale_init=scale_init,
+                        bias_init=partitioned(nn.initializers.zeros, ("embed",)), name=name)
+
+
+class MLP(nn.Module):
+    """Position-wise feed-forward: plain (one activation) or gated (two, multiplied)."""
+
+    config: TransformerConfig
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        cfg = self.config
+        gated = cfg.is_gated
+        branches = []
+        for i, activation in enumerate(cfg.mlp_activations):
+            name = f"wi_{i}" if gated else "wi"
+            branches.append(ACTIVATIONS[activation](dense(cfg, cfg.d_ff, ("embed", "mlp"), name)(x)))
+        hidden = functools.reduce(jnp.multiply, branches)
+        hidden = constrain(hidden, ("activation_batch", "activation_length", "activation_mlp"))
+        hidden = nn.Dropout(cfg.dropout_rate)(hidden, deterministic=not is_training(self))
+        return dense(cfg, cfg.d_model, ("mlp", "embed"), "wo")(hidden)
+
+
+class MultiHeadAttention(nn.Module):
+    """Attention of queries over keys/values under a boolean mask and an optional bias.
+
+    mask: [B or 1, H or 1, Lq, Lk], True = may attend (see masks.py).
+    bias: [B or 1, H or 1, Lq, Lk] added to the logits (relative position, ALiBi).
+    query_positions / key_positions: [B, L], used for RoPE (and, when decoding,
+    as the cache slot of each query).
+
+    Key/value cache for generation (flax collection 'cache', see transformer.py and inference/decoding.py):
+      kv_cache=None       no cache (training, scoring).
+      kv_cache="prefill"  attend as usual and store this call's keys/values.
+                          Self-attention (cache_length given) stores them in
+                          `cache_length` slots, slot = position 0..L-1; cross-
+                          attention (cache_length None) stores the encoder's.
+      kv_cache="step"     one query per row at position query_positions[:, 0].
+                          Self-attention writes its key/value into that slot
+                          and attends over all slots (the caller's mask hides
+                          unwritten ones); cross-attention reuses the stored
+                          encoder keys/values and ignores inputs_kv.
+    Keys are cached after RoPE, so a cached key never needs re-rotating.
+    """
+
+    config: TransformerConfig
+    use_rope: bool = False
+
+    @nn.compact
+    def __call__(self, inputs_q: Array, inputs_kv: Array, mask: Array, bias: Array | None = None,
+                 query_positions: Array | None = None, key_positions: Array | None = None,
+                 kv_cache: str | None = None, cache_length: int | None = None) -> Array:
+        cfg = self.config
+        heads_kv = (cfg.num_heads, cfg.head_dim)
+        project = lambda name: dense(cfg, heads_kv, ("embed", "heads", "kv"), name)
+        cross_step = kv_cache == "step" and cache_length is None
+        query = project("query")(inputs_q)
+        if cross_step:  # the encoder's keys/values were projected once, at prefill
+            key, value = self._cache_variable("cached_key").value, self._cache_variable("cached_value").value
+        else:
+            key, value = project("key")(inputs_kv), project("value")(inputs_kv)
+        query, key, value = (constrain(t, BATCH_LENGTH_HEADS_KV) for t in (query, key, value))
+        if self.use_rope:
+            query = position_lib.apply_rope(query, query_positions, cfg.rope_max_wavelength)
+            key = position_lib.apply_rope(key, key_positions, cfg.rope_max_wavelength)
+        if kv_cache is not None and not cross_step:
+            key, value = self._update_cache(key, value, kv_cache, cache_length, query_positions)
+        scale = cfg.head_dim ** -0.5 if cfg.scale_attention_by_head_dim else 1.0
+        if cfg.attention_kernel == "dot_product_attention":
+            # Lets XLA / cuDNN pick a fused kernel; it has no attention-probability dropout.
+            out = jax.nn.dot_product_attention(
+                query, key, value, bias=None if bias is None else bias.astype(query.dtype),
+                mask=jnp.broadcast_to(mask, (query.shape[0], cfg.num_heads) + mask.shape[2:]),
+                scale=scale, implementation=cfg.attention_implementation)
+        else:
+            out = self._einsum_attention(query, key, value, mask, bias, scale)
+        out = constrain(out, BATCH_LENGTH_HEADS_KV)
+        return dense(cfg, cfg.d_model, ("heads", "kv", "embed"), "out", num_contracted=2)(out)
+
+    def _cache_variable(self, name: str, initial: Array | None = None):
+        if initial is None and not self.has_variable("cache", name):
+            raise ValueError(f"{self.path}: no cached '{name}'; run a prefill (kv_cache='prefill') "
+                             "before decoding steps, and pass the 'cache' collection back in")
+        return self.variable("cache", name, lambda: initial)
+
+    def _update_cache(self, key, value, kv_cache, cache_length, positions):
+        """Stores (prefill) or extends by one slot (step) the cached keys/values; returns what to attend over."""
+        if kv_cache == "prefill":
+            if cache_length is not None:  # self-attention: room for the tokens still to come
+                if key.shape[1] > cache_length:
+                    raise ValueError(f"prefill of {key.shape[1]} positions exceeds cache_length={cache_length}")
+                pad = [(0, 0), (0, cache_length - key.shape[1]), (0, 0), (0, 0)]
+                self._cache_variable("cached_key", jnp.zeros(())).value = jnp.pad(key, pad)
+                self._cache_variable("cached_value", jnp.zeros(())).value = jnp.pad(value, pad)
+            else:  # cross-attention: the encoder's keys/values, fixed from now on
+                self._cache_variable("cached_key", jnp.zeros(())).value = key
+                self._cache_variable("cached_value", jnp.zeros(())).value = value
+            return key, value
+        if kv_cache != "step":
+            raise ValueError(f"kv_cache={kv_cache!r}, expected None, 'prefill' or 'step'")
+        if key.shape[1] != 1:
+            raise ValueError(f"a decoding step takes one token per row, got {key.shape[1]}")
+        rows, slots = jnp.arange(key.shape[0]), positions[:, 0]
+        cached_key, cached_value = self._cache_variable("cached_key"), self._cache_variable("cached_value")
+        cached_key.value = cached_key.value.at[rows, slots].set(key[:, 0])
+        cached_value.value = cached_value.value.at[rows, slots].set(value[:, 0])
+        return cached_key.value, cached_value.value
+
+    def _einsum_attention(self, query, key, value, mask, bias, scale):
+        logits = jnp.einsum("bqhd,bkhd->bhqk", query, key,
+                            preferred_element_type=jnp.float32) * scale
+        if bias is not None:
+            logits = logits + bias.astype(jnp.float32)
+        logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min * 0.5)
+        weights = jax.nn.softmax(logits, axis=-1).astype(self.config.dtype)
+        # Kept only when 'intermediates' is mutable (attention analysis); free otherwise.
+        self.sow("intermediates", "attention_weights", weights)
+        weights = nn.Dropout(self.config.dropout_rate)(weights, deterministic=not is_training(self))
+        return jnp.einsum("bhqk,bkhd->bqhd", weights, value)
+
+
+class RelativePositionBias(nn.Module):
+    """T5 relative position bias, one table per stack, shared by its layers.
+
+    mode: "bidirectional" (encoder), "causal" (decoder) or "prefix" (prefix-LM:
+    query/key pairs that are both in the prefix use bidirectional buckets from
+    a second block of `num_buckets` rows; all other pairs use the causal
+    buckets, so a future key inside the prefix never shares a bucket with a
+    past key).
+    """
+
+    config: TransformerConfig
+    mode: str
+
+    @nn.compact
+    def __call__(self, query_positions: Array, key_positions: Array,
+                 prefix_positions: Array | None = None) -> Array:
+        cfg = self.config
+        rows = cfg.relative_num_buckets * (2 if self.mode == "prefix" else 1)
+        table = self.param("rel_embedding", partitioned(nn.initializers.normal(1.0), ("relpos_buckets", "heads")),
+                           (rows, cfg.num_heads), jnp.dtype(cfg.param_dtype))
+        relative = key_positions[:, None, :] - query_positions[:, :, None]  # [B, Lq, Lk]
+        bucket = functools.partial(position_lib.relative_position_bucket,
+                                   num_buckets=cfg.relative_num_buckets,
+                                   max_distance=cfg.relative_max_distance)
+        if self.mode == "bidirectional":
+            buckets = bucket(relative, bidirectional=True)
+        elif self.mode == "causal":
+            buckets = bucket(relative, bidirectional=False)
+        else:
+            prefix = prefix_positions.astype(bool)
+            both_in_prefix = prefix[:, :, None] & prefix[:, None, :]
+            buckets = jnp.where(both_in_prefix,
+                                cfg.relative_num_buckets + bucket(relative, bidirectional=True),
+                                bucket(relative, bidirectional=False))
+        bias = jnp.take(table, buckets, axis=0)  # [B, Lq, Lk, H]
+        return jnp.transpose(bias, (0, 3, 1, 2)).astype(cfg.dtype)
+
+
+class Block(nn.Module):
+    """One Transformer layer: self-attention, optional cross-attention, MLP.
+
+    Cross-attention parameters are created only if the block is ever called
+    with `encoded`, so the same block class serves encoders and decoders, and
+    an encoder block reused by a decoder (shared encoder-decoder) gains just
+    its cross-attention. `kv_cache` / `cache_length` are MultiHeadAttention's
+    decoding arguments (self-attention gets both, cross-attention kv_cache only).
+    """
+
+    config: TransformerConfig
+    use_rope: bool = False
+
+    def setup(self):
+        cfg = self.config
+        self.self_attention = MultiHeadAttention(cfg, use_rope=self.use_rope)
+        self.self_attention_norm = make_norm(cfg, "self_attention_norm")
+        self.cross_attention = MultiHeadAttention(cfg, use_rope=False)
+        self.cross_attention_norm = make_norm(cfg, "cross_attention_norm")
+        self.mlp = MLP(cfg)
+        self.mlp_norm = make_norm(cfg, "mlp_norm")
+        self.dropout = nn.Dropout(cfg.dropout_rate)
+
+    def __call__(self, x: Array, mask: Array, bias: Array | None, positions: Array,
+                 encoded: Array | None = None, cross_mask: Array | None = None,
+                 kv_cache: str | None = None, cache_length: int | None = None) -> Array:
+        x = self._residual(x, self.self_attention_norm,
+                           lambda h: self.self_attention(h, h, mask, bias, positions, positions,
+                                                         kv_cache=kv_cache, cache_length=cache_length))
+        if encoded is not None:
+            x = self._residual(x, self.cross_attention_norm,
+                               lambda h: self.cross_attention(h, encoded, cross_mask, kv_cache=kv_cache))
+        x = self._residual(x, self.mlp_norm, self.mlp)
+        return constrain(x, BATCH_LENGTH_EMBED)
+
+    def _residual(self, x, norm, sublayer):
+        deterministic = not is_training(self)
+        if self.config.norm_position == "pre":
+            return x + self.dropout(sublayer(norm(x)), deterministic=deterministic)
+        return norm(x + self.dropout(sublayer(x), deterministic=deterministic))
+
+
+class ScannableBlock(Block):
+    """A Block with the (carry, output) signature that nn.scan needs."""
+
+    def __call__(self, x, mask, bias, positions, encoded=None, cross_mask=None, kv_cache=None,
+                 cache_length=None):
+        return super().__call__(x, mask, bias, positions, encoded, cross_mask, kv_cache, cache_length), None
+
+
+REMAT_POLICIES = {
+    "full": None,  # recompute everything
+    "dots_saveable": jax.checkpoint_policies.dots_saveable,
+    "nothing_saveable": jax.checkpoint_policies.nothing_saveable,
+}
+
+
+def layer_stack(config: TransformerConfig, num_layers: int, name: str, use_rope: bool):
+    """The layers of one stack: a list of Blocks, or one scanned Block over a 'layers' axis."""
+    block_class = ScannableBlock if config.scan_layers else Block
+    if config.remat_policy != "none":
+        block_class = nn.remat(block_class, policy=REMAT_POLICIES[config.remat_policy],
+                               prevent_cse=not config.scan_layers)
+    if not config.scan_layers:
+        return [block_class(config, use_rope=use_rope, name=f"{name}_{i}") for i in range(num_layers)]
+    # 'cache' (decoding's keys/values) is stacked over layers like the params.
+    scanned = nn.scan(block_class, variable_axes={"params": 0, "cache": 0}, split_rngs={"params": True, "dropout": True},
+                      in_axes=nn.broadcast, length=num_layers,
+                      metadata_params={nn.PARTITION_NAME: "layers"})
+    return scanned(config, use_rope=use_rope, name=name)

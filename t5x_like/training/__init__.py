@@ -1,0 +1,11 @@
+"""Training: meshes and shardings, optimizers, checkpoints, metrics, the loop, and runs.
+
+Above model/ and data/ (imports both), below inference/ and experiments/.
+Modules:
+  partitioning  the device mesh and the logical-axis rules table
+  optimizers    Adafactor / AdamW recipes and schedules (optax)
+  checkpoints   orbax checkpoints that survive a kill; params-only restore
+  metrics_log   console, metrics.jsonl and TensorBoard output; MFU
+  trainer       TrainState, the jitted sharded steps, the loop
+  run           TrainConfig and train(config): the named set-up steps
+"""

@@ -1,0 +1,238 @@
+"""Training runs: the typed `TrainConfig` and `train(config)`, which wires named steps.
+
+    from t5x_like.training import run
+    result = run.train(run.TrainConfig(model=Model(config), model_dir="/tmp/run",
+                                       mixture_or_task_name="shakespeare_causal_lm",
+                                       task_feature_lengths={"targets": 128}, train_steps=1000))
+
+Owns: `TrainConfig` (everything one run needs, as plain Python values) and
+`train(config)`: validate -> mesh -> trainer (shardings, jitted steps) ->
+checkpointer -> state (resume / finetune / fresh) -> data -> loop. Each step
+is a function of its own, usable and testable alone. Also
+`eval_checkpoint_loss` (teacher-forced loss of the newest checkpoint). Nothing
+here reads gin or argv: `t5x-like train` (cli/train.py) fills a TrainConfig
+from gin files, the comparison grid builds them in Python.
+
+Resume. The data pipeline is deterministic given (task, seed, shard); one
+global batch is consumed per step, so a run resumed from the checkpoint of
+step s skips s batches of the same stream (`start_batch`) and sees exactly
+the batches the uninterrupted run saw. The number of batches consumed is
+stored in each checkpoint's meta item.
+
+Multi-host: each process reads shard `process_index` of the data and feeds
+its rows of the global batch (`jax.distributed` is started by the command
+line, see cli/train.py).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import jax
+import numpy as np
+
+from t5x_like.data.sources import DataRequest, DatasetFn, check_task_name, default_dataset_fn
+from t5x_like.model import sizing
+from t5x_like.training import optimizers, partitioning
+from t5x_like.training.checkpoints import CHECKPOINT_SUBDIR, Checkpointer, restore_params
+from t5x_like.training.metrics_log import MetricsLogger
+from t5x_like.training.trainer import (
+    LoopOptions,
+    LossOptions,
+    NonFiniteLossError,
+    StopRequested,
+    Trainer,
+    TrainState,
+    evaluate_loss,
+    train_loop,
+)
+
+log = logging.getLogger(__name__)
+
+
+
+# -- configuration -------------------------------------------------------------------
+@dataclasses.dataclass
+class TrainConfig:
+    """Everything one training run needs, as plain values (gin files only fill it in)."""
+
+    model: Any = None
+    model_dir: str = ""
+    mixture_or_task_name: str = ""
+    task_feature_lengths: dict[str, int] = dataclasses.field(default_factory=dict)
+    train_steps: int = 0
+    batch_size: int = 8                  # global, all processes together
+    num_microbatches: int = 1
+    seed: int = 0                        # params init, dropout and data order
+    pack: bool = True
+    shuffle: bool = True
+    eval_split: str | None = "validation"  # None: no evaluation
+    eval_period: int = 0                 # 0: only at the end
+    eval_steps: int = 10                 # batches per evaluation
+    log_period: int = 10
+    checkpoint_period: int = 1000
+    keep_checkpoints: int | None = 3
+    keep_best_checkpoint: bool = False   # also keep the lowest validation loss
+    async_checkpointing: bool = True
+    init_checkpoint: str | None = None   # finetune: params from here, fresh optimizer
+    optimizer: optimizers.Optimizer | None = None  # default: Adafactor, T5 defaults
+    z_loss: float = 1e-4
+    label_smoothing: float = 0.0
+    loss_normalizing_factor: float | None = None
+    mesh_shape: tuple[int, ...] = (-1, 1, 1)
+    logical_axis_rules: tuple = partitioning.DEFAULT_RULES
+    tensorboard: bool = True
+    peak_flops_per_device: float | None = None
+    dataset_fn: DatasetFn | None = None  # default: data.sources.default_dataset_fn
+    config_text: str = ""                # the configuration it came from (gin), saved as MODEL_DIR/config.gin
+
+    def validate(self) -> None:
+        """Raises ValueError naming the first missing/invalid field (before compiling)."""
+        if self.model is None:
+            raise ValueError("no model: bind MODEL in a model gin file (gin_configs/models/...)")
+        for name in ("model_dir", "mixture_or_task_name"):
+            if not getattr(self, name):
+                raise ValueError(f"TrainConfig.{name} is empty")
+        if not isinstance(self.task_feature_lengths, dict) or "targets" not in self.task_feature_lengths:
+            raise ValueError(f"task_feature_lengths must be a dict with 'targets', got {self.task_feature_lengths!r}")
+        if self.train_steps < 0:
+            raise ValueError(f"train_steps must be >= 0, got {self.train_steps}")
+        if self.init_checkpoint and "://" not in self.init_checkpoint and not os.path.exists(self.init_checkpoint):
+            raise ValueError(f"init_checkpoint {self.init_checkpoint!r} does not exist")
+        if self.batch_size % (self.num_microbatches * jax.process_count()):
+            raise ValueError(f"batch_size {self.batch_size} must divide by num_microbatches "
+                             f"{self.num_microbatches} x processes {jax.process_count()}")
+
+
+@dataclasses.dataclass
+class TrainResult:
+    model_dir: str
+    step: int
+    train_metrics: dict[str, float]
+    eval_metrics: dict[str, float]
+    stopped_by_signal: bool = False
+
+
+# -- named set-up steps ----------------------------------------------------------------
+def build_trainer(config: TrainConfig, mesh: jax.sharding.Mesh) -> Trainer:
+    rules = config.logical_axis_rules
+    optimizer = config.optimizer or optimizers.adafactor()
+    loss = LossOptions(config.z_loss, config.label_smoothing, config.loss_normalizing_factor)
+    return Trainer(config.model, optimizer, mesh, rules, config.batch_size, config.task_feature_lengths,
+                   num_microbatches=config.num_microbatches, loss=loss, seed=config.seed)
+
+
+def build_checkpointer(config: TrainConfig) -> Checkpointer:
+    return Checkpointer(os.path.join(config.model_dir, CHECKPOINT_SUBDIR), keep=config.keep_checkpoints,
+                        keep_best=config.keep_best_checkpoint, async_save=config.async_checkpointing)
+
+
+def restore_or_init_state(trainer: Trainer, checkpointer: Checkpointer,
+                          init_checkpoint: str | None = None) -> tuple[TrainState, int]:
+    """(state, batches consumed): resume from MODEL_DIR if it has a good checkpoint,
+    else params from `init_checkpoint` with a fresh optimizer, else a fresh init."""
+    restored = checkpointer.restore_latest(trainer.abstract_params, trainer.abstract_opt_state)
+    if restored is not None:
+        params, opt_state, meta = restored
+        log.info("resuming from step %d", meta["step"])
+        state = trainer.make_state(meta["step"], params, opt_state, meta.get("rng"))
+        return state, int(meta.get("batches_consumed", meta["step"]))
+    if init_checkpoint:
+        return trainer.init_state(restore_params(init_checkpoint, trainer.abstract_params)), 0
+    return trainer.init_state(), 0
+
+
+def make_batches(config: TrainConfig, split: str, start_batch: int, *, train: bool) -> Iterator[dict]:
+    request = DataRequest(
+        task=config.mixture_or_task_name, task_feature_lengths=dict(config.task_feature_lengths),
+        split=split, batch_size=partitioning.local_batch_size(config.batch_size),
+        shuffle=config.shuffle and train, seed=config.seed, pack=config.pack,
+        shard_id=jax.process_index(), num_shards=jax.process_count(), start_batch=start_batch,
+        repeat=train)
+    return (config.dataset_fn or default_dataset_fn)(request, config.model)
+
+
+def make_logger(config: TrainConfig) -> MetricsLogger:
+    lengths = config.task_feature_lengths
+    flops = sizing.train_flops_per_example(config.model.config, lengths.get("inputs", 0), lengths["targets"])
+    return MetricsLogger(config.model_dir, config.train_steps, config.batch_size,
+                         tokens_per_example=sum(lengths.values()), flops_per_example=float(flops),
+                         tensorboard=config.tensorboard, peak_flops=config.peak_flops_per_device)
+
+
+def write_run_files(config: TrainConfig) -> None:
+    """MODEL_DIR/train_config.json (the typed config as text) and, when the run
+    came from gin, MODEL_DIR/config.gin (`config_text`: what `t5x-like eval` reloads); process 0 only."""
+    if jax.process_index() != 0:
+        return
+    os.makedirs(config.model_dir, exist_ok=True)
+    fields = {f.name: repr(getattr(config, f.name)) for f in dataclasses.fields(config) if f.name != "config_text"}
+    with open(os.path.join(config.model_dir, "train_config.json"), "w") as f:
+        json.dump(fields, f, indent=1)
+    if config.config_text.strip():
+        with open(os.path.join(config.model_dir, "config.gin"), "w") as f:
+            f.write(config.config_text)
+
+
+# -- the run -------------------------------------------------------------------------
+def train(config: TrainConfig) -> TrainResult:
+    """Trains (or resumes) one run; returns the final train/eval metrics and MODEL_DIR."""
+    config.validate()
+    check_task_name(config.mixture_or_task_name)
+    mesh = partitioning.make_mesh(config.mesh_shape)
+    trainer = build_trainer(config, mesh)
+    checkpointer = build_checkpointer(config)
+    write_run_files(config)
+    state, consumed = restore_or_init_state(trainer, checkpointer, config.init_checkpoint)
+    start_step = int(jax.device_get(state.step))
+    batches = make_batches(config, "train", consumed, train=True)
+    eval_batches = None
+    if config.eval_split:
+        def eval_batches():
+            return make_batches(config, config.eval_split, 0, train=False)
+    logger = make_logger(config)
+
+    def save(s: TrainState, metrics: dict | None) -> None:
+        step = int(jax.device_get(s.step))
+        meta = {"batches_consumed": consumed + (step - start_step), "seed": config.seed,
+                "rng": np.asarray(jax.device_get(s.rng)).tolist()}
+        checkpointer.save(step, s.params, s.opt_state, meta, metrics)
+
+    stop = StopRequested()
+    options = LoopOptions(config.train_steps, config.log_period, config.checkpoint_period,
+                          config.eval_period, config.eval_steps)
+    try:
+        state, result = train_loop(trainer, state, batches, options, save=save,
+                                   eval_batches=eval_batches, logger=logger, stop=stop)
+    except NonFiniteLossError as e:
+        logger.message(str(e))
+        raise
+    finally:
+        stop.restore()
+        checkpointer.close()
+        logger.close()
+    return TrainResult(config.model_dir, result.step, result.train_metrics, result.eval_metrics,
+                       result.stopped_by_signal)
+
+
+def eval_checkpoint_loss(config: TrainConfig) -> dict[str, float]:
+    """Validation metrics of the newest good checkpoint in MODEL_DIR (eval.gin)."""
+    config.validate()
+    check_task_name(config.mixture_or_task_name)
+    trainer = build_trainer(config, partitioning.make_mesh(config.mesh_shape))
+    checkpointer = build_checkpointer(config)
+    restored = checkpointer.restore_latest(trainer.abstract_params, trainer.abstract_opt_state)
+    if restored is None:
+        raise FileNotFoundError(f"no checkpoint in {config.model_dir}")
+    params, _, meta = restored
+    metrics = evaluate_loss(trainer, params, make_batches(config, config.eval_split or "validation", 0,
+                                                     train=False), config.eval_steps)
+    logger = make_logger(config)
+    logger.write("eval", meta["step"], metrics)
+    logger.close()
+    checkpointer.close()
+    return metrics

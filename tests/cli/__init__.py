@@ -1,0 +1,1 @@
+"""Tests of the command line (t5x_like.cli) and the launch scripts."""

@@ -1,0 +1,19 @@
+"""`t5x-like analyze-attention`: several checkpoints pooled on the same input block."""
+import json
+
+from t5x_like.cli import analyze_attention
+from tests.checkpoint_fixtures import tiny, write_run
+
+
+def test_cli_pools_a_causal_and_a_prefix_checkpoint_on_the_same_block(tmp_path, capsys):
+    for layout in ("decoder_only", "prefix_lm"):
+        write_run(str(tmp_path / layout), tiny(layout))
+    out = tmp_path / "analysis"
+    assert analyze_attention.main([f"--checkpoint={tmp_path / 'decoder_only'}", f"--checkpoint={tmp_path / 'prefix_lm'}",
+                                   "--task=probe_copy", "--examples=4", f"--out={out}"]) == 0
+    result = json.loads((out / "attention_analysis.json").read_text())
+    assert set(result["summary"]) == {"causal", "prefix"}
+    assert result["summary"]["causal"]["length"] == result["summary"]["prefix"]["length"]  # same input block
+    assert result["summary"]["causal"]["relative_rank"] == 1.0
+    assert "bidirectional heads have mean relative rank" in capsys.readouterr().out
+    assert (out / "attention_analysis.png").stat().st_size > 0

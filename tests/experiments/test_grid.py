@@ -1,0 +1,82 @@
+"""Comparison grids: every shipped experiment's matching claims, grids that expand to arms."""
+import glob
+import os
+
+import pytest
+
+from t5x_like.cli.compare import GIN_LOADERS, load_experiment
+from t5x_like.experiments import grid as compare
+from tests import REPO_ROOT as REPO
+
+EXPERIMENTS = sorted(glob.glob(os.path.join(REPO, "gin_configs/experiments/*.gin")))
+
+
+@pytest.mark.parametrize("path", EXPERIMENTS, ids=os.path.basename)
+def test_every_experiment_satisfies_its_matching_claims(path):
+    experiment = load_experiment([path], ["OUTPUT_DIR = '/tmp/unused'"])
+    assert compare.check_claims(experiment, compare.sizes(experiment, GIN_LOADERS)) == []
+
+
+def test_a_false_claim_is_caught():
+    experiment = load_experiment([os.path.join(REPO, "gin_configs/experiments/quick.gin")], [])
+    encdec = next(a for a in experiment.arms if a.name == "encoder_decoder")
+    experiment.arms = [a if a is not encdec else compare.Arm(**{**encdec.__dict__, "claims": {"params": "P"}})
+                       for a in experiment.arms]
+    failures = compare.check_claims(experiment, compare.sizes(experiment, GIN_LOADERS))
+    assert len(failures) == 1 and "encoder_decoder: claims params = P" in failures[0]
+
+
+@pytest.mark.parametrize("claim,unit,value", [("P", "P", 1.0), ("2P", "P", 2.0), ("P/2", "P", 0.5), ("M/2", "M", 0.5), ("1.5M", "M", 1.5)])
+def test_claim_multiples(claim, unit, value):
+    assert compare.parse_multiple(claim, unit) == value
+
+
+def test_bad_claim_is_a_clear_error():
+    with pytest.raises(ValueError, match="expected e.g."):
+        compare.parse_multiple("two P", "P")
+
+
+def test_position_encodings_grid_expands_to_both_families_times_six_encodings():
+    experiment = load_experiment([os.path.join(REPO, "gin_configs/experiments/position_encodings.gin")], [])
+    positions = ["learned", "sinusoidal", "relative", "rope", "alibi", "none"]
+    assert [arm.name for arm in experiment.arms] == [f"{family}_{p}" for family in ("causal", "mlm") for p in positions]
+    families = {"causal": ("gin_configs/models/decoder_only/tiny.gin", "shakespeare_causal_lm", "shakespeare_prefix_lm"),
+                "mlm": ("gin_configs/models/encoder_only/tiny.gin", "shakespeare_mlm", "shakespeare_mlm")}
+    for arm in experiment.arms:
+        family, position = arm.name.split("_", 1)
+        assert (arm.model, arm.task, arm.eval_task) == families[family]
+        assert arm.group == family and arm.claims == {"params": "P", "flops": "M"}
+        assert arm.bindings == (f"TransformerConfig.position = '{position}'",)
+
+
+def test_grid_values_merge_bindings_and_claims_and_overrides_apply_last():
+    arms = compare.expand_grid({
+        "name": "{layout}_{size}", "model": "models/{layout}.gin", "bindings": ["A = 1"], "claims": {"params": "P"},
+        "axes": {"layout": ["dec", "enc"],
+                 "size": {"s": {"bindings": ["D = 32"]}, "l": {"bindings": ["D = 64"], "claims": {"flops": "M"}}}},
+        "overrides": {"enc_l": {"bindings": ["E = 2"], "task": "other"}},
+    })
+    assert [a["name"] for a in arms] == ["dec_s", "dec_l", "enc_s", "enc_l"]
+    assert arms[0] == {"name": "dec_s", "model": "models/dec.gin", "bindings": ["A = 1", "D = 32"],
+                       "claims": {"params": "P"}}
+    assert arms[1]["claims"] == {"params": "P", "flops": "M"}
+    assert arms[3]["bindings"] == ["A = 1", "D = 64", "E = 2"] and arms[3]["task"] == "other"
+    assert "task" not in arms[2]
+
+
+@pytest.mark.parametrize("grid,message", [
+    ({"name": "x_{size}"}, "needs 'axes'"),
+    ({"name": "x_{size}", "model": "m", "axes": {"layout": ["a"]}}, "not an axis"),
+    ({"name": "x_{a}", "model": "m", "axes": {"a": ["1"]}, "overrides": {"x_2": {}}}, "does not make"),
+])
+def test_malformed_grid_is_one_clear_error(grid, message):
+    with pytest.raises(ValueError, match=message):
+        compare.expand_grid(grid)
+
+
+def test_experiment_joins_explicit_arms_and_grid_and_rejects_duplicates():
+    grid = {"name": "g_{a}", "model": "m.gin", "axes": {"a": ["1", "2"]}}
+    experiment = compare.Experiment(name="e", output_dir="/tmp/e", arms=[{"name": "first", "model": "m.gin"}], grid=grid)
+    assert [arm.name for arm in experiment.arms] == ["first", "g_1", "g_2"]
+    with pytest.raises(ValueError, match="unique"):
+        compare.Experiment(name="e", output_dir="/tmp/e", arms=[{"name": "g_1", "model": "m.gin"}], grid=grid)

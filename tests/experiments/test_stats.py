@@ -1,0 +1,53 @@
+"""Confidence intervals and scaling fits on cases with known answers."""
+import numpy as np
+import pytest
+
+from t5x_like.experiments import stats
+
+
+def test_identical_runs_give_an_interval_around_zero():
+    rng = np.random.default_rng(0)
+    losses = rng.normal(3.0, 0.5, size=(2, 400))
+    interval = stats.paired_difference_ci(losses, losses.copy())
+    assert interval.contains(0.0)
+    assert "within noise" in stats.describe_difference("a", "b", interval)
+
+
+def test_planted_difference_is_detected():
+    rng = np.random.default_rng(1)
+    base = rng.normal(3.0, 0.5, size=(2, 400))
+    worse = base + 0.2 + rng.normal(0, 0.05, size=base.shape)
+    interval = stats.paired_difference_ci(base, worse)
+    assert interval.high < 0
+    assert interval.estimate == pytest.approx(-0.2, abs=0.02)
+    assert stats.describe_difference("a", "b", interval).startswith("a has lower loss than b")
+
+
+def test_seed_noise_widens_the_interval():
+    rng = np.random.default_rng(2)
+    examples = rng.normal(3.0, 0.5, size=400)
+    quiet = np.stack([examples, examples + 0.001])
+    noisy = np.stack([examples, examples + 0.5])
+    width = lambda x: stats.layout_mean_ci(x).high - stats.layout_mean_ci(x).low
+    assert width(noisy) > 2 * width(quiet)
+
+
+def test_interval_covers_the_true_mean_most_of_the_time():
+    rng = np.random.default_rng(3)
+    covered = sum(stats.layout_mean_ci(rng.normal(1.0, 1.0, size=(3, 200)), num_replicates=300, seed=i).contains(1.0)
+                  for i in range(60))
+    assert covered >= 50  # nominal 95%: 57 of 60 expected
+
+
+def test_scaling_fit_recovers_planted_exponent():
+    n = np.repeat([1e5, 3e5, 1e6, 3e6, 1e7], 2)
+    rng = np.random.default_rng(4)
+    loss = 1.7 + 400.0 * n ** -0.35 + rng.normal(0, 0.002, size=n.shape)
+    fit = stats.fit_scaling_law(n, loss, num_replicates=200)
+    assert fit.alpha == pytest.approx(0.35, abs=0.03)
+    assert fit.alpha_interval.contains(0.35)
+
+
+def test_scaling_fit_needs_three_sizes():
+    with pytest.raises(ValueError, match="at least 3"):
+        stats.fit_scaling_law([1e5, 1e5, 1e6], [3.0, 3.1, 2.5])

@@ -1,0 +1,268 @@
+"""Cached decoding (decoding.py, Model.prefill/decode_step) against its definition:
+repeated full forward passes of the training path, with no cache."""
+from __future__ import annotations
+
+import itertools
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from t5x_like.inference import decoding
+from t5x_like.inference.decoding import DecodeConfig
+from t5x_like.model import model as models
+from t5x_like.model.config import TransformerConfig
+
+STEPS = 6
+BATCH_LENGTHS = np.array([4, 2, 3], np.int32)  # per-row prompt lengths, right-padded to 4
+
+
+def tiny_config(layout: str, position: str, **overrides) -> TransformerConfig:
+    # Untied embeddings: a tied random model mostly repeats its last token,
+    # which would make token equality a weak check.
+    base = dict(layout=layout, position=position, vocab_size=64, d_model=32, num_heads=2, head_dim=16,
+                d_ff=64, num_decoder_layers=2, num_encoder_layers=2 if layout == "encoder_decoder" else 0,
+                tie_embeddings=False, max_length=32)
+    return TransformerConfig(**{**base, **overrides})
+
+
+def make_prompts(layout: str, lengths=BATCH_LENGTHS, seed: int = 1) -> models.Prompts:
+    rng = np.random.default_rng(seed)
+    width = int(max(BATCH_LENGTHS))
+    tokens = rng.integers(3, 64, size=(len(lengths), width)).astype(np.int32)
+    tokens[:, 0] = 0  # BOS
+    tokens *= np.arange(width)[None] < lengths[:, None]
+    if layout != "encoder_decoder":
+        return models.Prompts(tokens, np.asarray(lengths, np.int32))
+    encoder_tokens = rng.integers(3, 64, size=(len(lengths), 5)).astype(np.int32)
+    encoder_tokens[1, 3:] = 0  # padded encoder inputs too
+    return models.Prompts(np.zeros((len(lengths), 1), np.int32), np.ones(len(lengths), np.int32),
+                          encoder_tokens)
+
+
+class Uncached:
+    """The definition: every step reruns Transformer.__call__ (the training
+    forward pass) over prompt + tokens so far, with no cache."""
+
+    def __init__(self, model: models.Model, params, prompts: models.Prompts, steps: int):
+        self.model, self.params, self.prompts, self.steps = model, params, prompts, steps
+        self.total = prompts.tokens.shape[1] + steps
+
+        def forward(params, sequence, valid, prefix, encoder_tokens):
+            layout = model.config.layout
+            return model.module.apply(
+                {"params": params}, encoder_input_tokens=encoder_tokens, decoder_input_tokens=sequence,
+                decoder_valid=valid, prefix_positions=prefix if layout == "prefix_lm" else None)
+        self.forward = jax.jit(forward)
+
+    def _log_probs(self, sequence, num_tokens):
+        """log p [B, V] of the token following `num_tokens` generated ones."""
+        lengths = np.asarray(self.prompts.lengths)
+        repeat = sequence.shape[0] // len(lengths)
+        lengths = np.repeat(lengths, repeat)
+        encoder = self.prompts.encoder_tokens
+        encoder = None if encoder is None else np.repeat(encoder, repeat, axis=0)
+        positions = np.arange(self.total)[None]
+        valid = positions < (lengths + num_tokens)[:, None]
+        prefix = positions < lengths[:, None]
+        logits = self.forward(self.params, sequence, valid, prefix, encoder)
+        last = np.asarray(logits)[np.arange(len(lengths)), lengths + num_tokens - 1]
+        return np.asarray(jax.nn.log_softmax(last))
+
+    def _start(self, repeat=1):
+        prompt = np.asarray(self.prompts.tokens)
+        sequence = np.zeros((prompt.shape[0], self.total), np.int32)
+        sequence[:, :prompt.shape[1]] = prompt
+        return np.repeat(sequence, repeat, axis=0), np.repeat(np.asarray(self.prompts.lengths), repeat)
+
+    def greedy(self):
+        sequence, lengths = self._start()
+        tokens, score = [], np.zeros(len(lengths))
+        for i in range(self.steps):
+            log_probs = self._log_probs(sequence, i)
+            token = log_probs.argmax(-1)
+            score += log_probs[np.arange(len(lengths)), token]
+            sequence[np.arange(len(lengths)), lengths + i] = token
+            tokens.append(token)
+        return np.stack(tokens, 1), score
+
+    def sequence_log_prob(self, tokens):
+        """Sum of log p of given continuations tokens [B, K, N] (teacher forced), [B, K, N] per token."""
+        batch, beams, steps = tokens.shape
+        sequence, lengths = self._start(beams)
+        flat = tokens.reshape(batch * beams, steps)
+        per_token = np.zeros((batch * beams, steps))
+        for i in range(steps):
+            log_probs = self._log_probs(sequence, i)
+            per_token[:, i] = log_probs[np.arange(len(lengths)), flat[:, i]]
+            sequence[np.arange(len(lengths)), lengths + i] = flat[:, i]
+        return per_token.reshape(batch, beams, steps)
+
+
+CASES = [
+    ("decoder_only", "relative", {}), ("decoder_only", "rope", {}), ("decoder_only", "learned", {}),
+    ("decoder_only", "alibi", {"scan_layers": True}),
+    ("prefix_lm", "relative", {}), ("prefix_lm", "rope", {}), ("prefix_lm", "learned", {}),
+    ("encoder_decoder", "relative", {}), ("encoder_decoder", "rope", {}), ("encoder_decoder", "learned", {}),
+    ("encoder_decoder", "sinusoidal", {"attention_kernel": "dot_product_attention", "share_encoder_decoder": True}),
+]
+
+
+def build(layout, position, overrides, seed=0):
+    model = models.Model(tiny_config(layout, position, **overrides))
+    batch = model.dummy_batch(2, {"inputs": 4, "targets": 4})
+    params = nn.unbox(model.init(jax.random.key(seed), batch))["params"]
+    return model, params
+
+
+@pytest.mark.parametrize("layout,position,overrides", CASES,
+                         ids=[f"{c[0]}-{c[1]}" + ("-" + "-".join(c[2]) if c[2] else "") for c in CASES])
+def test_cached_greedy_equals_repeated_uncached_forward_passes(layout, position, overrides):
+    model, params = build(layout, position, overrides)
+    prompts = make_prompts(layout)
+    result = decoding.generate(model, params, prompts, DecodeConfig(max_new_tokens=STEPS, eos_id=None))
+    expected_tokens, expected_scores = Uncached(model, params, prompts, STEPS).greedy()
+    np.testing.assert_array_equal(np.asarray(result.tokens), expected_tokens)
+    np.testing.assert_allclose(np.asarray(result.scores), expected_scores, rtol=1e-4, atol=1e-4)
+
+
+# --- one shared model for the search tests -------------------------------------------
+@pytest.fixture(scope="module")
+def rel_decoder():
+    model, params = build("decoder_only", "relative", {})
+    prompts = make_prompts("decoder_only")
+    greedy = decoding.generate(model, params, prompts, DecodeConfig(max_new_tokens=STEPS, eos_id=None))
+    # An EOS id that row 0 produces at step 2 under greedy decoding (planted stop).
+    eos = int(greedy.tokens[0, 2])
+    return model, params, prompts, np.asarray(greedy.tokens), eos
+
+
+def test_rows_stop_at_eos_and_are_padded_after_it(rel_decoder):
+    model, params, prompts, free_tokens, eos = rel_decoder
+    tokens = np.asarray(decoding.generate(model, params, prompts,
+                                          DecodeConfig(max_new_tokens=STEPS, eos_id=eos)).tokens)
+    for row, free in zip(tokens, free_tokens):
+        hits = np.flatnonzero(free == eos)
+        stop = hits[0] + 1 if hits.size else STEPS
+        np.testing.assert_array_equal(row[:stop], free[:stop])
+        assert (row[stop:] == 0).all()
+    assert (tokens[0, 3:] == 0).all(), "row 0 emits the planted EOS by step 2"
+
+
+def test_beam_search_with_one_beam_is_greedy(rel_decoder):
+    model, params, prompts, _, eos = rel_decoder
+    greedy = decoding.generate(model, params, prompts, DecodeConfig(max_new_tokens=STEPS, eos_id=eos))
+    beam = decoding.generate(model, params, prompts, DecodeConfig(
+        method="beam", num_beams=1, length_penalty=0.0, max_new_tokens=STEPS, eos_id=eos))
+    np.testing.assert_array_equal(np.asarray(beam.tokens), np.asarray(greedy.tokens))
+    np.testing.assert_allclose(np.asarray(beam.scores), np.asarray(greedy.scores), rtol=1e-5)
+
+
+def test_beam_scores_are_length_penalized_log_probs_of_their_tokens(rel_decoder):
+    model, params, prompts, _, eos = rel_decoder
+    alpha = 0.6
+    result = decoding.generate(model, params, prompts, DecodeConfig(
+        method="beam", num_beams=3, length_penalty=alpha, max_new_tokens=STEPS, eos_id=eos))
+    beams, scores = np.asarray(result.beam_tokens), np.asarray(result.beam_scores)
+    per_token = Uncached(model, params, prompts, STEPS).sequence_log_prob(beams)
+    assert (np.diff(scores, axis=1) <= 1e-6).all(), "beams are returned best first"
+    for b, k in itertools.product(range(beams.shape[0]), range(beams.shape[1])):
+        hits = np.flatnonzero(beams[b, k] == eos)
+        length = hits[0] + 1 if hits.size else STEPS
+        assert (beams[b, k, length:] == 0).all()
+        expected = per_token[b, k, :length].sum() / decoding.length_penalty(length, alpha)
+        np.testing.assert_allclose(scores[b, k], expected, rtol=1e-4, atol=1e-4)
+    assert (beams[:, 0] == eos).any() or (beams == eos).any(), "the planted EOS ends some beam"
+
+
+def test_beam_search_with_enough_beams_finds_the_most_likely_sequence(rel_decoder):
+    model, params, prompts, _, _ = rel_decoder
+    vocab, steps = model.config.vocab_size, 2
+    result = decoding.generate(model, params, prompts, DecodeConfig(
+        method="beam", num_beams=vocab, length_penalty=0.0, max_new_tokens=steps, eos_id=None))
+    # Exhaustive: every two-token continuation, scored by uncached passes.
+    candidates = np.array(list(itertools.product(range(vocab), repeat=steps)), np.int32)
+    batch = len(BATCH_LENGTHS)
+    all_tokens = np.broadcast_to(candidates, (batch,) + candidates.shape)
+    totals = Uncached(model, params, prompts, steps).sequence_log_prob(all_tokens).sum(-1)
+    best = totals.argmax(1)
+    np.testing.assert_array_equal(np.asarray(result.tokens), candidates[best])
+    np.testing.assert_allclose(np.asarray(result.scores), totals.max(1), rtol=1e-4, atol=1e-4)
+
+
+def test_sampling_is_reproducible_per_rng_and_varies_across_rngs(rel_decoder):
+    model, params, prompts, _, _ = rel_decoder
+    config = DecodeConfig(method="sample", temperature=1.5, max_new_tokens=STEPS, eos_id=None)
+    draw = lambda seed: np.asarray(decoding.generate(model, params, prompts, config, jax.random.key(seed)).tokens)
+    np.testing.assert_array_equal(draw(0), draw(0))
+    assert not np.array_equal(draw(0), draw(1))
+    with pytest.raises(ValueError, match="rng"):
+        decoding.generate(model, params, prompts, config)
+
+
+def test_top_k_and_top_p_sample_only_from_the_kept_tokens_in_proportion():
+    draws = 4000  # rows of one batch, each an independent draw
+    logits = jnp.log(jnp.tile(jnp.array([[0.5, 0.3, 0.1, 0.06, 0.04]]), (draws, 1)))
+    key = jax.random.key(0)
+    for temperature, top_k in ((0.0, 0), (1.0, 1)):  # both greedy
+        assert (decoding.sample_logits(logits, key, temperature, top_k) == 0).all()
+    for top_k, top_p, kept in ((2, 1.0, [0.5, 0.3]), (0, 0.7, [0.5, 0.3]), (0, 0.85, [0.5, 0.3, 0.1]),
+                               (0, 1.0, [0.5, 0.3, 0.1, 0.06, 0.04])):
+        sample = decoding.sample_logits(logits, key, 1.0, top_k, top_p)
+        counts = np.bincount(np.asarray(sample), minlength=5) / draws
+        expected = np.zeros(5)
+        expected[:len(kept)] = np.array(kept) / sum(kept)
+        assert (counts[len(kept):] == 0).all()
+        np.testing.assert_allclose(counts, expected, atol=4 * np.sqrt(0.25 / draws))
+
+
+# --- prefix-LM: the same weights as a causal decoder, except the prefix mask ----------
+def test_prefix_lm_decode_differs_from_causal_only_through_the_prefix_mask():
+    prefix_model, params = build("prefix_lm", "relative", {})
+    causal_model = models.Model(tiny_config("decoder_only", "relative"))
+    # A causal decoder has only the causal bucket rows; the prefix-LM's first block is exactly those.
+    buckets = causal_model.config.relative_num_buckets
+    causal_params = jax.tree_util.tree_map(lambda x: x, params)
+    table = params["decoder_relpos_bias"]["rel_embedding"]
+    causal_params["decoder_relpos_bias"] = {"rel_embedding": table[:buckets]}
+    config = DecodeConfig(max_new_tokens=STEPS, eos_id=None)
+
+    # A one-token prompt: the prefix mask equals the causal mask, so decoding is identical.
+    bos_only = make_prompts("prefix_lm", lengths=np.array([1, 1, 1], np.int32))
+    prefix_out = decoding.generate(prefix_model, params, bos_only, config)
+    causal_out = decoding.generate(causal_model, causal_params, bos_only, config)
+    np.testing.assert_array_equal(np.asarray(prefix_out.tokens), np.asarray(causal_out.tokens))
+    np.testing.assert_allclose(np.asarray(prefix_out.scores), np.asarray(causal_out.scores), rtol=1e-5)
+
+    # Longer prompts: the bidirectional prefix changes what is predicted (row 1 has
+    # a 2-token prompt, rows 0 and 2 longer), and every row's score moves.
+    prompts = make_prompts("prefix_lm")
+    prefix_out = decoding.generate(prefix_model, params, prompts, config)
+    causal_out = decoding.generate(causal_model, causal_params, prompts, config)
+    assert (np.abs(np.asarray(prefix_out.scores) - np.asarray(causal_out.scores)) > 1e-3).all()
+
+
+# --- misuse gives clear errors --------------------------------------------------------
+def test_decode_step_before_prefill_is_a_clear_error(rel_decoder):
+    model, params, _, _, _ = rel_decoder
+    with pytest.raises(ValueError, match="prefill"):
+        model.decoding_module.apply({"params": params}, jnp.zeros((1,), jnp.int32), jnp.zeros((1,), jnp.int32),
+                                    8, method=models.Transformer.decode_step, mutable=["cache"])
+
+
+def test_learned_positions_refuse_to_decode_past_their_table():
+    model, params = build("decoder_only", "learned", {})
+    with pytest.raises(ValueError, match="max_length=32"):
+        decoding.generate(model, params, make_prompts("decoder_only"), DecodeConfig(max_new_tokens=40))
+
+
+def test_predict_batch_reads_prompts_from_a_feature_converted_batch(rel_decoder):
+    model, params, prompts, free_tokens, _ = rel_decoder
+    # A PrefixLM-converted batch: decoder_causal_attention marks BOS + inputs.
+    width = prompts.tokens.shape[1] + 3
+    batch = {"decoder_input_tokens": np.pad(prompts.tokens, ((0, 0), (0, 3)), constant_values=7),
+             "decoder_causal_attention": (np.arange(width)[None] < BATCH_LENGTHS[:, None]).astype(np.int32)}
+    tokens = decoding.predict_batch(model, params, batch, DecodeConfig(max_new_tokens=STEPS, eos_id=None))
+    np.testing.assert_array_equal(tokens, free_tokens)

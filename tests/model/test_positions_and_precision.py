@@ -1,0 +1,67 @@
+"""Relative-position buckets against hand-computed values; bf16 vs fp32 forward."""
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from t5x_like.model import layers, positions
+from tests.model_fixtures import init_params, random_tokens, tiny_config
+
+# (relative position = key - query, expected bucket) with 32 buckets, max distance 128.
+# Unidirectional: 16 exact buckets for distances 0..15 into the past, then
+# 16 + floor(log(n/16) / log(128/16) * 16), capped at 31; future keys -> 0.
+UNIDIRECTIONAL = [(0, 0), (-1, 1), (-15, 15), (-16, 16), (-20, 17), (-127, 31), (-1000, 31), (5, 0)]
+# Bidirectional: 16 buckets per direction; past keys use 0..15, future keys 16..31;
+# 8 exact, then 8 + floor(log(n/8) / log(128/8) * 8).
+BIDIRECTIONAL = [(0, 0), (-1, 1), (1, 17), (-7, 7), (7, 23), (8, 24), (-8, 8), (100, 31), (-100, 15), (-12, 9)]
+
+
+@pytest.mark.parametrize("relative,expected", UNIDIRECTIONAL)
+def test_unidirectional_buckets(relative, expected):
+    assert int(positions.relative_position_bucket(jnp.array(relative), bidirectional=False)) == expected
+
+
+@pytest.mark.parametrize("relative,expected", BIDIRECTIONAL)
+def test_bidirectional_buckets(relative, expected):
+    assert int(positions.relative_position_bucket(jnp.array(relative), bidirectional=True)) == expected
+
+
+def test_prefix_bias_uses_bidirectional_buckets_inside_the_prefix():
+    """In a prefix-LM, future keys inside the prefix get their own buckets (not all bucket 0)."""
+    config = tiny_config("prefix_lm")
+    module = layers.RelativePositionBias(config, "prefix")
+    pos = jnp.arange(6)[None]
+    prefix = jnp.array([[1, 1, 1, 0, 0, 0]])
+    params = nn.unbox(module.init(jax.random.PRNGKey(0), pos, pos, prefix))["params"]
+    table = np.asarray(params["rel_embedding"])
+    bias = np.asarray(module.apply({"params": params}, pos, pos, prefix))[0]  # [H, Lq, Lk]
+    nb = config.relative_num_buckets
+    np.testing.assert_array_equal(bias[:, 0, 2], table[nb + 16 + 2])   # future key in prefix: bidirectional
+    np.testing.assert_array_equal(bias[:, 2, 0], table[nb + 2])        # past key in prefix: bidirectional
+    np.testing.assert_array_equal(bias[:, 4, 1], table[3])             # target query: causal buckets
+    assert not np.array_equal(bias[:, 0, 1], bias[:, 0, 2])            # distinct future distances differ
+
+
+def test_rope_is_relative():
+    """Rotated q·k depends only on the distance between positions."""
+    q = jax.random.normal(jax.random.PRNGKey(0), (1, 1, 1, 8))
+    k = jax.random.normal(jax.random.PRNGKey(1), (1, 1, 1, 8))
+    score = lambda i, j: float(jnp.sum(positions.apply_rope(q, jnp.array([[i]])) * positions.apply_rope(k, jnp.array([[j]]))))
+    assert score(3, 1) == pytest.approx(score(10, 8), rel=1e-5)
+    assert score(3, 1) != pytest.approx(score(3, 2), rel=1e-3)
+
+
+@pytest.mark.parametrize("layout", ["decoder_only", "encoder_decoder"])
+def test_bf16_compute_matches_fp32(layout):
+    config = tiny_config(layout)
+    model, params = init_params(config, 2, 8 if layout != "decoder_only" else 0, 8)
+    rng = np.random.default_rng(0)
+    tokens = random_tokens(rng, (2, 8))
+    batch = {"decoder_input_tokens": tokens, "decoder_target_tokens": tokens, "encoder_input_tokens": tokens}
+    fp32 = np.asarray(model.logits(params, batch))
+    bf16_model = type(model)(config.replace(dtype="bfloat16"))
+    bf16 = np.asarray(bf16_model.logits(params, batch))
+    scale = np.abs(fp32).max()
+    assert np.abs(bf16 - fp32).max() < 0.05 * scale
+    assert not np.array_equal(bf16, fp32)  # the bf16 path really ran in bf16

@@ -1,0 +1,1 @@
+"""Tests of t5x_like.training."""

@@ -1,0 +1,75 @@
+"""Runs on one device: corrupt checkpoints, finetune init, NaN stop, keep-best."""
+import glob
+import logging
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from t5x_like.training import checkpoints, optimizers, partitioning
+from t5x_like.training import run as train
+from tests.training_fixtures import tiny_run
+
+pytestmark = pytest.mark.usefixtures("persistent_compilation_cache")  # runs here recompile the same programs
+
+
+def test_corrupt_newest_checkpoint_is_skipped_and_training_continues(tmp_path, caplog):
+    config = tiny_run(tmp_path / "run", train_steps=6)
+    train.train(config)
+    ckpt_dir = tmp_path / "run" / "checkpoints"
+    assert sorted(os.listdir(ckpt_dir)) == ["2", "4", "6"]
+    for path in glob.glob(str(ckpt_dir / "6" / "params" / "**" / "*"), recursive=True):
+        if os.path.isfile(path) and "/d/" in path:  # the array data files
+            with open(path, "r+b") as f:
+                size = f.seek(0, 2)
+                f.seek(0)
+                f.write(os.urandom(size))
+    (ckpt_dir / "8.orbax-checkpoint-tmp-1").mkdir()  # a half-written save, never finalized
+    trainer = train.build_trainer(config, partitioning.make_mesh((1, 1, 1)))
+    checkpointer = train.build_checkpointer(config)
+    with caplog.at_level(logging.WARNING):
+        state, consumed = train.restore_or_init_state(trainer, checkpointer)
+    checkpointer.close()
+    assert int(state.step) == 4 and consumed == 4
+    assert "unreadable" in caplog.text
+    assert any(name.startswith("6.corrupt-") for name in os.listdir(ckpt_dir))
+    result = train.train(tiny_run(tmp_path / "run", train_steps=8))
+    assert result.step == 8
+    assert {"6", "8"} <= set(os.listdir(ckpt_dir))
+
+
+def test_finetune_init_takes_params_only_with_a_fresh_optimizer(tmp_path):
+    train.train(tiny_run(tmp_path / "pre", train_steps=2))
+    config = tiny_run(tmp_path / "ft", train_steps=2, init_checkpoint=str(tmp_path / "pre"))
+    trainer = train.build_trainer(config, partitioning.make_mesh((1, 1, 1)))
+    checkpointer = train.build_checkpointer(config)
+    state, consumed = train.restore_or_init_state(trainer, checkpointer, config.init_checkpoint)
+    checkpointer.close()
+    pre = checkpoints.restore_params(str(tmp_path / "pre"), trainer.abstract_params)
+    assert int(state.step) == 0 and consumed == 0
+    for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(pre)):
+        np.testing.assert_array_equal(a, b)
+    fresh = trainer.optimizer.tx.init(pre)
+    for a, b in zip(jax.tree.leaves(state.opt_state), jax.tree.leaves(fresh)):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_nan_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(tmp_path, capsys):
+    poisoned = optimizers.sgd(lambda step: jnp.where(step >= 3, jnp.nan, 1e-3))
+    config = tiny_run(tmp_path / "run", train_steps=8, optimizer=poisoned)
+    with pytest.raises(train.NonFiniteLossError, match="non-finite training loss"):
+        train.train(config)
+    assert sorted(os.listdir(tmp_path / "run" / "checkpoints")) == ["2"]
+    assert "non-finite" in capsys.readouterr().out
+
+
+def test_keep_best_keeps_lowest_validation_loss_besides_the_latest(tmp_path):
+    ckpt = checkpoints.Checkpointer(str(tmp_path), keep=1, keep_best=True, async_save=False)
+    tree = {"w": jnp.ones((2, 2))}
+    for step, eval_loss in zip((1, 2, 3, 4), (3.0, 1.0, 2.0, 4.0)):
+        ckpt.save(step, tree, tree, {"batches_consumed": step}, {"eval_loss": eval_loss})
+    ckpt.close()
+    assert ckpt.steps() == [2, 4]
+    assert not ckpt.save(4, tree, tree, {}), "an existing step must never be overwritten"
