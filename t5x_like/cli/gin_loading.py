@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import re
+import tempfile
 
 import gin
 
@@ -159,10 +160,30 @@ def load_saved_model(model_dir: str, gin_files=(), gin_bindings=()) -> tuple[Mod
         raise evaluation.CheckpointError(
             f"no model config in {model_dir!r}: expected {' or '.join(SAVED_CONFIG_FILES)} (written by "
             "`t5x-like train`), or pass the model's gin file with --gin_file")
-    load_config(saved[:1] + list(gin_files), list(gin_bindings), finalize=False)
+    with tempfile.TemporaryDirectory() as tmp:
+        files = [_without_legacy_imports(saved[0], tmp)] if saved else []
+        load_config(files + list(gin_files), list(gin_bindings), finalize=False)
     model = configurables.configured_model()  # gin supplies the config bound in the files
     lengths = query_macro("TASK_FEATURE_LENGTHS", required=False, default={}) or {}
     return model, dict(lengths)
+
+
+# Modules that config.gin files saved before the layered packages import; the
+# registry (`import t5x_like.cli.configurables`) now provides all their names.
+_LEGACY_IMPORT = re.compile(r"^import t5x_like\.(config|models|train|optimizers|partitioning|checkpoints|"
+                            r"metrics_log|decoding|compare|gin_utils)\s*$", re.M)
+
+
+def _without_legacy_imports(path: str, tmp_dir: str) -> str:
+    """`path`, or a copy in tmp_dir whose imports of since-moved modules name the registry instead."""
+    with open(path) as f:
+        text = f.read()
+    if not _LEGACY_IMPORT.search(text):
+        return path
+    copy = os.path.join(tmp_dir, os.path.basename(path))
+    with open(copy, "w") as f:
+        f.write(_LEGACY_IMPORT.sub("import t5x_like.cli.configurables", text))
+    return copy
 
 
 def load_checkpoint(path: str, gin_files=(), gin_bindings=()) -> evaluation.LoadedCheckpoint:

@@ -75,3 +75,13 @@ def test_infer_run_file_generates_and_scores_like_eval(prefix_run, capsys):
     assert rc == 0
     assert "exact_match" in capsys.readouterr().out
     assert os.path.exists(written)
+
+
+def test_config_gin_saved_before_the_package_move_still_loads(tmp_path):
+    model, params = write_run(str(tmp_path), tiny("decoder_only"))
+    path = tmp_path / "config.gin"
+    path.write_text(path.read_text().replace("import t5x_like.cli.configurables",
+                                             "import t5x_like.config\nimport t5x_like.models"))
+    loaded = gin_loading.load_checkpoint(str(tmp_path))
+    assert loaded.model.config == model.config
+    jax.tree.map(np.testing.assert_array_equal, loaded.params, params)

@@ -33,9 +33,6 @@ def test_misspelled_binding_is_one_line_error(capsys):
 
 
 def test_unknown_task_is_one_line_with_close_matches(capsys):
-    data = pytest.importorskip("t5x_like.data")
-    if not hasattr(data, "get_dataset"):
-        pytest.skip("t5x_like.data has no tasks yet")
     rc, _, err = run_main([MODEL_GIN, RUN_GIN, "--gin.MODEL_DIR=/tmp/x", "--gin.TRAIN_STEPS=1",
                            "--gin.MIXTURE_OR_TASK_NAME=shakespeare_casual_lm",
                            "--gin.TASK_FEATURE_LENGTHS={'targets': 32}"], capsys)

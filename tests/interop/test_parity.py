@@ -24,6 +24,7 @@ from flax import traverse_util
 
 from t5x_like.cli import convert as convert_cli
 from t5x_like.cli import gin_loading
+from t5x_like.inference import decoding
 from t5x_like.interop import common, convert
 from t5x_like.model import config as config_lib
 from t5x_like.model import model as models
@@ -272,7 +273,6 @@ def test_cli_round_trip_through_model_dir_keeps_hf_logits(kind, tmp_path):
 
 def test_our_greedy_decoding_of_imported_gpt2_equals_hf_generate(tmp_path):
     """Cached greedy decoding (decoding.py) of right-padded prompts == HF generate, prompt by prompt."""
-    decoding = pytest.importorskip("t5x_like.decoding")
     hf_model = build_gpt2(GPT2_CASES["gpt2_wider_untied_exact_gelu"], tmp_path)
     config, params, _ = convert.from_hf_dir(str(tmp_path))
     eos, steps = hf_model.config.eos_token_id, 8
@@ -293,7 +293,6 @@ def test_our_greedy_decoding_of_imported_gpt2_equals_hf_generate(tmp_path):
 
 def test_our_greedy_decoding_of_imported_t5_equals_hf_generate(tmp_path):
     """Cached greedy decoding over padded encoder inputs == HF generate (decoder starts at id 0)."""
-    decoding = pytest.importorskip("t5x_like.decoding")
     hf_model = build_t5(T5_CASES[1], tmp_path)
     config, params, _ = convert.from_hf_dir(str(tmp_path))
     steps = 8
