@@ -3,7 +3,7 @@
 Owns: the default vocabulary (UTF-8 bytes, no download), the layout of its
 extra ids (span-corruption sentinels, UL2 mode tokens, the MLM mask token),
 loading a locally trained SentencePiece model, and decoding ids with those
-special tokens spelled out. Training a SentencePiece model is `vocab_cli.py`.
+special tokens spelled out. Training a SentencePiece model is `vocab_training.py` (`t5x-like vocab`).
 
 Extra ids follow seqio/T5: they sit at the top of the vocabulary and are
 numbered downwards, so `<extra_id_0>` is `vocab_size - 1`. Here:

@@ -28,7 +28,7 @@ import flax
 import jax
 import numpy as np
 
-from t5x_like.model import model as models
+from t5x_like.model import model as model_lib
 from t5x_like.model.transformer import Transformer
 
 # numpy.linalg.matrix_rank's rule for float32 data: a singular value counts if it
@@ -61,7 +61,7 @@ def head_statistics(matrix: np.ndarray, triangular: bool = False) -> dict[str, f
     }
 
 
-def attention_weights(model: models.Model, params, batch: dict) -> dict[str, np.ndarray]:
+def attention_weights(model: model_lib.Model, params, batch: dict) -> dict[str, np.ndarray]:
     """{layer path: weights [B, H, Lq, Lk]} for every self-attention layer."""
     module = Transformer(model.config.replace(attention_kernel="einsum"))
     _, state = module.apply({"params": params}, **model.module_inputs(batch), mutable=["intermediates"])
@@ -95,7 +95,7 @@ def _region(batch: dict, example: int, kind: str, layer_path: str) -> np.ndarray
     return valid
 
 
-def analyze(model: models.Model, params, batches) -> list[dict]:
+def analyze(model: model_lib.Model, params, batches) -> list[dict]:
     """One row per (layer, head, example) with the statistics of `head_statistics`."""
     rows = []
     for batch in batches:

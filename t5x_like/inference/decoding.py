@@ -32,11 +32,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from t5x_like.model import model as models
+from t5x_like.model import model as model_lib
 
 Array = jnp.ndarray
 EOS_ID = 1  # seqio's default vocabularies: pad 0, eos 1
-PAD_ID = models.PAD_ID
+PAD_ID = model_lib.PAD_ID
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,7 +82,7 @@ class DecodeResult:
     beam_scores: Array | None = None
 
 
-def generate(model: models.Model, params, prompts: models.Prompts,
+def generate(model: model_lib.Model, params, prompts: model_lib.Prompts,
              config: DecodeConfig = DecodeConfig(), rng: jax.Array | None = None) -> DecodeResult:
     """Generates `config.max_new_tokens` tokens after each prompt (see the module docstring)."""
     if config.method == "sample" and config.temperature > 0 and rng is None:
@@ -93,7 +93,7 @@ def generate(model: models.Model, params, prompts: models.Prompts,
     return _generate(model, config, params, prompts, rng if rng is not None else jax.random.key(0))
 
 
-def predict_batch(model: models.Model, params, batch: dict, config: DecodeConfig | None = None,
+def predict_batch(model: model_lib.Model, params, batch: dict, config: DecodeConfig | None = None,
                   rng: jax.Array | None = None, prompt_length: int | None = None) -> np.ndarray:
     """Generated tokens [B, max_new_tokens] for a feature-converted batch (greedy by default)."""
     result = generate(model, params, model.prompts(batch, prompt_length), config or DecodeConfig(), rng)

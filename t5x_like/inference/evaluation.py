@@ -42,7 +42,7 @@ import seqio
 from t5x_like.data import feature_converters
 from t5x_like.data import tasks as _tasks  # noqa: F401  (registers the tasks evaluate looks up)
 from t5x_like.inference import decoding
-from t5x_like.model import model as models
+from t5x_like.model import model as model_lib
 from t5x_like.training import checkpoints
 
 log = logging.getLogger(__name__)
@@ -55,7 +55,7 @@ class CheckpointError(ValueError):
 # --- loading ---------------------------------------------------------------------------
 @dataclasses.dataclass
 class LoadedCheckpoint:
-    model: models.Model
+    model: model_lib.Model
     params: Any
     step: int
     model_dir: str
@@ -84,7 +84,7 @@ def locate_checkpoint(path: str) -> tuple[str, int, str]:
     return directory, step, model_dir
 
 
-def abstract_params(model: models.Model) -> Any:
+def abstract_params(model: model_lib.Model) -> Any:
     """Shapes/dtypes of the model's params (no computation)."""
     lengths = {"inputs": 4, "targets": 4} if model.config.layout != "decoder_only" else {"targets": 4}
     batch = model.dummy_batch(1, lengths)
@@ -93,7 +93,7 @@ def abstract_params(model: models.Model) -> Any:
     return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), shapes)
 
 
-def load_params(model: models.Model, model_dir: str) -> Any:
+def load_params(model: model_lib.Model, model_dir: str) -> Any:
     """`model`'s params from the newest good checkpoint in `model_dir` (or that step directory)."""
     return checkpoints.restore_params(model_dir, abstract_params(model))
 
@@ -124,7 +124,7 @@ def check_params_match(expected: Any, found: Any, where: str) -> None:
         + " | ".join(parts))
 
 
-def load_checkpoint(path: str, model: models.Model, task_feature_lengths: dict[str, int] | None = None
+def load_checkpoint(path: str, model: model_lib.Model, task_feature_lengths: dict[str, int] | None = None
                     ) -> LoadedCheckpoint:
     """`model`'s params from the checkpoint at `path` (MODEL_DIR, its checkpoints/ or a step folder),
     with a CheckpointError naming every mismatched tensor if the checkpoint is of another model.
@@ -161,12 +161,12 @@ def strip_after_eos(tokens: np.ndarray, eos_id: int | None = decoding.EOS_ID) ->
     for t in tokens.tolist():
         if t == eos_id:
             break
-        if t != models.PAD_ID:
+        if t != model_lib.PAD_ID:
             out.append(t)
     return out
 
 
-def make_predict_fn(model: models.Model, params, feature_lengths: dict[str, int], batch_size: int,
+def make_predict_fn(model: model_lib.Model, params, feature_lengths: dict[str, int], batch_size: int,
                     decode_config: decoding.DecodeConfig | None = None, rng_seed: int = 0):
     """seqio predict_fn: [(index, generated ids [max_new_tokens])] with the KV cache.
 
@@ -188,13 +188,13 @@ def make_predict_fn(model: models.Model, params, feature_lengths: dict[str, int]
 
 
 @functools.lru_cache(maxsize=8)
-def _jitted(model: models.Model, name: str):
+def _jitted(model: model_lib.Model, name: str):
     if name == "score":
         return jax.jit(model.score)
     return jax.jit(lambda params, batch: model.loss_sums(params, batch)[1])
 
 
-def make_score_fn(model: models.Model, params, batch_size: int):
+def make_score_fn(model: model_lib.Model, params, batch_size: int):
     """seqio score_fn: [(index, sum of target log-likelihoods)]."""
     def score_fn(dataset, model_feature_shapes=None):
         results = []
@@ -205,7 +205,7 @@ def make_score_fn(model: models.Model, params, batch_size: int):
     return score_fn
 
 
-def teacher_forced_metrics(model: models.Model, params, dataset, batch_size: int) -> dict[str, float]:
+def teacher_forced_metrics(model: model_lib.Model, params, dataset, batch_size: int) -> dict[str, float]:
     """Loss (mean cross-entropy per target token), perplexity and token accuracy over a dataset."""
     totals = {"loss_sum": 0.0, "weight_sum": 0.0, "correct_sum": 0.0}
     examples = 0
@@ -214,7 +214,7 @@ def teacher_forced_metrics(model: models.Model, params, dataset, batch_size: int
         weights[:real] = 1.0  # padded rows do not count
         key = "encoder_loss_weights" if model.config.layout == "encoder_only" else "decoder_loss_weights"
         target_key = key.replace("loss_weights", "target_tokens")
-        base = batch.get(key, (batch[target_key] != models.PAD_ID))
+        base = batch.get(key, (batch[target_key] != model_lib.PAD_ID))
         batch = dict(batch, **{key: (np.asarray(base, np.float32) * weights)})
         sums = jax.device_get(_jitted(model, "loss")(params, batch))
         for name in totals:
@@ -250,7 +250,7 @@ def check_split(mixture_or_task_name: str, split: str) -> list:
     return tasks
 
 
-def evaluate(model: models.Model, params, mixture_or_task_name: str, split: str = "validation",
+def evaluate(model: model_lib.Model, params, mixture_or_task_name: str, split: str = "validation",
              feature_lengths: dict[str, int] | None = None, batch_size: int = 16,
              decode_config: decoding.DecodeConfig | None = None, max_examples: int | None = None,
              num_shown: int = 3) -> EvalResult:

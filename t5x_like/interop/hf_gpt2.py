@@ -21,7 +21,7 @@ Checkpoints saved by `GPT2LMHeadModel` prefix names with `transformer.`;
 the original OpenAI ones do not; both are read.
 
 Padding caveat: t5x_like treats id 0 as padding, and in GPT-2's BPE id 0 is
-"!". Scoring and training through `models.Model` read padding off the
+"!". Scoring and training through `Model` read padding off the
 target ids, so text containing "!" would be masked there; calling the
 module with an explicit `decoder_valid` (as the parity tests do) is exact.
 """

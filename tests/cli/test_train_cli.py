@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 
+from t5x_like.cli import gin_loading
 from t5x_like.cli import train as train_cli
 from t5x_like.training.metrics_log import read_jsonl
 
@@ -55,3 +56,29 @@ def test_cli_run_writes_config_jsonl_tensorboard_and_eval(tmp_path, capsys):
     assert glob.glob(str(model_dir / "tensorboard" / "train" / "events.out.tfevents.*"))
     assert glob.glob(str(model_dir / "tensorboard" / "eval" / "events.out.tfevents.*"))
     assert json.loads((model_dir / "train_config.json").read_text())["train_steps"] == "4"
+
+
+@pytest.mark.parametrize("run_file,mode,init", [("pretrain", "train", None), ("finetune", "train", "/tmp/pre"),
+                                                ("eval", "eval", None), ("infer", "infer", None)])
+def test_every_run_file_becomes_a_train_config_and_a_mode(run_file, mode, init):
+    argv = [MODEL_GIN, f"--gin_file=gin_configs/runs/{run_file}.gin", "--gin.MODEL_DIR=/tmp/x",
+            "--gin.MIXTURE_OR_TASK_NAME=synthetic", "--gin.TASK_FEATURE_LENGTHS={'targets': 32}",
+            "--gin.TRAIN_STEPS=5", "--gin.LEARNING_RATE=0.02", "--extra"] + ([f"--gin.INIT_CHECKPOINT={init}"] if init else [])
+    config, parsed_mode, rest = gin_loading.train_config_from_args(argv)
+    assert parsed_mode == mode and rest == ["--extra"]
+    assert config.model.config.layout == "decoder_only" and config.model_dir == "/tmp/x"
+    assert config.init_checkpoint == init
+    assert config.train_steps == 5  # --gin.X=V bindings come after the files
+    assert float(config.optimizer.learning_rate(1)) == pytest.approx(0.02)  # the macro reached the schedule
+    assert "TrainConfig.model_dir = %MODEL_DIR" in config.config_text
+
+
+def test_eval_run_file_scores_the_newest_checkpoint(tmp_path, capsys):
+    model_dir = tmp_path / "run"
+    common = [MODEL_GIN, f"--gin.MODEL_DIR={model_dir}", "--gin.MIXTURE_OR_TASK_NAME=synthetic",
+              "--gin.TASK_FEATURE_LENGTHS={'targets': 32}", "--gin.BATCH_SIZE=4", "--gin.EVAL_STEPS=2"]
+    assert run_main(common + [RUN_GIN, "--gin.TRAIN_STEPS=2", "--gin.CHECKPOINT_PERIOD=2"], capsys)[0] == 0
+    rc, _, err = run_main(common + ["--gin_file=gin_configs/runs/eval.gin"], capsys)
+    assert rc == 0, err
+    rows = read_jsonl(str(model_dir / "metrics.jsonl"), "eval")
+    assert rows[-1]["step"] == 2 and np.isfinite(rows[-1]["loss"])
