@@ -14,6 +14,7 @@ plain objects:
 """
 from __future__ import annotations
 
+import difflib
 import os
 import re
 import tempfile
@@ -91,11 +92,32 @@ def load_config(files: list[str], bindings: list[str], finalize: bool = True) ->
     try:
         gin.parse_config_files_and_bindings(resolved, bindings, finalize_config=finalize)
     except Exception as e:  # gin raises several types; all become one readable line
+        check_macros_are_used(bindings)  # a misspelt macro is the likelier cause: name it first
         raise GinConfigError(_one_line(e, resolved, bindings)) from e
+    check_macros_are_used(bindings)
     try:
         configurables.apply_data_settings()
     except (ValueError, TypeError) as e:
         raise GinConfigError(f"gin config error: {e}") from e
+
+
+_MACRO_BINDING = re.compile(r"^\s*([A-Za-z_]\w*)\s*=")
+
+
+def check_macros_are_used(bindings: list[str]) -> None:
+    """GinConfigError for a binding of a macro that no parsed file uses (a typo such as
+    LEARNING_RAT=... would otherwise be ignored), naming the close matches.
+
+    Bindings of configurable parameters (`Name.param = ...`) are gin's to check."""
+    text = gin.config_str()
+    known = sorted(set(re.findall(r"^([A-Za-z_]\w*) = ", text, re.M)) | set(re.findall(r"%([A-Za-z_]\w*)", text)))
+    for binding in bindings:
+        match = _MACRO_BINDING.match(binding)
+        if match and not re.search(rf"%{match.group(1)}\b", text):
+            name = match.group(1)
+            close = difflib.get_close_matches(name, [k for k in known if k != name], n=3, cutoff=0.6)
+            hint = f"; did you mean {', '.join(close)}?" if close else ""
+            raise GinConfigError(f"gin macro {name} is set (--gin.{name}=...) but no gin file uses it{hint}")
 
 
 def _one_line(error: Exception, files: list[str], bindings: list[str]) -> str:

@@ -8,6 +8,7 @@ TensorFlow. cli/ is the only place argv is parsed, and nothing imports it.
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 
 # subcommand -> (module, one-line description)
@@ -41,6 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     if name not in SUBCOMMANDS:
         print(f"t5x-like: unknown command {name!r}.\n\n{usage()}", file=sys.stderr)
         return 2
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TensorFlow's start-up chatter hides our one-line errors
     module = importlib.import_module(SUBCOMMANDS[name][0])
     return int(module.main(rest) or 0)
 

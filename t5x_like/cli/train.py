@@ -15,13 +15,18 @@ Multi-host: `--coordinator_address=HOST:PORT --num_processes=N
 JAX_PROCESS_ID variables, or `--multihost` for auto-detection on TPU pods
 and SLURM).
 
-Exit codes: 0 done, 2 bad configuration (one line on stderr, nothing
-written), 3 the loss became NaN/inf (checkpoints kept), 143 stopped by
-SIGTERM/SIGINT after saving a checkpoint.
+Exit codes (each failure is one line on stderr):
+  0    done
+  2    bad configuration or input: nothing was written to MODEL_DIR
+  3    the loss became NaN/inf: stopped before saving, earlier checkpoints kept
+  4    MODEL_DIR unusable: another run holds it, every checkpoint in it is
+       damaged, or a checkpoint could not be written (a full disk)
+  143  stopped by SIGTERM after saving a checkpoint (130: SIGINT / Ctrl-C)
 """
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
 import sys
@@ -35,9 +40,11 @@ from t5x_like.data.sources import check_task_name
 from t5x_like.inference import evaluation
 from t5x_like.training import partitioning
 from t5x_like.training import run as train_lib
+from t5x_like.training.checkpoints import CheckpointSaveError, CheckpointsDamagedError
+from t5x_like.training.run_dir import RunDirLockedError
 from t5x_like.training.trainer import NonFiniteLossError
 
-EXIT_BAD_CONFIG, EXIT_NON_FINITE, EXIT_SIGNAL = 2, 3, 143
+EXIT_BAD_CONFIG, EXIT_NON_FINITE, EXIT_RUN_DIR = 2, 3, 4
 
 
 def _flags(argv: list[str]) -> argparse.Namespace:
@@ -60,6 +67,8 @@ def _flags(argv: list[str]) -> argparse.Namespace:
 def _set_up_jax(flags: argparse.Namespace) -> None:
     logging.basicConfig(level=logging.INFO if flags.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not flags.verbose:  # orbax logs a failed save at length; our one line says what and where
+        logging.getLogger("absl").setLevel(logging.CRITICAL)
     if flags.compilation_cache_dir:
         jax.config.update("jax_compilation_cache_dir", flags.compilation_cache_dir)
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
@@ -111,10 +120,19 @@ def main(argv: list[str] | None = None) -> int:
     except (evaluation.CheckpointError, FileNotFoundError) as e:
         print(f"t5x-like train: {e}", file=sys.stderr)
         return EXIT_BAD_CONFIG
+    except (RunDirLockedError, CheckpointsDamagedError, CheckpointSaveError) as e:
+        print(f"t5x-like train: {e}", file=sys.stderr)
+        return EXIT_RUN_DIR
+    except OSError as e:
+        if e.errno != errno.ENOSPC:
+            raise
+        print(f"t5x-like train: writing to {config.model_dir} failed: {e.strerror} ({e.filename or ''})",
+              file=sys.stderr)
+        return EXIT_RUN_DIR
     if jax.process_index() == 0:
         with open(os.path.join(config.model_dir, "operative_config.gin"), "w") as f:
             f.write(gin.operative_config_str())
-    return EXIT_SIGNAL if result.stopped_by_signal else 0
+    return 128 + result.signal_number if result.stopped_by_signal and result.signal_number else 0
 
 
 if __name__ == "__main__":

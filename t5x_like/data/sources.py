@@ -110,6 +110,16 @@ def default_dataset_fn(request: DataRequest, model: Any) -> Iterator[dict[str, n
     return seqio_batches(request, model)
 
 
+def task_has_split(name: str, split: str) -> bool:
+    """Whether every subtask of a task or mixture has `split` (synthetic tasks have them all)."""
+    if name.startswith(SYNTHETIC_PREFIX):
+        return True
+    import seqio  # deferred: synthetic runs never load TensorFlow
+
+    from t5x_like.data import tasks  # noqa: F401  (deferred with seqio: registers the tasks)
+    return all(split in task.splits for task in seqio.get_subtasks(seqio.get_mixture_or_task(name)))
+
+
 def check_task_name(name: str) -> None:
     """Raises ValueError (one line, close matches) for an unregistered task/mixture."""
     if name.startswith(SYNTHETIC_PREFIX):

@@ -129,20 +129,50 @@ def load_checkpoint(path: str, model: model_lib.Model, task_feature_lengths: dic
     """`model`'s params from the checkpoint at `path` (MODEL_DIR, its checkpoints/ or a step folder),
     with a CheckpointError naming every mismatched tensor if the checkpoint is of another model.
 
-    `t5x-like eval` rebuilds `model` from the gin config saved in MODEL_DIR
+    Given a MODEL_DIR, a damaged newest step (unreadable, or failing its
+    checksums) is skipped with a warning naming the step evaluated instead, as
+    training's resume does; nothing is moved or deleted. `t5x-like eval`
+    rebuilds `model` from the gin config saved in MODEL_DIR
     (cli/gin_loading.load_saved_model) and calls this."""
     directory, step, model_dir = locate_checkpoint(path)
+    named = checkpoints.find_checkpoint_dir(path)[1] is not None
+    candidates = [step] if named else sorted((int(n) for n in os.listdir(directory)
+                                              if n.isdigit() and os.path.isdir(os.path.join(directory, n))),
+                                             reverse=True)
     expected = abstract_params(model)
-    step_dir = os.path.join(directory, str(step))
+    damaged = []
+    for candidate in candidates:
+        step_dir = os.path.join(directory, str(candidate))
+        try:
+            params = _read_params(step_dir, expected)
+        except _DamagedStep as e:
+            log.warning("checkpoint step %d is damaged (%s)%s", candidate, e,
+                        "" if named or candidate == candidates[-1] else "; trying the previous one")
+            damaged.append(candidate)
+            continue
+        if damaged:
+            log.warning("evaluating step %d: newer step(s) %s are damaged", candidate, damaged)
+        return LoadedCheckpoint(model, params, candidate, model_dir, dict(task_feature_lengths or {}))
+    raise CheckpointError(f"no readable checkpoint in {directory}: step(s) {damaged} are damaged")
+
+
+class _DamagedStep(Exception):
+    """A step folder that cannot be read or fails its checksums."""
+
+
+def _read_params(step_dir: str, expected: Any) -> Any:
+    """Params of one step; CheckpointError if they belong to another model, _DamagedStep if damaged."""
     try:
         found = ocp.StandardCheckpointer().metadata(os.path.join(step_dir, "params"))
         found = getattr(found, "item_metadata", found)
-    except Exception as e:  # not an orbax params item at all
-        raise CheckpointError(f"cannot read parameters in {step_dir!r}: expected an orbax 'params' "
-                              f"item ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
+    except Exception as e:  # noqa: BLE001  (not an orbax params item at all)
+        raise _DamagedStep(f"cannot read an orbax 'params' item: {type(e).__name__}: "
+                           f"{str(e).splitlines()[0][:200] if str(e) else ''}") from None
     check_params_match(expected, found, step_dir)
-    params = checkpoints.restore_params(step_dir, expected)
-    return LoadedCheckpoint(model, params, step, model_dir, dict(task_feature_lengths or {}))
+    try:
+        return checkpoints.restore_params(step_dir, expected)
+    except Exception as e:  # noqa: BLE001  (orbax read errors, checksum mismatch)
+        raise _DamagedStep(str(e).splitlines()[0][:300] if str(e) else type(e).__name__) from None
 
 
 # --- model functions for seqio.Evaluator -------------------------------------------------

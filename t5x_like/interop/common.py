@@ -342,7 +342,7 @@ def save_model_dir(model_dir: str, config: TransformerConfig, params: Params, he
     if os.path.exists(os.path.join(directory, str(CHECKPOINT_STEP))):
         raise ConversionError(f"{directory}/{CHECKPOINT_STEP} already exists; convert into an empty MODEL_DIR")
     meta = {"step": CHECKPOINT_STEP, "source": header.splitlines()[0] if header else "converted",
-            "params_fingerprint": checkpoints.fingerprint(params)}
+            "params_checksums": checkpoints.checksums(params)}
     manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(create=True))
     try:
         manager.save(CHECKPOINT_STEP, args=ocp.args.Composite(params=ocp.args.StandardSave(params),

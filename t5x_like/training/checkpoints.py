@@ -12,30 +12,35 @@ renames it when every item is committed):
     params/     the model parameters (sharded arrays, any mesh can read them)
     opt_state/  the optimizer state
     meta/       JSON: step, RNG key data, data position (batches consumed),
-                seed, and a fingerprint (per-item sum of |x|) of params and
-                optimizer state
+                seed, and a 64-bit checksum of every array's bytes in params
+                and optimizer state (`checksums`)
 
 Resume (`restore_latest`) tries the newest step first. If it cannot be read,
-or its fingerprint disagrees with its contents, it is renamed aside to
-`<step>.corrupt-<time>` with a warning and the previous step is tried, so a
-half-written or damaged newest checkpoint never blocks training and is never
-overwritten in place (orbax refuses to write a step that exists; a corrupt
-step is moved away before training reaches that step again).
+or one array's checksum disagrees with its restored bytes (a single changed
+bit is caught), it is renamed aside to `<step>.corrupt-<time>` with a warning
+and the previous step is tried, so a half-written or damaged newest checkpoint
+never blocks training and is never overwritten in place (orbax refuses to write
+a step that exists; a corrupt step is moved away before training reaches that
+step again). When every step is damaged, `restore_latest` raises
+`CheckpointsDamagedError` naming them: starting over is the caller's decision.
+A save that fails (a full disk, a lost mount) raises `CheckpointSaveError`
+at the first step that notices it (`check_for_errors`, every step).
 
 Finetuning reads the `params` item only (`restore_params`), so the
 optimizer starts fresh.
 """
 from __future__ import annotations
 
+import errno
 import logging
 import os
+import shutil
 import time
 from collections.abc import Mapping
 from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import orbax.checkpoint as ocp
 
 log = logging.getLogger(__name__)
@@ -43,21 +48,60 @@ log = logging.getLogger(__name__)
 CHECKPOINT_SUBDIR = "checkpoints"
 
 
-def fingerprint(tree: Any) -> float:
-    """Sum over leaves of sum(|x|) in float32, accumulated in float64 on host."""
-    leaves = [x for x in jax.tree.leaves(tree) if hasattr(x, "dtype") and jnp.issubdtype(x.dtype, jnp.number)]
-    if not leaves:
-        return 0.0
-    return float(sum(np.float64(s) for s in jax.device_get(_abs_sums(leaves))))
+class CheckpointsDamagedError(RuntimeError):
+    """Every checkpoint in a directory is unreadable or fails its checksums."""
+
+
+class CheckpointSaveError(OSError):
+    """A checkpoint could not be written; the message names the step, the directory and the free space."""
+
+
+# Two odd multipliers per word position: a changed word changes both sums (an
+# odd multiplier is invertible mod 2**32), so any changed bit is detected.
+_MULTIPLIERS = (0x9E3779B1, 0x85EBCA77)
+
+
+def checksums(tree: Any) -> list[int]:
+    """A 64-bit checksum of the bytes of every array leaf, computed where the arrays live.
+
+    Each array is viewed as unsigned words; the checksum is the pair of sums
+    Σ word_i · (2i + 1) · m (mod 2**32) for two odd constants m. Sharded arrays
+    are summed by XLA, with no copy to the host."""
+    leaves = [x for x in jax.tree.leaves(tree) if hasattr(x, "dtype")]
+    return [int(lo) | (int(hi) << 32) for lo, hi in jax.device_get(_word_sums(leaves))]
 
 
 @jax.jit
-def _abs_sums(leaves: list[jax.Array]) -> list[jax.Array]:
-    return [jnp.sum(jnp.abs(x.astype(jnp.float32))) for x in leaves]
+def _word_sums(leaves: list[jax.Array]) -> list[tuple[jax.Array, jax.Array]]:
+    sums = []
+    for x in leaves:
+        words = _as_words(x).reshape(-1)
+        odd = jnp.arange(words.size, dtype=jnp.uint32) * jnp.uint32(2) + jnp.uint32(1)
+        sums.append(tuple(jnp.sum(words * odd * jnp.uint32(m), dtype=jnp.uint32) for m in _MULTIPLIERS))
+    return sums
 
 
-def _fingerprints_match(a: float, b: float) -> bool:
-    return bool(np.isclose(a, b, rtol=1e-4, atol=1e-6))
+def _as_words(x: jax.Array) -> jax.Array:
+    """The array's bytes as uint32 words (one word per element of 4 bytes or less)."""
+    if x.dtype == jnp.bool_:
+        return x.astype(jnp.uint32)
+    unsigned = {1: jnp.uint8, 2: jnp.uint16, 4: jnp.uint32, 8: jnp.uint32}[x.dtype.itemsize]
+    return jax.lax.bitcast_convert_type(x, unsigned).astype(jnp.uint32)
+
+
+def verify(tree: Any, meta: Mapping[str, Any], name: str, step: int) -> None:
+    """Raises ValueError if `tree` does not have the checksums `meta` recorded for item `name`."""
+    expected = meta.get(f"{name}_checksums")
+    if expected is None:  # written before checksums existed: nothing to compare
+        return
+    found = checksums(tree)
+    if len(found) != len(expected):
+        raise ValueError(f"{name} of step {step} has {len(found)} arrays, the checksums list {len(expected)}")
+    bad = [i for i, (a, b) in enumerate(zip(found, expected)) if a != b]
+    if bad:
+        paths = [jax.tree_util.keystr(path) for path, _ in jax.tree_util.tree_flatten_with_path(tree)[0]]
+        raise ValueError(f"checksum mismatch in {name} of step {step}: {len(bad)} array(s) changed on disk "
+                         f"since they were saved, e.g. {paths[bad[0]] if bad[0] < len(paths) else bad[0]}")
 
 
 class Checkpointer:
@@ -84,6 +128,7 @@ class Checkpointer:
             preservation_policy=ocp.checkpoint_managers.AnyPreservationPolicy(policies),
             cleanup_tmp_directories=True, create=True)
         self._manager = ocp.CheckpointManager(self.directory, options=options)
+        self._last_save_step: int | None = None  # the newest save started, for error messages
 
     # -- saving -----------------------------------------------------------
     def save(self, step: int, params: Any, opt_state: Any, meta: Mapping[str, Any],
@@ -92,20 +137,57 @@ class Checkpointer:
         if step in self._manager.all_steps():
             log.info("checkpoint for step %d already exists; not overwriting it", step)
             return False
-        meta = dict(meta, step=int(step), params_fingerprint=fingerprint(params),
-                    opt_state_fingerprint=fingerprint(opt_state))
+        meta = dict(meta, step=int(step), params_checksums=checksums(params),
+                    opt_state_checksums=checksums(opt_state))
         args = ocp.args.Composite(params=ocp.args.StandardSave(params),
                                   opt_state=ocp.args.StandardSave(opt_state),
                                   meta=ocp.args.JsonSave(meta))
-        return self._manager.save(step, args=args, metrics=dict(metrics) if metrics else None,
-                                  force=True)
+        try:
+            started = self._manager.save(step, args=args, metrics=dict(metrics) if metrics else None,
+                                         force=True)
+        except Exception as e:  # noqa: BLE001  (orbax wraps I/O errors in several types)
+            raise self._save_error(e) from e
+        self._last_save_step = step
+        return started
+
+    def check_for_errors(self) -> None:
+        """Raises CheckpointSaveError if a background save has failed (cheap; call every step).
+
+        Never blocks: a save still in flight is checked on a later call."""
+        try:
+            self._manager.check_for_errors()
+            if self._last_save_step is not None and not self._manager.is_saving_in_progress():
+                self._manager.wait_until_finished()  # returns at once; raises if finalizing failed
+        except Exception as e:  # noqa: BLE001
+            raise self._save_error(e) from e
 
     def wait(self) -> None:
-        self._manager.wait_until_finished()
+        try:
+            self._manager.wait_until_finished()
+        except Exception as e:  # noqa: BLE001
+            raise self._save_error(e) from e
 
     def close(self) -> None:
-        self._manager.wait_until_finished()
-        self._manager.close()
+        try:
+            self.wait()
+        finally:
+            self._manager.close()
+
+    def _save_error(self, error: Exception) -> CheckpointSaveError:
+        cause = _root_cause(error)
+        try:
+            free = f"{shutil.disk_usage(self.directory).free / 2**20:,.1f} MiB free there"
+        except OSError:
+            free = "free space unknown"
+        text = " ".join(str(cause).split())
+        if isinstance(cause, OSError) and cause.errno == errno.ENOSPC or any(
+                sign in text for sign in ("No space left", "RESOURCE_EXHAUSTED: Error writing")):
+            reason = "No space left on device"  # tensorstore reports ENOSPC as RESOURCE_EXHAUSTED
+        else:
+            reason = cause.strerror if isinstance(cause, OSError) and cause.strerror else text
+        where = f" (newest save started: step {self._last_save_step})" if self._last_save_step is not None else ""
+        return CheckpointSaveError(f"saving a checkpoint to {self.directory} failed{where}: "
+                                   f"{reason[:300] or type(cause).__name__} ({free})")
 
     # -- restoring --------------------------------------------------------
     def steps(self) -> list[int]:
@@ -125,32 +207,49 @@ class Checkpointer:
         params = _like(abstract_params, restored["params"])
         opt_state = _like(abstract_opt_state, restored["opt_state"])
         meta = dict(restored["meta"])
-        for name, tree in (("params", params), ("opt_state", opt_state)):
-            expected = meta.get(f"{name}_fingerprint")
-            if expected is not None and not _fingerprints_match(fingerprint(tree), expected):
-                raise ValueError(f"{name} fingerprint mismatch in step {step}")
+        verify(params, meta, "params", step)
+        verify(opt_state, meta, "opt_state", step)
         return params, opt_state, meta
 
     def restore_latest(self, abstract_params: Any, abstract_opt_state: Any) -> tuple[Any, Any, dict] | None:
-        """Newest readable checkpoint, moving unreadable ones aside; None if there is none."""
-        for step in reversed(self.steps()):
+        """Newest good checkpoint, moving damaged ones aside; None if there is no checkpoint.
+
+        Raises CheckpointsDamagedError when there were checkpoints and every one is damaged."""
+        steps = self.steps()
+        for index, step in enumerate(reversed(steps)):
             try:
                 return self.restore(step, abstract_params, abstract_opt_state)
             except Exception as e:  # noqa: BLE001  (any read/verify failure: not a good checkpoint)
-                self._quarantine(step, e)
+                self._quarantine(step, e, older=len(steps) - 1 - index)
+        if steps:
+            raise CheckpointsDamagedError(
+                f"every checkpoint in {self.directory} is damaged (steps {', '.join(map(str, steps))}, "
+                "moved aside as <step>.corrupt-*)")
         return None
 
-    def _quarantine(self, step: int, error: Exception) -> None:
+    def _quarantine(self, step: int, error: Exception, older: int) -> None:
         path = os.path.join(self.directory, str(step))
         aside = f"{path}.corrupt-{int(time.time())}"
-        log.warning("checkpoint step %d is unreadable (%s: %s); moved to %s, trying the previous one",
-                    step, type(error).__name__, str(error).splitlines()[0][:200] if str(error) else "", aside)
+        log.warning("checkpoint step %d is unreadable (%s: %s); moved to %s, %s",
+                    step, type(error).__name__, str(error).splitlines()[0][:200] if str(error) else "", aside,
+                    "trying the previous one" if older else "and it was the oldest")
         if jax.process_index() == 0 and os.path.exists(path):
             os.rename(path, aside)
         if jax.process_count() > 1:
             from jax.experimental import multihost_utils
             multihost_utils.sync_global_devices(f"quarantine_{step}")
         self._manager.reload()
+
+
+def _root_cause(error: BaseException) -> BaseException:
+    """The innermost OSError in an exception chain (orbax wraps them), else the error itself."""
+    seen, current, found = set(), error, error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, OSError):
+            found = current
+        current = current.__cause__ or current.__context__
+    return found
 
 
 def _like(abstract: Any, restored: Any) -> Any:
@@ -191,9 +290,7 @@ def _restore_params_from(checkpointer: Checkpointer, directory: str, steps: list
                 s, args=ocp.args.Composite(params=ocp.args.StandardRestore(abstract_params),
                                            meta=ocp.args.JsonRestore()))
             params = _like(abstract_params, restored["params"])
-            expected = restored["meta"].get("params_fingerprint")
-            if expected is not None and not _fingerprints_match(fingerprint(params), expected):
-                raise ValueError(f"params fingerprint mismatch in step {s}")
+            verify(params, restored["meta"], "params", s)
             log.info("initialized params from %s step %d", directory, s)
             return params
         except Exception as e:  # noqa: BLE001  (try the next older step)

@@ -17,6 +17,7 @@ Outputs, written by process 0 only:
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import sys
@@ -38,6 +39,8 @@ PEAK_FLOPS_BY_DEVICE_KIND = {
     "NVIDIA H100 80GB HBM3": 989e12,
     "NVIDIA H200": 989e12,
 }
+
+log = logging.getLogger(__name__)
 
 
 def peak_flops_per_device(override: float | None = None) -> float | None:
@@ -119,7 +122,11 @@ class MetricsLogger:
         self._tb = None
         if self.is_chief:
             os.makedirs(model_dir, exist_ok=True)
-            self._jsonl = open(os.path.join(model_dir, "metrics.jsonl"), "a")  # noqa: SIM115  (closed in close())
+            path = os.path.join(model_dir, "metrics.jsonl")
+            torn = _ends_mid_line(path)
+            self._jsonl = open(path, "a")  # noqa: SIM115  (closed in close())
+            if torn:  # a crash or full disk cut the last row: start ours on a fresh line
+                self._jsonl.write("\n")
             if tensorboard:
                 self._tb = _TensorBoard(os.path.join(model_dir, "tensorboard"))
         self._last_time: float | None = None
@@ -197,13 +204,30 @@ class MetricsLogger:
             self._tb = None
 
 
+def _ends_mid_line(path: str) -> bool:
+    if not os.path.exists(path) or os.path.getsize(path) == 0:
+        return False
+    with open(path, "rb") as f:
+        f.seek(-1, os.SEEK_END)
+        return f.read(1) != b"\n"
+
+
 def read_jsonl(path: str, split: str | None = None) -> list[dict[str, Any]]:
-    """Rows of a metrics.jsonl (optionally one split), in file order."""
-    rows = []
+    """Rows of a metrics.jsonl (optionally one split): one row per (split, step), the last
+    written (a resumed run rewrites the steps after its checkpoint), in step order (at one
+    step, in the order first written: train before eval).
+
+    A line that is not JSON (cut by a crash or a full disk) is skipped with a warning."""
+    rows: dict[tuple, dict[str, Any]] = {}
     with open(path) as f:
-        for line in f:
-            if line.strip():
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
                 row = json.loads(line)
-                if split is None or row.get("split") == split:
-                    rows.append(row)
-    return rows
+            except json.JSONDecodeError:
+                log.warning("%s:%d: skipping a line that is not JSON (cut off by a crash?)", path, number)
+                continue
+            if split is None or row.get("split") == split:
+                rows[(row.get("split"), row.get("step"))] = row
+    return sorted(rows.values(), key=lambda r: (r.get("step") if isinstance(r.get("step"), int) else -1))

@@ -25,20 +25,27 @@ line, see cli/train.py).
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
 import os
+import signal
 from collections.abc import Iterator
 from typing import Any
 
 import jax
 import numpy as np
 
-from t5x_like.data.sources import DataRequest, DatasetFn, check_task_name, default_dataset_fn
+from t5x_like.data.sources import DataRequest, DatasetFn, check_task_name, default_dataset_fn, task_has_split
 from t5x_like.model import sizing
-from t5x_like.training import optimizers, partitioning
-from t5x_like.training.checkpoints import CHECKPOINT_SUBDIR, Checkpointer, restore_params
+from t5x_like.training import optimizers, partitioning, run_dir
+from t5x_like.training.checkpoints import (
+    CHECKPOINT_SUBDIR,
+    Checkpointer,
+    CheckpointsDamagedError,
+    restore_params,
+)
 from t5x_like.training.metrics_log import MetricsLogger
 from t5x_like.training.trainer import (
     LoopOptions,
@@ -77,6 +84,7 @@ class TrainConfig:
     checkpoint_period: int = 1000
     keep_checkpoints: int | None = 3
     keep_best_checkpoint: bool = False   # also keep the lowest validation loss
+    start_over_if_checkpoints_damaged: bool = False  # else refuse when every checkpoint is damaged
     async_checkpointing: bool = True
     init_checkpoint: str | None = None   # finetune: params from here, fresh optimizer
     optimizer: optimizers.Optimizer | None = None  # default: Adafactor, T5 defaults
@@ -106,6 +114,13 @@ class TrainConfig:
         if self.batch_size % (self.num_microbatches * jax.process_count()):
             raise ValueError(f"batch_size {self.batch_size} must divide by num_microbatches "
                              f"{self.num_microbatches} x processes {jax.process_count()}")
+        shape = partitioning.resolve_mesh_shape(self.mesh_shape, jax.device_count())
+        data_parallel = shape[0] * shape[1]
+        if (self.batch_size // self.num_microbatches) % data_parallel:
+            raise ValueError(
+                f"batch_size {self.batch_size} / num_microbatches {self.num_microbatches} does not divide over "
+                f"the {data_parallel} data-parallel devices of mesh {shape} (data x fsdp); use a batch size "
+                f"that is a multiple of {data_parallel * self.num_microbatches}")
 
 
 @dataclasses.dataclass
@@ -115,6 +130,7 @@ class TrainResult:
     train_metrics: dict[str, float]
     eval_metrics: dict[str, float]
     stopped_by_signal: bool = False
+    signal_number: int | None = None  # SIGTERM or SIGINT, when stopped by one
 
 
 # -- named set-up steps ----------------------------------------------------------------
@@ -131,11 +147,22 @@ def build_checkpointer(config: TrainConfig) -> Checkpointer:
                         keep_best=config.keep_best_checkpoint, async_save=config.async_checkpointing)
 
 
-def restore_or_init_state(trainer: Trainer, checkpointer: Checkpointer,
-                          init_checkpoint: str | None = None) -> tuple[TrainState, int]:
+def restore_or_init_state(trainer: Trainer, checkpointer: Checkpointer, init_checkpoint: str | None = None,
+                          start_over_if_damaged: bool = False) -> tuple[TrainState, int]:
     """(state, batches consumed): resume from MODEL_DIR if it has a good checkpoint,
-    else params from `init_checkpoint` with a fresh optimizer, else a fresh init."""
-    restored = checkpointer.restore_latest(trainer.abstract_params, trainer.abstract_opt_state)
+    else params from `init_checkpoint` with a fresh optimizer, else a fresh init.
+
+    If MODEL_DIR has checkpoints but every one is damaged, CheckpointsDamagedError
+    (naming the flag) unless `start_over_if_damaged`."""
+    try:
+        restored = checkpointer.restore_latest(trainer.abstract_params, trainer.abstract_opt_state)
+    except CheckpointsDamagedError as e:
+        if not start_over_if_damaged:
+            raise CheckpointsDamagedError(
+                f"{e}; not starting over silently: set --gin.TrainConfig.start_over_if_checkpoints_damaged=True "
+                "to train from step 0 in this MODEL_DIR") from None
+        log.warning("%s; starting over from step 0 as start_over_if_checkpoints_damaged allows", e)
+        restored = None
     if restored is not None:
         params, opt_state, meta = restored
         log.info("resuming from step %d", meta["step"])
@@ -179,21 +206,37 @@ def write_run_files(config: TrainConfig) -> None:
 
 
 # -- the run -------------------------------------------------------------------------
+def usable_eval_split(config: TrainConfig) -> str | None:
+    """The eval split, or None with a warning when the task lacks it (e.g. a train-only corpus)."""
+    if config.eval_split and not task_has_split(config.mixture_or_task_name, config.eval_split):
+        log.warning("%s has no %r split: training without evaluation", config.mixture_or_task_name,
+                    config.eval_split)
+        return None
+    return config.eval_split
+
+
 def train(config: TrainConfig) -> TrainResult:
     """Trains (or resumes) one run; returns the final train/eval metrics and MODEL_DIR."""
     config.validate()
     check_task_name(config.mixture_or_task_name)
+    eval_split = usable_eval_split(config)
+    with run_dir.exclusive(config.model_dir) if jax.process_index() == 0 else contextlib.nullcontext():
+        return _train_in_run_dir(config, eval_split)
+
+
+def _train_in_run_dir(config: TrainConfig, eval_split: str | None) -> TrainResult:
     mesh = partitioning.make_mesh(config.mesh_shape)
     trainer = build_trainer(config, mesh)
     checkpointer = build_checkpointer(config)
     write_run_files(config)
-    state, consumed = restore_or_init_state(trainer, checkpointer, config.init_checkpoint)
+    state, consumed = restore_or_init_state(trainer, checkpointer, config.init_checkpoint,
+                                            config.start_over_if_checkpoints_damaged)
     start_step = int(jax.device_get(state.step))
     batches = make_batches(config, "train", consumed, train=True)
     eval_batches = None
-    if config.eval_split:
+    if eval_split:
         def eval_batches():
-            return make_batches(config, config.eval_split, 0, train=False)
+            return make_batches(config, eval_split, 0, train=False)
     logger = make_logger(config)
 
     def save(s: TrainState, metrics: dict | None) -> None:
@@ -202,12 +245,12 @@ def train(config: TrainConfig) -> TrainResult:
                 "rng": np.asarray(jax.device_get(s.rng)).tolist()}
         checkpointer.save(step, s.params, s.opt_state, meta, metrics)
 
-    stop = StopRequested()
+    stop = StopRequested(signals=(signal.SIGTERM, signal.SIGINT))
     options = LoopOptions(config.train_steps, config.log_period, config.checkpoint_period,
                           config.eval_period, config.eval_steps)
     try:
-        state, result = train_loop(trainer, state, batches, options, save=save,
-                                   eval_batches=eval_batches, logger=logger, stop=stop)
+        state, result = train_loop(trainer, state, batches, options, save=save, eval_batches=eval_batches,
+                                   logger=logger, stop=stop, check_storage=checkpointer.check_for_errors)
     except NonFiniteLossError as e:
         logger.message(str(e))
         raise
@@ -216,18 +259,19 @@ def train(config: TrainConfig) -> TrainResult:
         checkpointer.close()
         logger.close()
     return TrainResult(config.model_dir, result.step, result.train_metrics, result.eval_metrics,
-                       result.stopped_by_signal)
+                       result.stopped_by_signal, stop.signal_number)
 
 
 def eval_checkpoint_loss(config: TrainConfig) -> dict[str, float]:
     """Validation metrics of the newest good checkpoint in MODEL_DIR (eval.gin)."""
     config.validate()
     check_task_name(config.mixture_or_task_name)
+    directory = os.path.join(config.model_dir, CHECKPOINT_SUBDIR)
+    if not os.path.isdir(directory) or not any(name.isdigit() for name in os.listdir(directory)):
+        raise FileNotFoundError(f"no checkpoint in {config.model_dir} to evaluate: train there first")
     trainer = build_trainer(config, partitioning.make_mesh(config.mesh_shape))
     checkpointer = build_checkpointer(config)
     restored = checkpointer.restore_latest(trainer.abstract_params, trainer.abstract_opt_state)
-    if restored is None:
-        raise FileNotFoundError(f"no checkpoint in {config.model_dir}")
     params, _, meta = restored
     metrics = evaluate_loss(trainer, params, make_batches(config, config.eval_split or "validation", 0,
                                                      train=False), config.eval_steps)

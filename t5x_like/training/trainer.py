@@ -282,6 +282,7 @@ class StopRequested:
 
     def __init__(self, signals=(signal.SIGTERM,)):
         self.requested = False
+        self.signal_number: int | None = None
         self._previous = {}
         for sig in signals:
             try:
@@ -292,6 +293,7 @@ class StopRequested:
     def _handle(self, signum, frame):
         log.warning("signal %d received: saving a checkpoint and stopping", signum)
         self.requested = True
+        self.signal_number = signum
 
     def agreed(self) -> bool:
         """True on every process once any process was asked to stop."""
@@ -345,7 +347,8 @@ def evaluate_loss(trainer: Trainer, params: Any, batches: Iterator[Batch], num_b
 def train_loop(trainer: Trainer, state: TrainState, batches: Iterator[Batch], options: LoopOptions,
                *, save: Callable[[TrainState, dict | None], None],
                eval_batches: Callable[[], Iterator[Batch]] | None, logger: Any,
-               stop: StopRequested | None = None) -> tuple[TrainState, LoopResult]:
+               stop: StopRequested | None = None,
+               check_storage: Callable[[], None] | None = None) -> tuple[TrainState, LoopResult]:
     """Runs steps from state.step to options.total_steps.
 
     `save(state, metrics)` is called every checkpoint_period steps, at the
@@ -354,6 +357,8 @@ def train_loop(trainer: Trainer, state: TrainState, batches: Iterator[Batch], op
     multiple of eval_period). Losses are checked for
     NaN/Inf before every save and at every log step; a non-finite loss raises
     NonFiniteLossError without saving, so the last checkpoint stays good.
+    `check_storage()` runs after every step: it raises as soon as a background
+    save has failed (a full disk), instead of training on without checkpoints.
     """
     step = int(jax.device_get(state.step))
     pending: list[tuple[int, dict]] = []  # device metrics not yet checked on host
@@ -380,6 +385,8 @@ def train_loop(trainer: Trainer, state: TrainState, batches: Iterator[Batch], op
         state, metrics = trainer.train_step(state, batch)
         step += 1
         pending.append((step, metrics))
+        if check_storage is not None:
+            check_storage()
         if not timing_started:  # exclude compilation (first step) from tokens/s
             jax.block_until_ready(metrics)
             logger.start(step)

@@ -3,6 +3,7 @@ table and JSON, and one clear line with exit code 2 for bad input."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 
 import jax
@@ -85,3 +86,18 @@ def test_config_gin_saved_before_the_package_move_still_loads(tmp_path):
     loaded = gin_loading.load_checkpoint(str(tmp_path))
     assert loaded.model.config == model.config
     jax.tree.map(np.testing.assert_array_equal, loaded.params, params)
+
+
+def test_a_damaged_newest_checkpoint_is_skipped_and_the_evaluated_step_named(tmp_path, capsys, caplog):
+    from tests.training.test_checkpoints import overwrite_middle_bytes
+    write_run(str(tmp_path), tiny("prefix_lm"), step=7)
+    write_run(str(tmp_path), tiny("prefix_lm"), step=9)
+    overwrite_middle_bytes(tmp_path / "checkpoints" / "9")
+    with caplog.at_level(logging.WARNING):
+        rc = eval_cli.main([f"--checkpoint={tmp_path}", "--task=probe_copy", "--max_examples=2", "--batch_size=2"])
+    captured = capsys.readouterr()
+    assert rc == 0, captured.err
+    assert "step 9 is damaged" in caplog.text and "evaluating step 7" in caplog.text
+    assert json.load(open(tmp_path / "eval-probe_copy-validation-step7.json"))["step"] == 7
+    assert "at step 7" in captured.out
+    assert (tmp_path / "checkpoints" / "9").exists(), "evaluation must not move or delete anything"

@@ -1,7 +1,9 @@
 """`t5x-like train`: one-line errors before anything is written, and the files a run writes."""
 import glob
 import json
+import os
 
+import jax
 import numpy as np
 import pytest
 
@@ -82,3 +84,48 @@ def test_eval_run_file_scores_the_newest_checkpoint(tmp_path, capsys):
     assert rc == 0, err
     rows = read_jsonl(str(model_dir / "metrics.jsonl"), "eval")
     assert rows[-1]["step"] == 2 and np.isfinite(rows[-1]["loss"])
+
+
+@pytest.mark.parametrize("binding,named,suggested", [("--gin.LEARNING_RAT=0.001", "LEARNING_RAT", "LEARNING_RATE"),
+                                                     ("--gin.CHECKPOINT_PERIDO=2", "CHECKPOINT_PERIDO", "CHECKPOINT_PERIOD"),
+                                                     ("--gin.TRAIN_STEP=3", "TRAIN_STEP", "TRAIN_STEPS")])
+def test_a_misspelt_macro_is_one_line_naming_it_and_the_close_match(binding, named, suggested, capsys):
+    argv = [MODEL_GIN, RUN_GIN, "--gin.MODEL_DIR=/tmp/x", "--gin.MIXTURE_OR_TASK_NAME=synthetic",
+            "--gin.TASK_FEATURE_LENGTHS={'targets': 32}", binding]
+    if named != "TRAIN_STEP":
+        argv.append("--gin.TRAIN_STEPS=1")
+    rc, _, err = run_main(argv, capsys)
+    assert rc == 2 and err.count("\n") == 1
+    assert f"gin macro {named} is set" in err and suggested in err.split("did you mean")[1]
+
+
+def test_batch_that_does_not_divide_over_the_data_parallel_devices_is_refused_before_writing(tmp_path, capsys,
+                                                                                           monkeypatch):
+    monkeypatch.setattr(jax, "device_count", lambda: 8)
+    model_dir = tmp_path / "run"
+    rc, _, err = run_main([MODEL_GIN, RUN_GIN, f"--gin.MODEL_DIR={model_dir}", "--gin.MIXTURE_OR_TASK_NAME=synthetic",
+                           "--gin.TASK_FEATURE_LENGTHS={'targets': 32}", "--gin.TRAIN_STEPS=1", "--gin.BATCH_SIZE=6"],
+                          capsys)
+    assert rc == 2 and err.count("\n") == 1
+    assert "batch_size 6" in err and "8 data-parallel devices" in err and "multiple of 8" in err
+    assert not model_dir.exists()
+
+
+def test_second_run_on_a_model_dir_in_use_refuses_with_one_line(tmp_path, capsys):
+    from t5x_like.training import run_dir
+    model_dir = tmp_path / "run"
+    with run_dir.exclusive(str(model_dir)):  # the first run, still training
+        rc, _, err = run_main([MODEL_GIN, RUN_GIN, f"--gin.MODEL_DIR={model_dir}",
+                               "--gin.MIXTURE_OR_TASK_NAME=synthetic", "--gin.TASK_FEATURE_LENGTHS={'targets': 32}",
+                               "--gin.TRAIN_STEPS=2", "--gin.BATCH_SIZE=4"], capsys)
+    assert rc == 4 and err.count("\n") == 1
+    assert f"pid {os.getpid()}" in err and "in use by another run" in err
+    assert not (model_dir / "checkpoints").exists()
+
+
+def test_eval_run_file_on_an_empty_model_dir_is_one_line_and_writes_nothing(tmp_path, capsys):
+    rc, _, err = run_main([MODEL_GIN, "--gin_file=gin_configs/runs/eval.gin", f"--gin.MODEL_DIR={tmp_path}",
+                           "--gin.MIXTURE_OR_TASK_NAME=synthetic", "--gin.TASK_FEATURE_LENGTHS={'targets': 32}"],
+                          capsys)
+    assert rc == 2 and err.count("\n") == 1 and "no checkpoint in" in err
+    assert list(tmp_path.iterdir()) == []

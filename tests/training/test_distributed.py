@@ -148,7 +148,7 @@ PREEMPTIBLE = f"""
     config = tiny_run(sys.argv[1], steps={STEPS}, num_microbatches=1, batch_size=4, checkpoint_period=3,
                       async_checkpointing=True, dataset_fn=slow_batches)
     result = train.train(config)
-    sys.exit(143 if result.stopped_by_signal else 0)
+    sys.exit(128 + result.signal_number if result.stopped_by_signal else 0)
 """
 
 
@@ -170,9 +170,13 @@ def wait_for_step(model_dir, step: int, proc: subprocess.Popen, timeout: float =
 
 
 def losses_by_step(model_dir) -> dict[int, list[float]]:
+    """Every logged training loss per step, the rows a resume rewrote included (read_jsonl keeps the last)."""
     out: dict[int, list[float]] = {}
-    for row in read_jsonl(os.path.join(model_dir, "metrics.jsonl"), "train"):
-        out.setdefault(row["step"], []).append(row["loss"])
+    with open(os.path.join(model_dir, "metrics.jsonl")) as f:
+        rows = [json.loads(line) for line in f if line.strip()]
+    for row in rows:
+        if row["split"] == "train":
+            out.setdefault(row["step"], []).append(row["loss"])
     return out
 
 
@@ -202,3 +206,13 @@ def test_sigkill_then_restart_reproduces_the_uninterrupted_losses_bitwise(tmp_pa
     assert sorted(got) == list(range(1, STEPS + 1)) == sorted(expected)
     for step, values in got.items():  # steps replayed after the kill appear twice
         assert all(v == expected[step] for v in values), (step, values, expected[step])
+
+
+def test_ctrl_c_saves_like_sigterm_and_exits_130(tmp_path, cache_dir):
+    run = start_run(tmp_path / "run", cache_dir)
+    wait_for_step(tmp_path / "run", 4, run)
+    run.send_signal(signal.SIGINT)
+    assert run.wait(timeout=120) == 130, run.stderr.read()[-3000:]
+    last_logged = max(losses_by_step(tmp_path / "run"))
+    assert last_logged < STEPS and str(last_logged) in os.listdir(tmp_path / "run" / "checkpoints")
+    assert "Traceback" not in run.stderr.read()

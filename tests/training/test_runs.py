@@ -73,3 +73,17 @@ def test_keep_best_keeps_lowest_validation_loss_besides_the_latest(tmp_path):
     ckpt.close()
     assert ckpt.steps() == [2, 4]
     assert not ckpt.save(4, tree, tree, {}), "an existing step must never be overwritten"
+
+
+def test_a_corpus_without_a_validation_split_trains_to_the_end_without_evaluation(tmp_path, caplog):
+    from t5x_like.data import tasks
+    from tests.training_fixtures import tiny_model
+    (tmp_path / "corpus.txt").write_text("To be, or not to be, that is the question.\n\n" * 200)
+    tasks.register_text_files_task("test_train_split_only", str(tmp_path / "corpus.txt"))
+    config = tiny_run(tmp_path / "run", model=tiny_model(vocab_size=384), train_steps=4,
+                      mixture_or_task_name="test_train_split_only", eval_split="validation", eval_period=2)
+    with caplog.at_level(logging.WARNING):
+        result = train.train(config)
+    assert result.step == 4 and not result.eval_metrics
+    assert "has no 'validation' split: training without evaluation" in caplog.text
+    assert "4" in os.listdir(tmp_path / "run" / "checkpoints")

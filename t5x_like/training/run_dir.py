@@ -1,0 +1,53 @@
+"""One run per MODEL_DIR: an exclusive lock held while a run trains or evaluates there.
+
+The lock is `MODEL_DIR/.lock`, taken with `fcntl.flock`: the kernel releases
+it when the holder exits, however it exits (a SIGKILLed run leaves no stale
+lock on a local disk). The file records the holder's host, pid and start time,
+so a second run refuses with one line naming them. Some network filesystems do
+not honour flock across hosts; a cluster launcher normally prevents two jobs
+on one MODEL_DIR there.
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import socket
+import time
+from collections.abc import Iterator
+
+LOCK_FILE = ".lock"
+
+
+class RunDirLockedError(RuntimeError):
+    """Another run holds MODEL_DIR; the message names its host and pid."""
+
+
+@contextlib.contextmanager
+def exclusive(model_dir: str) -> Iterator[None]:
+    """Holds MODEL_DIR's lock for the duration of the block; RunDirLockedError if another run has it."""
+    os.makedirs(model_dir, exist_ok=True)
+    path = os.path.join(model_dir, LOCK_FILE)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RunDirLockedError(f"MODEL_DIR {model_dir} is in use by another run ({_holder(path)}); "
+                                    "wait for it to finish, or use another MODEL_DIR") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, json.dumps({"host": socket.gethostname(), "pid": os.getpid(),
+                                 "since": time.strftime("%Y-%m-%d %H:%M:%S")}).encode())
+        yield
+    finally:
+        os.close(fd)  # releases the flock
+
+
+def _holder(path: str) -> str:
+    try:
+        with open(path) as f:
+            info = json.load(f)
+        return f"host {info['host']}, pid {info['pid']}, since {info['since']}"
+    except (OSError, ValueError, KeyError):
+        return "holder unknown"
