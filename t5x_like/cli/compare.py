@@ -7,7 +7,12 @@
 The experiment file binds `compare.Experiment` (experiments/grid.py); each
 cell's TrainConfig comes from its `t5x-like train` arguments, parsed here.
 Rerunning the command resumes an interrupted grid; finished runs are kept.
-Exit codes: 0 done, 2 bad experiment file or a matching claim that does not hold.
+A report states only what the runs did: finished runs made with another
+configuration (a changed TRAIN_STEPS, say) are refused, not reused; runs not
+finished yet are named in the report.
+Exit codes: 0 done, 2 bad experiment file, a matching claim that does not
+hold, finished runs of another configuration, or --report_only with no
+finished run.
 """
 from __future__ import annotations
 
@@ -61,7 +66,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.check_only:
         print(f"{experiment.name}: all matching claims hold within {experiment.claim_tolerance:.0%}")
         return 0
+    stale = grid.stale_cells(experiment, GIN_LOADERS)
+    if stale:
+        print(f"t5x-like compare: {len(stale)} finished run(s) were made with another configuration than this "
+              f"command gives: {'; '.join(stale)}. Delete them under {experiment.output_dir}/runs/ to rerun, "
+              "or use another OUTPUT_DIR", file=sys.stderr)
+        return 2
     records = grid.load_records(experiment) if args.report_only else grid.run_grid(experiment, GIN_LOADERS)
+    if not records:
+        print(f"t5x-like compare: no finished runs under {experiment.output_dir}/runs: run without "
+              "--report_only first", file=sys.stderr)
+        return 2
     outputs = report.write_report(experiment, size_rows, records)
     print("wrote " + ", ".join(outputs))
     return 0

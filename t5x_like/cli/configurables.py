@@ -12,7 +12,7 @@ under stable gin names that do not move when a Python module does:
     optimizers.*                 training.optimizers (adafactor, adamw, schedules)
     decoding.DecodeConfig        inference.decoding.DecodeConfig
     compare.Experiment           experiments.grid.Experiment
-    t5x_like.data.vocab.sentencepiece_vocabulary
+    t5x_like.data.vocab.sentencepiece_vocabulary, t5x_like.data.tasks.register_text_files_task
     t5x_like.data.tasks.tfds_data_dir, t5x_like.data.tasks.ul2_mixing_rates
                                  data settings read when a dataset is built;
                                  `apply_data_settings` hands them to data.tasks
@@ -44,6 +44,7 @@ for _factory in (optimizers.inverse_sqrt_schedule, optimizers.warmup_cosine_sche
                  optimizers.constant_schedule, optimizers.adafactor, optimizers.adamw, optimizers.sgd):
     gin.external_configurable(_factory, module="optimizers")
 gin.external_configurable(vocab.sentencepiece_vocabulary, module="t5x_like.data.vocab")
+gin.external_configurable(tasks.register_text_files_task, module="t5x_like.data.tasks")
 
 
 @gin.configurable(module="train")

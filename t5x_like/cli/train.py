@@ -36,6 +36,7 @@ import jax
 
 from t5x_like.cli import eval as eval_cli
 from t5x_like.cli import gin_loading
+from t5x_like.data.corpora import CorpusFormatError
 from t5x_like.data.sources import check_task_name
 from t5x_like.inference import evaluation
 from t5x_like.training import partitioning
@@ -117,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
         result = train_lib.train(config)
     except NonFiniteLossError:
         return EXIT_NON_FINITE
-    except (evaluation.CheckpointError, FileNotFoundError) as e:
+    except (evaluation.CheckpointError, FileNotFoundError, CorpusFormatError) as e:
         print(f"t5x-like train: {e}", file=sys.stderr)
         return EXIT_BAD_CONFIG
     except (RunDirLockedError, CheckpointsDamagedError, CheckpointSaveError) as e:

@@ -36,6 +36,10 @@ class CorpusMissingError(FileNotFoundError):
     """A corpus is not on disk; the message says what was looked for and how to get it."""
 
 
+class CorpusFormatError(ValueError):
+    """A corpus file that cannot be read as documents; the message names the file and line."""
+
+
 # ---------------------------------------------------------------- reading files
 
 def read_text_file(path: str) -> str:
@@ -64,12 +68,15 @@ def list_files(pattern: str) -> list[str]:
 def text_to_documents(text: str, max_chars: int = DOCUMENT_CHARS) -> list[str]:
     """Groups blank-line-separated paragraphs into documents of about max_chars.
 
-    Paragraphs are never cut here (a single paragraph longer than max_chars is
-    its own document; the token pipeline splits it to the sequence length).
+    A paragraph stays whole up to 2 × max_chars (its own document); a longer
+    one (a file that is one long line, say) is cut at spaces into pieces of at
+    most max_chars, so the memory the token pipeline needs per document is
+    bounded by the chunk size, whatever the line lengths.
     Whitespace-only paragraphs are dropped, so no document is empty.
     """
     paragraphs = [p.strip("\n") for p in text.replace("\r\n", "\n").split("\n\n")]
-    paragraphs = [p for p in paragraphs if p.strip()]
+    paragraphs = [piece for p in paragraphs
+                  for piece in (split_long_text(p, max_chars) if len(p) > 2 * max_chars else [p]) if piece.strip()]
     documents, current, size = [], [], 0
     for p in paragraphs:
         if current and size + len(p) + 2 > max_chars:
@@ -92,7 +99,7 @@ def documents_from_files(pattern: str, text_key: str = "text",
             log.warning("%s is empty; skipped", path)
             continue
         if path.endswith((".jsonl", ".json")):
-            documents.extend(_jsonl_documents(path, text, text_key))
+            documents.extend(_jsonl_documents(path, text, text_key, max_chars))
         else:
             documents.extend(text_to_documents(text, max_chars))
     if not documents:
@@ -100,7 +107,7 @@ def documents_from_files(pattern: str, text_key: str = "text",
     return documents
 
 
-def _jsonl_documents(path: str, text: str, text_key: str) -> list[str]:
+def _jsonl_documents(path: str, text: str, text_key: str, max_chars: int = DOCUMENT_CHARS) -> list[str]:
     documents = []
     for number, line in enumerate(text.splitlines(), 1):
         if not line.strip():
@@ -108,12 +115,27 @@ def _jsonl_documents(path: str, text: str, text_key: str) -> list[str]:
         try:
             record = json.loads(line)
         except json.JSONDecodeError as e:
-            raise ValueError(f"{path}:{number}: not valid JSON ({e.msg})") from None
+            raise CorpusFormatError(f"{path}:{number}: not valid JSON ({e.msg})") from None
         if not isinstance(record, dict) or text_key not in record:
-            raise ValueError(f"{path}:{number}: expected an object with key {text_key!r}")
+            raise CorpusFormatError(f"{path}:{number}: expected an object with key {text_key!r}")
         if str(record[text_key]).strip():
-            documents.append(str(record[text_key]))
+            document = str(record[text_key])
+            documents.extend(split_long_text(document, max_chars) if len(document) > 2 * max_chars else [document])
     return documents
+
+
+def split_long_text(text: str, max_chars: int) -> list[str]:
+    """`text` in pieces of at most max_chars, cut at the last space before the limit where
+    there is one in its second half (else exactly at the limit); the cut spaces are dropped."""
+    pieces = []
+    while len(text) > max_chars:
+        cut = text.rfind(" ", max_chars // 2, max_chars + 1)
+        cut = cut if cut > 0 else max_chars
+        pieces.append(text[:cut])
+        text = text[cut + 1:] if text[cut:cut + 1] == " " else text[cut:]
+    if text:
+        pieces.append(text)
+    return pieces
 
 
 # ---------------------------------------------------------------- Shakespeare

@@ -50,6 +50,7 @@ from t5x_like.inference import evaluation
 from t5x_like.model import sizing
 from t5x_like.model.config import TransformerConfig
 from t5x_like.training import run as train_lib
+from t5x_like.training.metrics_log import read_jsonl
 
 log = logging.getLogger(__name__)
 PRETRAIN_GIN = "gin_configs/runs/pretrain.gin"
@@ -267,6 +268,35 @@ def train_argv(experiment: Experiment, cell: Cell, layout: str) -> list[str]:
     return [f"--gin_file={cell.arm.model}", f"--gin_file={PRETRAIN_GIN}"] + [f"--gin.{b}" for b in bindings]
 
 
+def cell_command(experiment: Experiment, cell: Cell, loaders: Loaders) -> str:
+    """The `t5x-like train` command of a cell, as its record stores it."""
+    return "t5x-like train " + " ".join(train_argv(experiment, cell, loaders.model_config(cell.arm).layout))
+
+
+def stale_cells(experiment: Experiment, loaders: Loaders) -> list[str]:
+    """Finished cells whose recorded command is not what the experiment now gives them
+    (a changed TRAIN_STEPS, learning rate, model...), each with what changed."""
+    stale = []
+    for cell in plan(experiment):
+        path = os.path.join(cell.run_dir, RESULT_FILE)
+        if not os.path.exists(path):
+            continue
+        with open(path) as f:
+            recorded = json.load(f).get("command", "")
+        now = cell_command(experiment, cell, loaders)
+        if recorded != now:
+            changed = sorted(set(now.split()) - set(recorded.split()))
+            stale.append(f"{cell.label} ({', '.join(changed[:3]) or 'order of flags'})")
+    return stale
+
+
+def last_logged(model_dir: str, split: str) -> dict[str, float]:
+    """The last row a run logged for `split` in its metrics.jsonl, without step and split."""
+    path = os.path.join(model_dir, "metrics.jsonl")
+    rows = read_jsonl(path, split) if os.path.exists(path) else []
+    return {k: v for k, v in rows[-1].items() if k not in ("step", "split")} if rows else {}
+
+
 def run_cell(experiment: Experiment, cell: Cell, loaders: Loaders) -> dict:
     """Trains (or resumes) one cell, scores it, writes and returns its record."""
     argv = train_argv(experiment, cell, loaders.model_config(cell.arm).layout)
@@ -287,12 +317,15 @@ def run_cell(experiment: Experiment, cell: Cell, loaders: Loaders) -> dict:
            if k != "layout"},
         "steps": result.step, "batch_size": config.batch_size,
         "examples_seen": result.step * config.batch_size,
-        "final_train_metrics": result.train_metrics, "final_eval_metrics": result.eval_metrics,
+        # A cell killed after its final checkpoint resumes with nothing left to train: its final
+        # metrics are the last ones it logged.
+        "final_train_metrics": result.train_metrics or last_logged(config.model_dir, "train"),
+        "final_eval_metrics": result.eval_metrics or last_logged(config.model_dir, "eval"),
         "shared_nll_per_example": shared,
         "downstream": {task: evaluate_downstream(experiment, cell, config, task)
                        for task in experiment.downstream_tasks},
         "train_seconds_this_invocation": time.time() - start,
-        "command": "t5x-like train " + " ".join(argv),
+        "command": cell_command(experiment, cell, loaders),
     }
     with open(os.path.join(cell.run_dir, RESULT_FILE + ".tmp"), "w") as f:
         json.dump(record, f)

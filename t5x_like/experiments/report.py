@@ -79,7 +79,15 @@ def build_results(experiment, size_rows: dict, records: list[dict]) -> dict:
             "train_steps": experiment.train_steps, "batch_size": experiment.batch_size,
             "reference_arm": experiment.reference_arm or experiment.arms[0].name,
             "arms": arms, "differences": _differences(experiment, records),
+            "missing_runs": missing_runs(experiment, records),
             "scaling": _scaling(experiment, arms, records) if experiment.scaling_fit else None}
+
+
+def missing_runs(experiment, records: list[dict]) -> list[str]:
+    """'arm seed k' for every planned run without a record (not finished, or never started)."""
+    done = {(r["arm"], r["seed"]) for r in records}
+    return [f"{arm.name} seed {seed}" for seed in experiment.seeds for arm in experiment.arms
+            if (arm.name, seed) not in done]
 
 
 def _downstream_means(runs: list[dict]) -> dict[str, dict[str, float]]:
@@ -163,6 +171,8 @@ def render_markdown(results: dict) -> str:
         "that task), mean over seeds and examples "
         "with a 95% bootstrap interval over both. P and M are the reference arm's "
         f"(`{ref}`) non-embedding parameters and training FLOPs per example.", "",
+        *([f"**Not finished ({len(results['missing_runs'])} runs, left out of every number below)**: "
+           + ", ".join(results["missing_runs"]) + ".", ""] if results.get("missing_runs") else []),
         "## How the arms were matched", "",
         "| arm | layout | layers | params | non-emb params | × P | train FLOPs/example | × M | claims | tokens seen |",
         "|---|---|---|---|---|---|---|---|---|---|"]

@@ -92,6 +92,18 @@ def read_hf_tensors(hf_dir: str) -> dict[str, np.ndarray]:
 
 
 def _read_weights_file(path: str) -> dict[str, np.ndarray]:
+    """Every tensor of one weights file; ConversionError (one line) if the file is truncated or not weights."""
+    try:
+        return _read_weights(path)
+    except ConversionError:
+        raise
+    except Exception as e:  # noqa: BLE001  (safetensors and torch raise their own types for bad files)
+        reason = " ".join(str(e).split())[:200] or type(e).__name__
+        raise ConversionError(f"{path}: cannot read the weights ({type(e).__name__}: {reason}); "
+                              "is the file complete? Copy it again") from None
+
+
+def _read_weights(path: str) -> dict[str, np.ndarray]:
     if path.endswith(".safetensors"):
         try:
             import safetensors.numpy

@@ -129,3 +129,14 @@ def test_eval_run_file_on_an_empty_model_dir_is_one_line_and_writes_nothing(tmp_
                           capsys)
     assert rc == 2 and err.count("\n") == 1 and "no checkpoint in" in err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_malformed_jsonl_corpus_is_one_line_naming_file_and_line(tmp_path, capsys):
+    from t5x_like.data import tasks
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text('{"text": "fine"}\n{"text": "cut off\n')
+    tasks.register_text_files_task("test_malformed_jsonl", str(corpus))
+    rc, _, err = run_main([MODEL_GIN, RUN_GIN, f"--gin.MODEL_DIR={tmp_path / 'run'}",
+                           "--gin.MIXTURE_OR_TASK_NAME=test_malformed_jsonl", "--gin.TASK_FEATURE_LENGTHS={'targets': 32}",
+                           "--gin.TRAIN_STEPS=1", "--gin.BATCH_SIZE=4"], capsys)
+    assert rc == 2 and err.count("\n") == 1 and "corpus.jsonl:2: not valid JSON" in err

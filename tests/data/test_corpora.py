@@ -41,12 +41,15 @@ def test_shakespeare_documents_are_non_empty_and_bounded():
 
 @settings(max_examples=100, deadline=None)
 @given(st.lists(st.text(alphabet="ab \n", max_size=60), max_size=30), st.integers(5, 200))
-def test_text_to_documents_keeps_every_paragraph_and_drops_blank_ones(paragraphs, max_chars):
+def test_text_to_documents_keeps_all_text_in_bounded_documents_and_drops_blank_ones(paragraphs, max_chars):
     text = "\n\n".join(paragraphs)
     docs = corpora.text_to_documents(text, max_chars)
     assert all(d.strip() for d in docs)
+    assert all(len(d) <= 2 * max_chars for d in docs)
+    assert "".join("".join(docs).split()) == "".join(text.split())  # every character kept, in order
     kept = [p.strip("\n") for p in text.split("\n\n") if p.strip()]
-    assert [p for d in docs for p in d.split("\n\n") if p.strip()] == [p for k in kept for p in k.split("\n\n")]
+    if all(len(k) <= 2 * max_chars for k in kept):  # nothing to cut: paragraphs survive whole
+        assert [p for d in docs for p in d.split("\n\n") if p.strip()] == [p for k in kept for p in k.split("\n\n")]
 
 
 def test_missing_shakespeare_package_says_how_to_install(monkeypatch):
@@ -179,3 +182,17 @@ def test_missing_tfds_corpus_says_which_dataset_and_where(tmp_path, monkeypatch)
     message = str(error.value)
     assert "'c4/en'" in message and str(tmp_path) in message and "never downloads" in message
     assert "Traceback" not in message
+
+
+def test_one_very_long_line_becomes_documents_of_bounded_size(tmp_path):
+    words = ["the", "king", "doth", "wake", "tonight", "averyveryverylongwordwithoutanyspaceinsideit" * 3]
+    line = " ".join(words[i % len(words)] for i in range(200_000))  # ~1.8 MB, no line break at all
+    (tmp_path / "one_line.txt").write_text(line)
+    documents = corpora.documents_from_files(str(tmp_path / "one_line.txt"), max_chars=2000)
+    assert max(len(d) for d in documents) <= 2000 and len(documents) > 800
+    assert " ".join(documents) == line  # nothing lost: the cuts were at spaces
+
+
+def test_a_long_word_is_cut_at_the_limit():
+    assert corpora.split_long_text("a" * 25, 10) == ["a" * 10, "a" * 10, "a" * 5]
+    assert corpora.split_long_text("short", 10) == ["short"]

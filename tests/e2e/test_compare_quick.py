@@ -35,3 +35,20 @@ def test_quick_runs_end_to_end_and_resumes(tmp_path, capsys):
     assert compare_cli.main(argv) == 0
     assert len(re.findall(r"done earlier, kept", capsys.readouterr().out)) == 6
     assert stamps == {p: p.stat().st_mtime for p in out.glob("runs/*/result.json")}
+    # A report states only what the runs did.
+    changed = [a for a in argv if not a.startswith("--gin.TRAIN_STEPS")] + ["--gin.TRAIN_STEPS=8"]
+    capsys.readouterr()
+    assert compare_cli.main(changed) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "another configuration" in err and "TRAIN_STEPS=8" in err
+    record_path = out / "runs" / "prefix_lm_seed1" / "result.json"
+    record_path.unlink()  # as if killed after its final checkpoint, before its record
+    assert compare_cli.main(argv + ["--report_only"]) == 0
+    assert "**Not finished (1 runs, left out of every number below)**: prefix_lm seed 1." in (out / "report.md").read_text()
+    assert compare_cli.main(argv) == 0  # resumes at its final step: nothing to train, record rebuilt
+    rebuilt = json.loads(record_path.read_text())
+    assert rebuilt["steps"] == 6 and rebuilt["final_train_metrics"]["loss"] > 0
+    assert "Not finished" not in (out / "report.md").read_text()
+    empty = [a if not a.startswith("--gin.OUTPUT_DIR") else f"--gin.OUTPUT_DIR={tmp_path / 'empty'}" for a in argv]
+    assert compare_cli.main(empty + ["--report_only"]) == 2
+    assert "no finished runs" in capsys.readouterr().err

@@ -6,6 +6,7 @@ the weight-level ones need safetensors (the `hf` extra) and skip without it.
 from __future__ import annotations
 
 import json
+import os
 
 import jax
 import numpy as np
@@ -162,3 +163,15 @@ def test_cli_reports_errors_in_one_line_and_usage_with_code_2(tmp_path, capsys):
     assert "has no config.json" in capsys.readouterr().err
     assert convert_cli.main(["--from-hf", str(tmp_path)]) == 2
     assert convert_cli.main(["--from-hf", str(tmp_path), "--to-hf", str(tmp_path)]) == 2
+
+
+def test_truncated_safetensors_is_one_line_and_a_failing_exit_code(tmp_path, capsys):
+    hf_dir = exported(tmp_path, TINY_GPT2)
+    weights = os.path.join(hf_dir, "model.safetensors")
+    with open(weights, "r+b") as f:
+        f.truncate(os.path.getsize(weights) // 2)
+    with pytest.raises(ConversionError, match="cannot read the weights.*is the file complete"):
+        convert.from_hf_dir(hf_dir)
+    assert convert_cli.main(["--from-hf", hf_dir, "--to", str(tmp_path / "model")]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "model.safetensors" in err
