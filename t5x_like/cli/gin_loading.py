@@ -15,6 +15,7 @@ plain objects:
 from __future__ import annotations
 
 import difflib
+import logging
 import os
 import re
 import tempfile
@@ -82,10 +83,21 @@ def resolve_gin_file(path: str) -> str:
         "--gin_file=gin_configs/models/decoder_only/tiny.gin")
 
 
+class _QuietPackageProbes(logging.Filter):
+    """Drops gin's 'Path not found' ERROR lines: it logs one for every search path an include
+    is not under (before finding it under another), which reads like a failure and is not."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.pathname.endswith("resource_reader.py") and record.msg == "Path not found: %s")
+
+
 def load_config(files: list[str], bindings: list[str], finalize: bool = True) -> None:
     """Replaces the global gin config by `files` then `bindings`, and hands the data
     settings to the data package; raises GinConfigError with one clear line."""
     gin.clear_config()
+    root_logger = logging.getLogger()
+    if not any(isinstance(f, _QuietPackageProbes) for f in root_logger.filters):
+        root_logger.addFilter(_QuietPackageProbes())
     for root in DEFAULT_SEARCH_PATHS:
         gin.add_config_file_search_path(root)
     resolved = [resolve_gin_file(f) for f in files]

@@ -79,6 +79,16 @@ def _set_up_jax(flags: argparse.Namespace) -> None:
                                         auto=flags.multihost)
 
 
+def _silence_stderr_until_exit() -> None:
+    """After a failed save, tensorstore still completes the failed writes of other chunks, and
+    each completion prints a traceback into orbax's closed event loop (about 100 of them, after
+    the one line that says what failed): the process is ending, so its stderr goes to /dev/null."""
+    sys.stderr.flush()
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stderr.fileno())
+    os.close(devnull)
+
+
 def infer(config: train_lib.TrainConfig) -> None:
     """Greedy generation and the task's metrics on the validation split (as `t5x-like eval`), with
     the model that trained the checkpoint (MODEL_DIR/config.gin), like `t5x-like eval`."""
@@ -121,8 +131,12 @@ def main(argv: list[str] | None = None) -> int:
     except (evaluation.CheckpointError, FileNotFoundError, CorpusFormatError) as e:
         print(f"t5x-like train: {e}", file=sys.stderr)
         return EXIT_BAD_CONFIG
-    except (RunDirLockedError, CheckpointsDamagedError, CheckpointSaveError) as e:
+    except (RunDirLockedError, CheckpointsDamagedError) as e:
         print(f"t5x-like train: {e}", file=sys.stderr)
+        return EXIT_RUN_DIR
+    except CheckpointSaveError as e:
+        print(f"t5x-like train: {e}", file=sys.stderr)
+        _silence_stderr_until_exit()
         return EXIT_RUN_DIR
     except OSError as e:
         if e.errno != errno.ENOSPC:

@@ -168,10 +168,8 @@ class Checkpointer:
             raise self._save_error(e) from e
 
     def close(self) -> None:
-        try:
-            self.wait()
-        finally:
-            self._manager.close()
+        self.wait()
+        self._manager.close()
 
     def _save_error(self, error: Exception) -> CheckpointSaveError:
         cause = _root_cause(error)
