@@ -38,9 +38,13 @@ def _train_config(argv: list[str]):
     return config
 
 
-GIN_LOADERS = grid.Loaders(
-    model_config=lambda arm: gin_loading.model_config_from_file(arm.model, list(arm.bindings)),
-    train_config=_train_config)
+def _model_config(experiment: grid.Experiment, arm: grid.Arm):
+    """The arm's model as its runs build it: model file + run file, run bindings, then the arm's."""
+    return gin_loading.model_config_from_file([arm.model, grid.PRETRAIN_GIN],
+                                              [*experiment.run_bindings, *arm.bindings])
+
+
+GIN_LOADERS = grid.Loaders(model_config=_model_config, train_config=_train_config)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -104,7 +104,8 @@ def load_config(files: list[str], bindings: list[str], finalize: bool = True) ->
     try:
         gin.parse_config_files_and_bindings(resolved, bindings, finalize_config=finalize)
     except Exception as e:  # gin raises several types; all become one readable line
-        check_macros_are_used(bindings)  # a misspelt macro is the likelier cause: name it first
+        if "gin.macro" in str(e):  # a macro left unset: a misspelt --gin.MACRO is the likely cause
+            check_macros_are_used(bindings)
         raise GinConfigError(_one_line(e, resolved, bindings)) from e
     check_macros_are_used(bindings)
     try:
@@ -161,9 +162,9 @@ def evaluate_macro(name: str):
 
 
 # --- loaders: gin files -> the library's plain objects ----------------------------------
-def model_config_from_file(gin_file: str, bindings: list[str]) -> TransformerConfig:
-    """The TransformerConfig that a model gin file binds to MODEL."""
-    load_config([gin_file], bindings, finalize=False)
+def model_config_from_file(gin_file: str | list[str], bindings: list[str]) -> TransformerConfig:
+    """The TransformerConfig that a model gin file (with any other files) binds to MODEL."""
+    load_config([gin_file] if isinstance(gin_file, str) else list(gin_file), bindings, finalize=False)
     return evaluate_macro("MODEL").config
 
 

@@ -4,7 +4,7 @@
     t5x-like vocab --task shakespeare_causal_lm,sentiment_finefood --size 1000 --out vocabs/
 
 writes vocabs/shakespeare_causal_lm.sp8000.model (and .vocab; for several tasks
-their names are joined by "+") and prints the gin binding that loads it. If the
+their names are joined by "+") and prints how to load it. If the
 model is already there it is reused, not retrained.
 The model reserves pad=0, eos=1, unk=2 (seqio's ids); the extra ids for
 sentinels, UL2 mode tokens and [MASK] are added on load by
@@ -36,7 +36,7 @@ def main(argv: list[str]) -> int:
         print(f"t5x-like vocab: {e}", file=sys.stderr)
         return 1
     print(f"{'reused' if existed else 'trained'} {path}")
-    print(f"gin: t5x_like.data.vocab.sentencepiece_vocabulary.path = '{os.path.abspath(path)}'")
+    print(f"load it with t5x_like.data.vocab.sentencepiece_vocabulary('{os.path.abspath(path)}')")
     return 0
 
 

@@ -5,6 +5,7 @@ package itself loads nothing heavy; `t5x_like.data.tasks` registers every
 task and mixture (without reading any data) and is imported by whatever needs
 the registry (`pipeline`, `sources.check_task_name`, evaluation). Modules:
   vocab              default byte vocabulary, sentinel/mode/mask ids, SentencePiece loading
+  vocab_training     training a SentencePiece model on tasks' text (`t5x-like vocab`)
   corpora            Shakespeare, local files, fine-food reviews, Bible pairs, probes
   sword              SWORD zText Bible reader
   objectives         causal LM, prefix LM, span corruption, MLM, UL2; length matching

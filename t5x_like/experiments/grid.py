@@ -200,7 +200,7 @@ class Loaders:
     """How an arm's model file becomes a TransformerConfig, and a cell's `t5x-like train`
     arguments a TrainConfig. The command line reads gin (cli/compare.py); tests may pass anything."""
 
-    model_config: Callable[[Arm], TransformerConfig]
+    model_config: Callable[[Experiment, Arm], TransformerConfig]  # the arm's model as its runs train it
     train_config: Callable[[list[str]], train_lib.TrainConfig]
 
 
@@ -221,7 +221,7 @@ def sizes(experiment: Experiment, loaders: Loaders) -> dict[str, dict]:
     """Per arm: config summary plus ratios to the reference arm's P and M."""
     rows = {}
     for arm in experiment.arms:
-        config = loaders.model_config(arm)
+        config = loaders.model_config(experiment, arm)
         inputs_length, targets_length = arm_lengths(experiment, arm)
         rows[arm.name] = {**sizing.summary(config, inputs_length, targets_length),
                           "non_embedding_params": sizing.count_params(config).non_embedding,
@@ -270,7 +270,7 @@ def train_argv(experiment: Experiment, cell: Cell, layout: str) -> list[str]:
 
 def cell_command(experiment: Experiment, cell: Cell, loaders: Loaders) -> str:
     """The `t5x-like train` command of a cell, as its record stores it."""
-    return "t5x-like train " + " ".join(train_argv(experiment, cell, loaders.model_config(cell.arm).layout))
+    return "t5x-like train " + " ".join(train_argv(experiment, cell, loaders.model_config(experiment, cell.arm).layout))
 
 
 def stale_cells(experiment: Experiment, loaders: Loaders) -> list[str]:
@@ -299,7 +299,7 @@ def last_logged(model_dir: str, split: str) -> dict[str, float]:
 
 def run_cell(experiment: Experiment, cell: Cell, loaders: Loaders) -> dict:
     """Trains (or resumes) one cell, scores it, writes and returns its record."""
-    argv = train_argv(experiment, cell, loaders.model_config(cell.arm).layout)
+    argv = train_argv(experiment, cell, loaders.model_config(experiment, cell.arm).layout)
     config = loaders.train_config(argv)
     start = time.time()
     result = train_lib.train(config)

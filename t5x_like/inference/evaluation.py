@@ -36,7 +36,6 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-import orbax.checkpoint as ocp
 import seqio
 
 from t5x_like.data import feature_converters
@@ -44,12 +43,10 @@ from t5x_like.data import tasks as _tasks  # noqa: F401  (registers the tasks ev
 from t5x_like.inference import decoding
 from t5x_like.model import model as model_lib
 from t5x_like.training import checkpoints
+from t5x_like.training.checkpoints import CheckpointError  # also what callers of this module catch
 
 log = logging.getLogger(__name__)
 
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be evaluated; the message says what was expected and found."""
 
 
 # --- loading ---------------------------------------------------------------------------
@@ -98,32 +95,6 @@ def load_params(model: model_lib.Model, model_dir: str) -> Any:
     return checkpoints.restore_params(model_dir, abstract_params(model))
 
 
-def _flat_shapes(tree) -> dict[str, tuple]:
-    flat = jax.tree_util.tree_flatten_with_path(tree)[0]
-    return {"/".join(str(getattr(k, "key", k)) for k in path): tuple(leaf.shape) for path, leaf in flat}
-
-
-def check_params_match(expected: Any, found: Any, where: str) -> None:
-    """Raises CheckpointError naming missing, unexpected and differently shaped parameters."""
-    want, have = _flat_shapes(expected), _flat_shapes(found)
-    missing = sorted(set(want) - set(have))
-    unexpected = sorted(set(have) - set(want))
-    reshaped = [f"{k}: model {want[k]} vs checkpoint {have[k]}" for k in sorted(set(want) & set(have))
-                if want[k] != have[k]]
-    if not (missing or unexpected or reshaped):
-        return
-    parts = []
-    if missing:
-        parts.append(f"missing from the checkpoint ({len(missing)}): {', '.join(missing[:5])}")
-    if unexpected:
-        parts.append(f"not in the model ({len(unexpected)}): {', '.join(unexpected[:5])}")
-    if reshaped:
-        parts.append(f"different shapes ({len(reshaped)}): {'; '.join(reshaped[:5])}")
-    raise CheckpointError(
-        f"the checkpoint at {where} does not match the model config (another layout or size?): "
-        + " | ".join(parts))
-
-
 def load_checkpoint(path: str, model: model_lib.Model, task_feature_lengths: dict[str, int] | None = None
                     ) -> LoadedCheckpoint:
     """`model`'s params from the checkpoint at `path` (MODEL_DIR, its checkpoints/ or a step folder),
@@ -163,12 +134,11 @@ class _DamagedStep(Exception):
 def _read_params(step_dir: str, expected: Any) -> Any:
     """Params of one step; CheckpointError if they belong to another model, _DamagedStep if damaged."""
     try:
-        found = ocp.StandardCheckpointer().metadata(os.path.join(step_dir, "params"))
-        found = getattr(found, "item_metadata", found)
+        found = checkpoints.item_metadata(step_dir, "params")
     except Exception as e:  # noqa: BLE001  (not an orbax params item at all)
         raise _DamagedStep(f"cannot read an orbax 'params' item: {type(e).__name__}: "
                            f"{str(e).splitlines()[0][:200] if str(e) else ''}") from None
-    check_params_match(expected, found, step_dir)
+    checkpoints.check_matches(expected, found, step_dir)
     try:
         return checkpoints.restore_params(step_dir, expected)
     except Exception as e:  # noqa: BLE001  (orbax read errors, checksum mismatch)

@@ -41,6 +41,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import orbax.checkpoint as ocp
 
 log = logging.getLogger(__name__)
@@ -56,52 +57,143 @@ class CheckpointSaveError(OSError):
     """A checkpoint could not be written; the message names the step, the directory and the free space."""
 
 
-# Two odd multipliers per word position: a changed word changes both sums (an
-# odd multiplier is invertible mod 2**32), so any changed bit is detected.
-_MULTIPLIERS = (0x9E3779B1, 0x85EBCA77)
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used as asked; the message says what was expected and found."""
 
 
-def checksums(tree: Any) -> list[int]:
+class CheckpointMismatchError(CheckpointError):
+    """A readable checkpoint of another model (shapes) or optimizer: not damage, never moved aside."""
+
+
+# Word dtypes the checksum reads arrays as, by item size (8-byte items become two words).
+_WORD_DTYPES = {1: jnp.uint8, 2: jnp.uint16, 4: jnp.uint32, 8: jnp.uint32}
+
+
+def checksums(tree: Any) -> list[int | None]:
     """A 64-bit checksum of the bytes of every array leaf, computed where the arrays live.
 
-    Each array is viewed as unsigned words; the checksum is the pair of sums
-    Σ word_i · (2i + 1) · m (mod 2**32) for two odd constants m. Sharded arrays
-    are summed by XLA, with no copy to the host."""
-    leaves = [x for x in jax.tree.leaves(tree) if hasattr(x, "dtype")]
-    return [int(lo) | (int(hi) << 32) for lo, hi in jax.device_get(_word_sums(leaves))]
+    Each array is read as unsigned words w_i (i its flat position); the two
+    32-bit halves are Σ w_i·a_i and Σ w_i·b_i (mod 2**32) with odd weights a_i =
+    2i + 1 and b_i = an odd hash of i, so a changed word changes both sums and two
+    changed words cancel in both only by chance. Sharded arrays are summed by XLA
+    in place, without gathering them. None for a leaf of a dtype it cannot read
+    (sub-byte, complex, keys)."""
+    leaves = _array_leaves(tree)
+    readable = [x for x in leaves if _readable(x)]
+    sums = iter(jax.device_get(_word_sums(readable)))
+    return [(lambda lo, hi: int(lo) | (int(hi) << 32))(*next(sums)) if _readable(x) else None for x in leaves]
+
+
+def dtypes(tree: Any) -> list[str]:
+    """The dtype name of every array leaf (stored beside the checksums: a restore that casts
+    a leaf to another dtype cannot verify its bytes)."""
+    return [str(x.dtype) for x in _array_leaves(tree)]
+
+
+def _array_leaves(tree: Any) -> list[Any]:
+    return [x for x in jax.tree.leaves(tree) if hasattr(x, "dtype")]
+
+
+def _readable(x: Any) -> bool:
+    """Whether `_as_words` can read the leaf's bytes (whole bytes per element, no keys)."""
+    if jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
+        return False
+    dtype = np.dtype(x.dtype)
+    if dtype == np.bool_:
+        return True
+    if dtype.itemsize not in _WORD_DTYPES:
+        return False
+    if jnp.issubdtype(dtype, jnp.integer):
+        return jnp.iinfo(dtype).bits == 8 * dtype.itemsize  # not int4 / uint4
+    if jnp.issubdtype(dtype, jnp.floating):
+        return jnp.finfo(dtype).bits == 8 * dtype.itemsize  # not float4
+    return False
 
 
 @jax.jit
 def _word_sums(leaves: list[jax.Array]) -> list[tuple[jax.Array, jax.Array]]:
     sums = []
     for x in leaves:
-        words = _as_words(x).reshape(-1)
-        odd = jnp.arange(words.size, dtype=jnp.uint32) * jnp.uint32(2) + jnp.uint32(1)
-        sums.append(tuple(jnp.sum(words * odd * jnp.uint32(m), dtype=jnp.uint32) for m in _MULTIPLIERS))
+        words = _as_words(x)
+        position = _flat_positions(words.shape)
+        odd_a = position * jnp.uint32(2) + jnp.uint32(1)
+        mixed = (position ^ (position >> 16)) * jnp.uint32(0x45D9F3B)
+        odd_b = (mixed ^ (mixed >> 16)) | jnp.uint32(1)
+        sums.append((jnp.sum(words * odd_a, dtype=jnp.uint32), jnp.sum(words * odd_b, dtype=jnp.uint32)))
     return sums
 
 
+def _flat_positions(shape: tuple[int, ...]) -> jax.Array:
+    """Row-major flat index of every element, built from broadcast iotas (no reshape of sharded data)."""
+    position = jnp.zeros(shape, jnp.uint32)
+    stride = 1
+    for axis in reversed(range(len(shape))):
+        position = position + jax.lax.broadcasted_iota(jnp.uint32, shape, axis) * jnp.uint32(stride % 2**32)
+        stride *= shape[axis]
+    return position
+
+
 def _as_words(x: jax.Array) -> jax.Array:
-    """The array's bytes as uint32 words (one word per element of 4 bytes or less)."""
+    """The array's bytes as uint32 words: one per element of up to 4 bytes, two (a trailing
+    axis) per 8-byte element."""
     if x.dtype == jnp.bool_:
         return x.astype(jnp.uint32)
-    unsigned = {1: jnp.uint8, 2: jnp.uint16, 4: jnp.uint32, 8: jnp.uint32}[x.dtype.itemsize]
-    return jax.lax.bitcast_convert_type(x, unsigned).astype(jnp.uint32)
+    return jax.lax.bitcast_convert_type(x, _WORD_DTYPES[x.dtype.itemsize]).astype(jnp.uint32)
 
 
 def verify(tree: Any, meta: Mapping[str, Any], name: str, step: int) -> None:
-    """Raises ValueError if `tree` does not have the checksums `meta` recorded for item `name`."""
+    """Raises ValueError if `tree` does not have the checksums `meta` recorded for item `name`.
+
+    Leaves restored into another dtype than they were saved in (a cast) are not checked."""
     expected = meta.get(f"{name}_checksums")
     if expected is None:  # written before checksums existed: nothing to compare
         return
     found = checksums(tree)
     if len(found) != len(expected):
         raise ValueError(f"{name} of step {step} has {len(found)} arrays, the checksums list {len(expected)}")
-    bad = [i for i, (a, b) in enumerate(zip(found, expected)) if a != b]
+    saved_dtypes = meta.get(f"{name}_dtypes") or [None] * len(found)
+    now_dtypes = dtypes(tree)
+    bad = [i for i, (a, b) in enumerate(zip(found, expected))
+           if a is not None and b is not None and a != b and saved_dtypes[i] in (None, now_dtypes[i])]
     if bad:
-        paths = [jax.tree_util.keystr(path) for path, _ in jax.tree_util.tree_flatten_with_path(tree)[0]]
+        paths = [jax.tree_util.keystr(path) for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]
+                 if hasattr(leaf, "dtype")]
         raise ValueError(f"checksum mismatch in {name} of step {step}: {len(bad)} array(s) changed on disk "
-                         f"since they were saved, e.g. {paths[bad[0]] if bad[0] < len(paths) else bad[0]}")
+                         f"since they were saved, e.g. {paths[bad[0]]}")
+
+
+def check_matches(expected: Any, found: Any, where: str) -> None:
+    """Raises CheckpointMismatchError naming missing, unexpected and differently shaped arrays
+    of a checkpoint item (`found`: its orbax metadata) against the model's (`expected`)."""
+    want, have = _flat_shapes(expected), _flat_shapes(found)
+    missing = sorted(set(want) - set(have))
+    unexpected = sorted(set(have) - set(want))
+    reshaped = [f"{k}: model {want[k]} vs checkpoint {have[k]}" for k in sorted(set(want) & set(have))
+                if want[k] != have[k]]
+    if not (missing or unexpected or reshaped):
+        return
+    parts = []
+    if missing:
+        parts.append(f"missing from the checkpoint ({len(missing)}): {', '.join(missing[:5])}")
+    if unexpected:
+        parts.append(f"not in the model ({len(unexpected)}): {', '.join(unexpected[:5])}")
+    if reshaped:
+        parts.append(f"different shapes ({len(reshaped)}): {'; '.join(reshaped[:5])}")
+    raise CheckpointMismatchError(
+        f"the checkpoint at {where} does not match the model config (another layout or size?): "
+        + " | ".join(parts))
+
+
+def _flat_shapes(tree) -> dict[str, tuple]:
+    flat = jax.tree_util.tree_flatten_with_path(tree)[0]
+    return {"/".join(str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k)))) for k in path): tuple(leaf.shape)
+            for path, leaf in flat if hasattr(leaf, "shape")}
+
+
+def item_metadata(step_dir: str, item: str) -> Any:
+    """The orbax metadata tree (shapes, dtypes) of one item of a step directory."""
+    found = ocp.StandardCheckpointer().metadata(os.path.join(step_dir, item))
+    return getattr(found, "item_metadata", found)
 
 
 class Checkpointer:
@@ -113,10 +205,12 @@ class Checkpointer:
       keep_best: also keep the checkpoint with the lowest validation loss
         (`metrics['eval_loss']` passed to `save`).
       async_save: write in a background thread; `wait()` blocks until done.
+      read_only: only restore (finetune init, evaluation): creates, moves and
+        cleans up nothing, so a run writing the same directory is undisturbed.
     """
 
     def __init__(self, directory: str, keep: int | None = 3, keep_best: bool = False,
-                 async_save: bool = True):
+                 async_save: bool = True, read_only: bool = False):
         self.directory = os.path.abspath(directory)
         policies: list[Any] = [ocp.checkpoint_managers.LatestN(keep)]
         if keep_best:
@@ -126,7 +220,9 @@ class Checkpointer:
         options = ocp.CheckpointManagerOptions(
             enable_async_checkpointing=async_save,
             preservation_policy=ocp.checkpoint_managers.AnyPreservationPolicy(policies),
-            cleanup_tmp_directories=True, create=True)
+            # A reader (finetune init, evaluation) must not clean up the temporary
+            # directory of a save that a training run is writing right now.
+            cleanup_tmp_directories=not read_only, create=not read_only, read_only=read_only)
         self._manager = ocp.CheckpointManager(self.directory, options=options)
         self._last_save_step: int | None = None  # the newest save started, for error messages
 
@@ -137,8 +233,8 @@ class Checkpointer:
         if step in self._manager.all_steps():
             log.info("checkpoint for step %d already exists; not overwriting it", step)
             return False
-        meta = dict(meta, step=int(step), params_checksums=checksums(params),
-                    opt_state_checksums=checksums(opt_state))
+        meta = dict(meta, step=int(step), params_checksums=checksums(params), params_dtypes=dtypes(params),
+                    opt_state_checksums=checksums(opt_state), opt_state_dtypes=dtypes(opt_state))
         args = ocp.args.Composite(params=ocp.args.StandardSave(params),
                                   opt_state=ocp.args.StandardSave(opt_state),
                                   meta=ocp.args.JsonSave(meta))
@@ -153,13 +249,22 @@ class Checkpointer:
     def check_for_errors(self) -> None:
         """Raises CheckpointSaveError if a background save has failed (cheap; call every step).
 
-        Never blocks: a save still in flight is checked on a later call."""
+        Never blocks: a save still in flight is checked on a later call. With several
+        processes they agree (orbax reports a failed finalize on the primary only), so
+        every process stops, none is left waiting in a collective."""
+        error = None
         try:
             self._manager.check_for_errors()
             if self._last_save_step is not None and not self._manager.is_saving_in_progress():
                 self._manager.wait_until_finished()  # returns at once; raises if finalizing failed
         except Exception as e:  # noqa: BLE001
-            raise self._save_error(e) from e
+            error = self._save_error(e)
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils  # deferred: multi-process runs only
+            if np.any(multihost_utils.process_allgather(np.int32(error is not None))) and error is None:
+                error = CheckpointSaveError(f"saving a checkpoint to {self.directory} failed on another process")
+        if error is not None:
+            raise error
 
     def wait(self) -> None:
         try:
@@ -197,7 +302,13 @@ class Checkpointer:
         return steps[-1] if steps else None
 
     def restore(self, step: int, abstract_params: Any, abstract_opt_state: Any) -> tuple[Any, Any, dict]:
-        """Restores one step into the shardings of the abstract targets; verifies it."""
+        """Restores one step into the shardings of the abstract targets; verifies it.
+
+        CheckpointMismatchError (before reading any array) if the step holds another
+        model's params or another optimizer's state; any other error means damage."""
+        step_dir = os.path.join(self.directory, str(step))
+        check_matches(abstract_params, item_metadata(step_dir, "params"), step_dir)
+        _check_same_shapes(abstract_opt_state, item_metadata(step_dir, "opt_state"), step_dir)
         restored = self._manager.restore(step, args=ocp.args.Composite(
             params=ocp.args.StandardRestore(abstract_params),
             opt_state=ocp.args.StandardRestore(abstract_opt_state),
@@ -209,34 +320,53 @@ class Checkpointer:
         verify(opt_state, meta, "opt_state", step)
         return params, opt_state, meta
 
-    def restore_latest(self, abstract_params: Any, abstract_opt_state: Any) -> tuple[Any, Any, dict] | None:
-        """Newest good checkpoint, moving damaged ones aside; None if there is no checkpoint.
+    def restore_latest(self, abstract_params: Any, abstract_opt_state: Any,
+                       move_damaged_aside: bool = True) -> tuple[Any, Any, dict] | None:
+        """Newest good checkpoint, skipping damaged ones (and moving them aside unless told not
+        to); None if there is no checkpoint.
 
-        Raises CheckpointsDamagedError when there were checkpoints and every one is damaged."""
+        Raises CheckpointMismatchError for a checkpoint of another model or optimizer (never
+        moved), and CheckpointsDamagedError when there were checkpoints and every one is damaged."""
         steps = self.steps()
         for index, step in enumerate(reversed(steps)):
             try:
                 return self.restore(step, abstract_params, abstract_opt_state)
+            except CheckpointMismatchError:
+                raise
             except Exception as e:  # noqa: BLE001  (any read/verify failure: not a good checkpoint)
-                self._quarantine(step, e, older=len(steps) - 1 - index)
+                self._skip_damaged(step, e, older=len(steps) - 1 - index, move_aside=move_damaged_aside)
         if steps:
             raise CheckpointsDamagedError(
-                f"every checkpoint in {self.directory} is damaged (steps {', '.join(map(str, steps))}, "
-                "moved aside as <step>.corrupt-*)")
+                f"every checkpoint in {self.directory} is damaged (steps {', '.join(map(str, steps))}"
+                + (", moved aside as <step>.corrupt-*)" if move_damaged_aside else ")"))
         return None
 
-    def _quarantine(self, step: int, error: Exception, older: int) -> None:
+    def _skip_damaged(self, step: int, error: Exception, older: int, move_aside: bool) -> None:
         path = os.path.join(self.directory, str(step))
         aside = f"{path}.corrupt-{int(time.time())}"
-        log.warning("checkpoint step %d is unreadable (%s: %s); moved to %s, %s",
-                    step, type(error).__name__, str(error).splitlines()[0][:200] if str(error) else "", aside,
+        log.warning("checkpoint step %d is unreadable (%s: %s)%s, %s",
+                    step, type(error).__name__, str(error).splitlines()[0][:200] if str(error) else "",
+                    f"; moved to {aside}" if move_aside else "",
                     "trying the previous one" if older else "and it was the oldest")
+        if not move_aside:
+            return
         if jax.process_index() == 0 and os.path.exists(path):
             os.rename(path, aside)
         if jax.process_count() > 1:
             from jax.experimental import multihost_utils
             multihost_utils.sync_global_devices(f"quarantine_{step}")
         self._manager.reload()
+
+
+def _check_same_shapes(expected: Any, found: Any, where: str) -> None:
+    """CheckpointMismatchError if the optimizer state's array shapes differ (another optimizer);
+    compared as multisets, since orbax's metadata tree does not keep optax's namedtuples."""
+    want = sorted(tuple(x.shape) for x in jax.tree.leaves(expected) if hasattr(x, "shape"))
+    have = sorted(tuple(x.shape) for x in jax.tree.leaves(found) if hasattr(x, "shape"))
+    if want != have:
+        raise CheckpointMismatchError(
+            f"the optimizer state at {where} does not match this run's optimizer ({len(have)} arrays saved, "
+            f"{len(want)} expected): another optimizer? Finetune from it with init_checkpoint instead")
 
 
 def _root_cause(error: BaseException) -> BaseException:
@@ -267,9 +397,10 @@ def find_checkpoint_dir(path: str) -> tuple[str, int | None]:
 
 
 def restore_params(path: str, abstract_params: Any) -> Any:
-    """Parameters only (for finetuning), from the given or newest good step, into any mesh."""
+    """Parameters only (for finetuning), from the given or newest good step, into any mesh.
+    Reads only: nothing in `path` is created, moved or cleaned up."""
     directory, step = find_checkpoint_dir(path)
-    checkpointer = Checkpointer(directory, keep=None, async_save=False)
+    checkpointer = Checkpointer(directory, keep=None, async_save=False, read_only=True)
     steps = [step] if step is not None else list(reversed(checkpointer.steps()))
     if not steps:
         raise FileNotFoundError(f"no checkpoint under {path}")
@@ -283,6 +414,8 @@ def _restore_params_from(checkpointer: Checkpointer, directory: str, steps: list
                          abstract_params: Any) -> Any:
     last_error: Exception | None = None
     for s in steps:
+        check_matches(abstract_params, item_metadata(os.path.join(directory, str(s)), "params"),
+                      os.path.join(directory, str(s)))
         try:
             restored = checkpointer._manager.restore(
                 s, args=ocp.args.Composite(params=ocp.args.StandardRestore(abstract_params),

@@ -220,19 +220,41 @@ def train(config: TrainConfig) -> TrainResult:
     config.validate()
     check_task_name(config.mixture_or_task_name)
     eval_split = usable_eval_split(config)
-    with run_dir.exclusive(config.model_dir) if jax.process_index() == 0 else contextlib.nullcontext():
+    with hold_run_dir(config.model_dir):
         return _train_in_run_dir(config, eval_split)
+
+
+@contextlib.contextmanager
+def hold_run_dir(model_dir: str) -> Iterator[None]:
+    """MODEL_DIR's lock (run_dir.exclusive), taken by process 0 for all processes: if it is held
+    elsewhere every process raises RunDirLockedError (none is left waiting in a collective).
+    Remote MODEL_DIRs (gs://...) are not locked: flock needs a local or NFS path."""
+    with contextlib.ExitStack() as stack:
+        error = None
+        if jax.process_index() == 0 and "://" not in model_dir:
+            try:
+                stack.enter_context(run_dir.exclusive(model_dir))
+            except run_dir.RunDirLockedError as e:
+                error = e
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils  # deferred: multi-process runs only
+            if multihost_utils.broadcast_one_to_all(np.int32(error is not None)) and error is None:
+                error = run_dir.RunDirLockedError(f"MODEL_DIR {model_dir} is in use by another run "
+                                                  "(process 0 found its lock)")
+        if error is not None:
+            raise error
+        yield
 
 
 def _train_in_run_dir(config: TrainConfig, eval_split: str | None) -> TrainResult:
     mesh = partitioning.make_mesh(config.mesh_shape)
     trainer = build_trainer(config, mesh)
     checkpointer = build_checkpointer(config)
-    write_run_files(config)
     state, consumed = restore_or_init_state(trainer, checkpointer, config.init_checkpoint,
                                             config.start_over_if_checkpoints_damaged)
     start_step = int(jax.device_get(state.step))
     batches = make_batches(config, "train", consumed, train=True)
+    write_run_files(config)  # after the state and the data are known good: a failed start keeps the old ones
     eval_batches = None
     if eval_split:
         def eval_batches():
@@ -271,7 +293,8 @@ def eval_checkpoint_loss(config: TrainConfig) -> dict[str, float]:
         raise FileNotFoundError(f"no checkpoint in {config.model_dir} to evaluate: train there first")
     trainer = build_trainer(config, partitioning.make_mesh(config.mesh_shape))
     checkpointer = build_checkpointer(config)
-    restored = checkpointer.restore_latest(trainer.abstract_params, trainer.abstract_opt_state)
+    restored = checkpointer.restore_latest(trainer.abstract_params, trainer.abstract_opt_state,
+                                           move_damaged_aside=False)  # evaluating moves nothing
     params, _, meta = restored
     metrics = evaluate_loss(trainer, params, make_batches(config, config.eval_split or "validation", 0,
                                                      train=False), config.eval_steps)

@@ -98,3 +98,24 @@ def test_checksums_of_a_restored_tree_match_the_saved_ones(tmp_path):
     saver.close()
     restored = checkpoints.restore_params(str(tmp_path), jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), tree))
     assert checkpoints.checksums(restored) == checkpoints.checksums(tree)
+
+
+def test_a_checkpoint_of_another_model_is_refused_by_name_and_never_moved_aside(tmp_path):
+    from tests.training_fixtures import tiny_model
+    train.train(tiny_run(tmp_path / "run", train_steps=2))
+    wider = tiny_run(tmp_path / "run", train_steps=4, model=tiny_model(d_model=48))
+    with pytest.raises(checkpoints.CheckpointMismatchError, match=r"does not match the model config.*model \(48,"):
+        train.train(wider)
+    assert sorted(os.listdir(tmp_path / "run" / "checkpoints")) == ["2"]
+
+
+def test_reading_params_cleans_up_nothing_and_verifies_through_a_dtype_cast(tmp_path):
+    tree = {"w": jax.random.normal(jax.random.key(0), (8, 4))}
+    saver = checkpoints.Checkpointer(str(tmp_path), async_save=False)
+    saver.save(1, tree, tree, {})
+    saver.close()
+    (tmp_path / "2.orbax-checkpoint-tmp-7").mkdir()  # a save another run is writing right now
+    as_bf16 = {"w": jax.ShapeDtypeStruct((8, 4), jnp.bfloat16)}
+    restored = checkpoints.restore_params(str(tmp_path), as_bf16)
+    assert restored["w"].dtype == jnp.bfloat16
+    assert (tmp_path / "2.orbax-checkpoint-tmp-7").exists()
