@@ -116,11 +116,10 @@ class TrainConfig:
                              f"{self.num_microbatches} x processes {jax.process_count()}")
         shape = partitioning.resolve_mesh_shape(self.mesh_shape, jax.device_count())
         data_parallel = shape[0] * shape[1]
-        if (self.batch_size // self.num_microbatches) % data_parallel:
+        if self.batch_size % data_parallel:  # the global batch is split over data x fsdp
             raise ValueError(
-                f"batch_size {self.batch_size} / num_microbatches {self.num_microbatches} does not divide over "
-                f"the {data_parallel} data-parallel devices of mesh {shape} (data x fsdp); use a batch size "
-                f"that is a multiple of {data_parallel * self.num_microbatches}")
+                f"batch_size {self.batch_size} does not divide over the {data_parallel} data-parallel devices "
+                f"of mesh {shape} (data x fsdp); use a batch size that is a multiple of {data_parallel}")
 
 
 @dataclasses.dataclass
