@@ -132,17 +132,13 @@ class _DamagedStep(Exception):
 
 
 def _read_params(step_dir: str, expected: Any) -> Any:
-    """Params of one step; CheckpointError if they belong to another model, _DamagedStep if damaged."""
-    try:
-        found = checkpoints.item_metadata(step_dir, "params")
-    except Exception as e:  # noqa: BLE001  (not an orbax params item at all)
-        raise _DamagedStep(f"cannot read an orbax 'params' item: {type(e).__name__}: "
-                           f"{str(e).splitlines()[0][:200] if str(e) else ''}") from None
-    checkpoints.check_matches(expected, found, step_dir)
+    """Params of one step; CheckpointMismatchError if they belong to another model, _DamagedStep if damaged."""
     try:
         return checkpoints.restore_params(step_dir, expected)
+    except checkpoints.CheckpointMismatchError:
+        raise
     except Exception as e:  # noqa: BLE001  (orbax read errors, checksum mismatch)
-        raise _DamagedStep(str(e).splitlines()[0][:300] if str(e) else type(e).__name__) from None
+        raise _DamagedStep(" ".join(str(e).split())[:300] or type(e).__name__) from None
 
 
 # --- model functions for seqio.Evaluator -------------------------------------------------

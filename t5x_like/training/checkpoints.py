@@ -36,7 +36,7 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
@@ -306,9 +306,9 @@ class Checkpointer:
 
         CheckpointMismatchError (before reading any array) if the step holds another
         model's params or another optimizer's state; any other error means damage."""
-        step_dir = os.path.join(self.directory, str(step))
-        check_matches(abstract_params, item_metadata(step_dir, "params"), step_dir)
-        _check_same_shapes(abstract_opt_state, item_metadata(step_dir, "opt_state"), step_dir)
+        meta = self.read_meta(step)
+        self.check_item(step, "params", abstract_params, meta, check_matches)
+        self.check_item(step, "opt_state", abstract_opt_state, meta, _check_same_shapes)
         restored = self._manager.restore(step, args=ocp.args.Composite(
             params=ocp.args.StandardRestore(abstract_params),
             opt_state=ocp.args.StandardRestore(abstract_opt_state),
@@ -319,6 +319,23 @@ class Checkpointer:
         verify(params, meta, "params", step)
         verify(opt_state, meta, "opt_state", step)
         return params, opt_state, meta
+
+    def read_meta(self, step: int) -> dict:
+        """The meta item of a step (JSON)."""
+        return dict(self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"])
+
+    def check_item(self, step: int, item: str, expected: Any, meta: Mapping[str, Any],
+                   compare: Callable[[Any, Any, str], None]) -> None:
+        """CheckpointMismatchError if an intact item holds other arrays than `expected` (`compare`
+        decides); ValueError (damage) if its metadata does not even agree with the step's meta."""
+        step_dir = os.path.join(self.directory, str(step))
+        found = item_metadata(step_dir, item)
+        recorded = meta.get(f"{item}_checksums")
+        count = sum(1 for x in jax.tree.leaves(found) if hasattr(x, "shape"))
+        if recorded is not None and count != len(recorded):
+            raise ValueError(f"the {item} metadata of step {step} lists {count} arrays where its meta "
+                             f"recorded {len(recorded)}: damaged")
+        compare(expected, found, step_dir)
 
     def restore_latest(self, abstract_params: Any, abstract_opt_state: Any,
                        move_damaged_aside: bool = True) -> tuple[Any, Any, dict] | None:
@@ -414,9 +431,8 @@ def _restore_params_from(checkpointer: Checkpointer, directory: str, steps: list
                          abstract_params: Any) -> Any:
     last_error: Exception | None = None
     for s in steps:
-        check_matches(abstract_params, item_metadata(os.path.join(directory, str(s)), "params"),
-                      os.path.join(directory, str(s)))
         try:
+            checkpointer.check_item(s, "params", abstract_params, checkpointer.read_meta(s), check_matches)
             restored = checkpointer._manager.restore(
                 s, args=ocp.args.Composite(params=ocp.args.StandardRestore(abstract_params),
                                            meta=ocp.args.JsonRestore()))
@@ -424,6 +440,8 @@ def _restore_params_from(checkpointer: Checkpointer, directory: str, steps: list
             verify(params, restored["meta"], "params", s)
             log.info("initialized params from %s step %d", directory, s)
             return params
+        except CheckpointMismatchError:
+            raise
         except Exception as e:  # noqa: BLE001  (try the next older step)
             log.warning("cannot read params of step %d in %s: %s", s, directory, e)
             last_error = e

@@ -72,6 +72,7 @@ def cache_dir(tmp_path_factory):
     return tmp_path_factory.getbasetemp() / "jax_cache"
 
 
+@pytest.mark.slow
 def test_losses_match_on_1_and_8_devices_under_data_fsdp_and_tensor_sharding(tmp_path, cache_dir):
     """With dropout on and 2 microbatches: same losses (float tolerance) on
     one device and on 8 under pure data, pure FSDP and data x tensor
