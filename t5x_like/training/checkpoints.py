@@ -31,6 +31,7 @@ optimizer starts fresh.
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
@@ -192,8 +193,22 @@ def _flat_shapes(tree) -> dict[str, tuple]:
 
 def item_metadata(step_dir: str, item: str) -> Any:
     """The orbax metadata tree (shapes, dtypes) of one item of a step directory."""
-    found = ocp.StandardCheckpointer().metadata(os.path.join(step_dir, item))
+    with _quiet_orbax_warnings():  # "Metadata file does not exist": a file older orbax did not write
+        found = ocp.StandardCheckpointer().metadata(os.path.join(step_dir, item))
     return getattr(found, "item_metadata", found)
+
+
+@contextlib.contextmanager
+def _quiet_orbax_warnings():
+    """Orbax warns about what a reader does on purpose (read-only managers, optional metadata
+    files); those warnings are raised to ERROR level for the duration of the block."""
+    logger = logging.getLogger("absl")
+    level = logger.level
+    logger.setLevel(max(level, logging.ERROR))
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 class Checkpointer:
@@ -217,13 +232,14 @@ class Checkpointer:
             policies.append(ocp.checkpoint_managers.BestN(
                 get_metric_fn=lambda m: -float(m["eval_loss"]), n=1,
                 keep_checkpoints_without_metrics=False))
-        options = ocp.CheckpointManagerOptions(
-            enable_async_checkpointing=async_save,
-            preservation_policy=ocp.checkpoint_managers.AnyPreservationPolicy(policies),
-            # A reader (finetune init, evaluation) must not clean up the temporary
-            # directory of a save that a training run is writing right now.
-            cleanup_tmp_directories=not read_only, create=not read_only, read_only=read_only)
-        self._manager = ocp.CheckpointManager(self.directory, options=options)
+        with _quiet_orbax_warnings() if read_only else contextlib.nullcontext():
+            options = ocp.CheckpointManagerOptions(
+                enable_async_checkpointing=async_save,
+                preservation_policy=ocp.checkpoint_managers.AnyPreservationPolicy(policies),
+                # A reader (finetune init, evaluation) must not clean up the temporary
+                # directory of a save that a training run is writing right now.
+                cleanup_tmp_directories=not read_only, create=not read_only, read_only=read_only)
+            self._manager = ocp.CheckpointManager(self.directory, options=options)
         self._last_save_step: int | None = None  # the newest save started, for error messages
 
     # -- saving -----------------------------------------------------------
