@@ -224,6 +224,6 @@ def _without_legacy_imports(path: str, tmp_dir: str) -> str:
 def load_checkpoint(path: str, gin_files=(), gin_bindings=()) -> evaluation.LoadedCheckpoint:
     """The checkpoint at `path` (MODEL_DIR, its checkpoints/ or a step folder) with the
     model rebuilt from the config saved in its MODEL_DIR."""
-    _, _, model_dir = evaluation.locate_checkpoint(path)
+    model_dir = evaluation.locate_checkpoint(path)[2]
     model, lengths = load_saved_model(model_dir, gin_files, gin_bindings)
     return evaluation.load_checkpoint(path, model, lengths)

@@ -46,11 +46,11 @@ import numpy as np
 
 from t5x_like.data import pipeline, tasks
 from t5x_like.data.objectives import matched_feature_lengths
+from t5x_like.experiments import report
 from t5x_like.inference import evaluation
 from t5x_like.model import sizing
 from t5x_like.model.config import TransformerConfig
 from t5x_like.training import run as train_lib
-from t5x_like.training.metrics_log import read_jsonl
 
 log = logging.getLogger(__name__)
 PRETRAIN_GIN = "gin_configs/runs/pretrain.gin"
@@ -270,7 +270,11 @@ def train_argv(experiment: Experiment, cell: Cell, layout: str) -> list[str]:
 
 def cell_command(experiment: Experiment, cell: Cell, loaders: Loaders) -> str:
     """The `t5x-like train` command of a cell, as its record stores it."""
-    return "t5x-like train " + " ".join(train_argv(experiment, cell, loaders.model_config(experiment, cell.arm).layout))
+    return as_command(train_argv(experiment, cell, loaders.model_config(experiment, cell.arm).layout))
+
+
+def as_command(train_args: list[str]) -> str:
+    return "t5x-like train " + " ".join(train_args)
 
 
 def stale_cells(experiment: Experiment, loaders: Loaders) -> list[str]:
@@ -292,8 +296,7 @@ def stale_cells(experiment: Experiment, loaders: Loaders) -> list[str]:
 
 def last_logged(model_dir: str, split: str) -> dict[str, float]:
     """The last row a run logged for `split` in its metrics.jsonl, without step and split."""
-    path = os.path.join(model_dir, "metrics.jsonl")
-    rows = read_jsonl(path, split) if os.path.exists(path) else []
+    rows = [row for row in report.read_metrics(model_dir) if row.get("split") == split]
     return {k: v for k, v in rows[-1].items() if k not in ("step", "split")} if rows else {}
 
 
@@ -325,7 +328,7 @@ def run_cell(experiment: Experiment, cell: Cell, loaders: Loaders) -> dict:
         "downstream": {task: evaluate_downstream(experiment, cell, config, task)
                        for task in experiment.downstream_tasks},
         "train_seconds_this_invocation": time.time() - start,
-        "command": cell_command(experiment, cell, loaders),
+        "command": as_command(argv),
     }
     with open(os.path.join(cell.run_dir, RESULT_FILE + ".tmp"), "w") as f:
         json.dump(record, f)

@@ -23,7 +23,6 @@ cli/gin_loading.py).
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import functools
 import json
 import logging
@@ -40,6 +39,7 @@ import seqio
 
 from t5x_like.data import feature_converters
 from t5x_like.data import tasks as _tasks  # noqa: F401  (registers the tasks evaluate looks up)
+from t5x_like.data.sources import check_task_name
 from t5x_like.inference import decoding
 from t5x_like.model import model as model_lib
 from t5x_like.training import checkpoints
@@ -59,9 +59,9 @@ class LoadedCheckpoint:
     task_feature_lengths: dict[str, int]  # the training run's, {} if unknown
 
 
-def locate_checkpoint(path: str) -> tuple[str, int, str]:
-    """(checkpoints directory, step, model dir) for MODEL_DIR, MODEL_DIR/checkpoints
-    or MODEL_DIR/checkpoints/<step>; the newest step unless one is named."""
+def locate_checkpoint(path: str) -> tuple[str, list[int], str]:
+    """(checkpoints directory, steps to try, model dir) for MODEL_DIR, MODEL_DIR/checkpoints
+    or MODEL_DIR/checkpoints/<step>: the named step, else every step, newest first."""
     if not os.path.isdir(path):
         raise CheckpointError(f"checkpoint path {path!r} does not exist")
     directory, step = checkpoints.find_checkpoint_dir(path)
@@ -73,12 +73,11 @@ def locate_checkpoint(path: str) -> tuple[str, int, str]:
             raise CheckpointError(
                 f"no checkpoint in {path!r}: expected step folders (e.g. checkpoints/1000/params) as "
                 f"written by `t5x-like train`; found {found or 'an empty directory'}")
-        step = steps[-1]
     elif step not in steps:
         raise CheckpointError(f"no step {step} in {directory!r}; steps there: {steps or 'none'}")
     model_dir = os.path.dirname(directory) if os.path.basename(directory) == checkpoints.CHECKPOINT_SUBDIR \
         else directory
-    return directory, step, model_dir
+    return directory, [step] if step is not None else steps[::-1], model_dir
 
 
 def abstract_params(model: model_lib.Model) -> Any:
@@ -105,11 +104,7 @@ def load_checkpoint(path: str, model: model_lib.Model, task_feature_lengths: dic
     training's resume does; nothing is moved or deleted. `t5x-like eval`
     rebuilds `model` from the gin config saved in MODEL_DIR
     (cli/gin_loading.load_saved_model) and calls this."""
-    directory, step, model_dir = locate_checkpoint(path)
-    named = checkpoints.find_checkpoint_dir(path)[1] is not None
-    candidates = [step] if named else sorted((int(n) for n in os.listdir(directory)
-                                              if n.isdigit() and os.path.isdir(os.path.join(directory, n))),
-                                             reverse=True)
+    directory, candidates, model_dir = locate_checkpoint(path)
     expected = abstract_params(model)
     damaged = []
     for candidate in candidates:
@@ -118,7 +113,7 @@ def load_checkpoint(path: str, model: model_lib.Model, task_feature_lengths: dic
             params = _read_params(step_dir, expected)
         except _DamagedStep as e:
             log.warning("checkpoint step %d is damaged (%s)%s", candidate, e,
-                        "" if named or candidate == candidates[-1] else "; trying the previous one")
+                        "" if candidate == candidates[-1] else "; trying the previous one")
             damaged.append(candidate)
             continue
         if damaged:
@@ -231,15 +226,9 @@ class EvalResult:
 
 
 def check_split(mixture_or_task_name: str, split: str) -> list:
-    """The subtasks; raises ValueError if one of them lacks `split`."""
-    try:
-        provider = seqio.get_mixture_or_task(mixture_or_task_name)
-    except ValueError:
-        known = sorted(set(seqio.TaskRegistry.names()) | set(seqio.MixtureRegistry.names()))
-        close = difflib.get_close_matches(mixture_or_task_name, known, n=5, cutoff=0.5)
-        raise ValueError(f"unknown task or mixture {mixture_or_task_name!r}"
-                         + (f"; did you mean {', '.join(close)}?" if close else "")) from None
-    tasks = seqio.get_subtasks(provider)
+    """The subtasks; raises ValueError for an unknown name (with close matches) or if one lacks `split`."""
+    check_task_name(mixture_or_task_name)
+    tasks = seqio.get_subtasks(seqio.get_mixture_or_task(mixture_or_task_name))
     for task in tasks:
         if split not in task.splits:
             raise ValueError(f"task {task.name!r} has no split {split!r}; it has {sorted(task.splits)}")

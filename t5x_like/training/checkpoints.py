@@ -80,9 +80,13 @@ def checksums(tree: Any) -> list[int | None]:
     in place, without gathering them. None for a leaf of a dtype it cannot read
     (sub-byte, complex, keys)."""
     leaves = _array_leaves(tree)
-    readable = [x for x in leaves if _readable(x)]
-    sums = iter(jax.device_get(_word_sums(readable)))
-    return [(lambda lo, hi: int(lo) | (int(hi) << 32))(*next(sums)) if _readable(x) else None for x in leaves]
+    readable = [_readable(x) for x in leaves]
+    sums = iter(jax.device_get(_word_sums([x for x, ok in zip(leaves, readable) if ok])))
+    return [_join_halves(*next(sums)) if ok else None for ok in readable]
+
+
+def _join_halves(low: Any, high: Any) -> int:
+    return int(low) | (int(high) << 32)
 
 
 def dtypes(tree: Any) -> list[str]:
@@ -327,11 +331,9 @@ class Checkpointer:
         self.check_item(step, "opt_state", abstract_opt_state, meta, _check_same_shapes)
         restored = self._manager.restore(step, args=ocp.args.Composite(
             params=ocp.args.StandardRestore(abstract_params),
-            opt_state=ocp.args.StandardRestore(abstract_opt_state),
-            meta=ocp.args.JsonRestore()))
+            opt_state=ocp.args.StandardRestore(abstract_opt_state)))
         params = _like(abstract_params, restored["params"])
         opt_state = _like(abstract_opt_state, restored["opt_state"])
-        meta = dict(restored["meta"])
         verify(params, meta, "params", step)
         verify(opt_state, meta, "opt_state", step)
         return params, opt_state, meta
@@ -448,12 +450,12 @@ def _restore_params_from(checkpointer: Checkpointer, directory: str, steps: list
     last_error: Exception | None = None
     for s in steps:
         try:
-            checkpointer.check_item(s, "params", abstract_params, checkpointer.read_meta(s), check_matches)
+            meta = checkpointer.read_meta(s)
+            checkpointer.check_item(s, "params", abstract_params, meta, check_matches)
             restored = checkpointer._manager.restore(
-                s, args=ocp.args.Composite(params=ocp.args.StandardRestore(abstract_params),
-                                           meta=ocp.args.JsonRestore()))
+                s, args=ocp.args.Composite(params=ocp.args.StandardRestore(abstract_params)))
             params = _like(abstract_params, restored["params"])
-            verify(params, restored["meta"], "params", s)
+            verify(params, meta, "params", s)
             log.info("initialized params from %s step %d", directory, s)
             return params
         except CheckpointMismatchError:
