@@ -6,7 +6,7 @@ when to save (the loop decides) or what the training state contains
 (trainer.TrainState).
 
 One checkpoint = one orbax step directory `MODEL_DIR/checkpoints/<step>/` with
-three items, written atomically (orbax writes a temporary directory and
+these items, written atomically (orbax writes a temporary directory and
 renames it when every item is committed):
 
     params/     the model parameters (sharded arrays, any mesh can read them)
@@ -14,6 +14,9 @@ renames it when every item is committed):
     meta/       JSON: step, RNG key data, data position (batches consumed),
                 seed, and a 64-bit checksum of every array's bytes in params
                 and optimizer state (`checksums`)
+    data/       the input stream's position when the source can save it
+                (`data.sources.ResumableBatches`): one state per process,
+                written synchronously at the save call, so it matches the step
 
 Resume (`restore_latest`) tries the newest step first. If it cannot be read,
 or one array's checksum disagrees with its restored bytes (a single changed
@@ -32,6 +35,7 @@ optimizer starts fresh.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import logging
 import os
@@ -45,9 +49,12 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
+from t5x_like.data.sources import DataStateMismatchError, ResumableBatches
+
 log = logging.getLogger(__name__)
 
 CHECKPOINT_SUBDIR = "checkpoints"
+DATA_ITEM = "data"
 
 
 class CheckpointsDamagedError(RuntimeError):
@@ -190,8 +197,14 @@ def check_matches(expected: Any, found: Any, where: str) -> None:
 
 
 def _flat_shapes(tree) -> dict[str, tuple]:
+    return {path: tuple(leaf.shape) for path, leaf in _flat_leaves(tree).items()}
+
+
+def _flat_leaves(tree) -> dict[str, Any]:
+    """{"a/b/c": leaf} for every array-like leaf; the same names for a model's abstract tree
+    and for orbax's metadata tree of the saved one."""
     flat = jax.tree_util.tree_flatten_with_path(tree)[0]
-    return {"/".join(str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k)))) for k in path): tuple(leaf.shape)
+    return {"/".join(str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k)))) for k in path): leaf
             for path, leaf in flat if hasattr(leaf, "shape")}
 
 
@@ -213,6 +226,30 @@ def _quiet_orbax_warnings():
         yield
     finally:
         logger.setLevel(level)
+
+
+class DataStateHandler(ocp.CheckpointHandler):
+    """The `data` item: every process writes its input stream's position into the item's
+    (shared) directory, and reads its own back. Synchronous: the position is taken at
+    the save call, before the next batch is drawn."""
+
+    def save(self, directory, args: "DataStateSave") -> None:
+        args.batches.save_state(os.fspath(directory))
+
+    def restore(self, directory, args: "DataStateRestore") -> None:
+        args.batches.restore_state(os.fspath(directory))
+
+
+@ocp.args.register_with_handler(DataStateHandler, for_save=True)
+@dataclasses.dataclass
+class DataStateSave(ocp.args.CheckpointArgs):
+    batches: ResumableBatches
+
+
+@ocp.args.register_with_handler(DataStateHandler, for_restore=True)
+@dataclasses.dataclass
+class DataStateRestore(ocp.args.CheckpointArgs):
+    batches: ResumableBatches
 
 
 class Checkpointer:
@@ -248,16 +285,23 @@ class Checkpointer:
 
     # -- saving -----------------------------------------------------------
     def save(self, step: int, params: Any, opt_state: Any, meta: Mapping[str, Any],
-             metrics: Mapping[str, float] | None = None) -> bool:
-        """Starts saving (async unless disabled). Never overwrites an existing step."""
+             metrics: Mapping[str, float] | None = None, batches: Any = None) -> bool:
+        """Starts saving (async unless disabled). Never overwrites an existing step.
+
+        `batches`: the training input stream; its position is saved too when it is a
+        ResumableBatches (synchronously, before this returns)."""
         if step in self._manager.all_steps():
             log.info("checkpoint for step %d already exists; not overwriting it", step)
             return False
+        has_data = isinstance(batches, ResumableBatches)
         meta = dict(meta, step=int(step), params_checksums=checksums(params), params_dtypes=dtypes(params),
-                    opt_state_checksums=checksums(opt_state), opt_state_dtypes=dtypes(opt_state))
-        args = ocp.args.Composite(params=ocp.args.StandardSave(params),
-                                  opt_state=ocp.args.StandardSave(opt_state),
-                                  meta=ocp.args.JsonSave(meta))
+                    opt_state_checksums=checksums(opt_state), opt_state_dtypes=dtypes(opt_state),
+                    data_state=has_data)
+        items = dict(params=ocp.args.StandardSave(params), opt_state=ocp.args.StandardSave(opt_state),
+                     meta=ocp.args.JsonSave(meta))
+        if has_data:
+            items[DATA_ITEM] = DataStateSave(batches)
+        args = ocp.args.Composite(**items)
         try:
             started = self._manager.save(step, args=args, metrics=dict(metrics) if metrics else None,
                                          force=True)
@@ -321,11 +365,15 @@ class Checkpointer:
         steps = self.steps()
         return steps[-1] if steps else None
 
-    def restore(self, step: int, abstract_params: Any, abstract_opt_state: Any) -> tuple[Any, Any, dict]:
+    def restore(self, step: int, abstract_params: Any, abstract_opt_state: Any,
+                batches: Any = None) -> tuple[Any, Any, dict]:
         """Restores one step into the shardings of the abstract targets; verifies it.
 
+        `batches`: the training input stream, moved to the step's saved position when
+        the step has one and the stream can take it (meta["data_state"] tells).
         CheckpointMismatchError (before reading any array) if the step holds another
-        model's params or another optimizer's state; any other error means damage."""
+        model's params or another optimizer's state, or a data position saved by
+        another number of processes; any other error means damage."""
         meta = self.read_meta(step)
         self.check_item(step, "params", abstract_params, meta, check_matches)
         self.check_item(step, "opt_state", abstract_opt_state, meta, _check_same_shapes)
@@ -336,7 +384,17 @@ class Checkpointer:
         opt_state = _like(abstract_opt_state, restored["opt_state"])
         verify(params, meta, "params", step)
         verify(opt_state, meta, "opt_state", step)
+        self.restore_data_state(step, meta, batches)
         return params, opt_state, meta
+
+    def restore_data_state(self, step: int, meta: Mapping[str, Any], batches: Any) -> None:
+        """Moves `batches` to the position saved with `step`, if both allow it."""
+        if not (meta.get("data_state") and isinstance(batches, ResumableBatches)):
+            return
+        try:
+            self._manager.restore(step, args=ocp.args.Composite(**{DATA_ITEM: DataStateRestore(batches)}))
+        except DataStateMismatchError as e:
+            raise CheckpointMismatchError(f"step {step}: {e}") from None
 
     def read_meta(self, step: int) -> dict:
         """The meta item of a step (JSON)."""
@@ -356,7 +414,7 @@ class Checkpointer:
         compare(expected, found, step_dir)
 
     def restore_latest(self, abstract_params: Any, abstract_opt_state: Any,
-                       move_damaged_aside: bool = True) -> tuple[Any, Any, dict] | None:
+                       move_damaged_aside: bool = True, batches: Any = None) -> tuple[Any, Any, dict] | None:
         """Newest good checkpoint, skipping damaged ones (and moving them aside unless told not
         to); None if there is no checkpoint.
 
@@ -365,7 +423,7 @@ class Checkpointer:
         steps = self.steps()
         for index, step in enumerate(reversed(steps)):
             try:
-                return self.restore(step, abstract_params, abstract_opt_state)
+                return self.restore(step, abstract_params, abstract_opt_state, batches)
             except CheckpointMismatchError:
                 raise
             except Exception as e:  # noqa: BLE001  (any read/verify failure: not a good checkpoint)
@@ -431,26 +489,38 @@ def find_checkpoint_dir(path: str) -> tuple[str, int | None]:
     return path, None
 
 
-def restore_params(path: str, abstract_params: Any) -> Any:
+# plan(source {path: shape}, target {path: shape}) -> model.adaptation.AdaptationPlan, or raises ValueError
+PlanFn = Callable[[dict[str, tuple], dict[str, tuple]], Any]
+
+
+def restore_params(path: str, abstract_params: Any, plan: PlanFn | None = None) -> Any:
     """Parameters only (for finetuning), from the given or newest good step, into any mesh.
-    Reads only: nothing in `path` is created, moved or cleaned up."""
+    Reads only: nothing in `path` is created, moved or cleaned up.
+
+    `plan` (e.g. model.adaptation.adaptation_plan for the target config) allows a checkpoint of
+    another layout: its tensors are mapped onto the model's as the plan says, and one
+    log line lists what was carried, converted, initialised and dropped. A checkpoint no
+    plan bridges raises CheckpointMismatchError naming the tensors."""
     directory, step = find_checkpoint_dir(path)
     checkpointer = Checkpointer(directory, keep=None, async_save=False, read_only=True)
     steps = [step] if step is not None else list(reversed(checkpointer.steps()))
     if not steps:
         raise FileNotFoundError(f"no checkpoint under {path}")
     try:
-        return _restore_params_from(checkpointer, directory, steps, abstract_params)
+        return _restore_params_from(checkpointer, directory, steps, abstract_params, plan)
     finally:
         checkpointer.close()
 
 
 def _restore_params_from(checkpointer: Checkpointer, directory: str, steps: list[int],
-                         abstract_params: Any) -> Any:
+                         abstract_params: Any, plan: PlanFn | None) -> Any:
     last_error: Exception | None = None
     for s in steps:
         try:
             meta = checkpointer.read_meta(s)
+            mapping = _plan_for(checkpointer, s, abstract_params, plan)
+            if mapping is not None and mapping.adapted:
+                return _restore_adapted(checkpointer, directory, s, meta, abstract_params, mapping)
             checkpointer.check_item(s, "params", abstract_params, meta, check_matches)
             restored = checkpointer._manager.restore(
                 s, args=ocp.args.Composite(params=ocp.args.StandardRestore(abstract_params)))
@@ -464,3 +534,39 @@ def _restore_params_from(checkpointer: Checkpointer, directory: str, steps: list
             log.warning("cannot read params of step %d in %s: %s", s, directory, e)
             last_error = e
     raise RuntimeError(f"no readable checkpoint under {directory}: {last_error}")
+
+
+def _plan_for(checkpointer: Checkpointer, step: int, abstract_params: Any, plan: PlanFn | None) -> Any:
+    """The adaptation plan from the step's saved params to the model's, or None without a plan fn."""
+    if plan is None:
+        return None
+    found = item_metadata(os.path.join(checkpointer.directory, str(step)), "params")
+    try:
+        return plan(_flat_shapes(found), _flat_shapes(abstract_params))
+    except ValueError as e:
+        raise CheckpointMismatchError(
+            f"cannot initialise this model from {checkpointer.directory} step {step}: {e}") from None
+
+
+def _restore_adapted(checkpointer: Checkpointer, directory: str, step: int, meta: Mapping[str, Any],
+                     abstract_params: Any, mapping: Any) -> Any:
+    """Reads the saved params in their own tree (replicated on the target's devices), verifies
+    them, and builds the model's tree from them as `mapping` (a model.adaptation.AdaptationPlan) says."""
+    found = item_metadata(os.path.join(directory, str(step)), "params")
+    target_leaves = _flat_leaves(abstract_params)
+    some_sharding = next(iter(target_leaves.values())).sharding
+    replicated = jax.sharding.NamedSharding(some_sharding.mesh, jax.sharding.PartitionSpec())
+    abstract_source = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=replicated), found)
+    restored = checkpointer._manager.restore(
+        step, args=ocp.args.Composite(params=ocp.args.StandardRestore(abstract_source)))["params"]
+    verify(restored, meta, "params", step)
+    source = {path: np.asarray(jax.device_get(x)) for path, x in _flat_leaves(restored).items()}
+    paths = list(target_leaves)
+    values = []
+    for path in paths:
+        leaf = target_leaves[path]
+        origin, convert = mapping.loads[path]
+        value = source[origin] if convert is None else convert(source[origin])
+        values.append(jax.device_put(value.astype(leaf.dtype), leaf.sharding))
+    log.info("initialized params from %s step %d, adapted: %s", directory, step, mapping.describe())
+    return jax.tree.unflatten(jax.tree.structure(abstract_params), values)

@@ -13,11 +13,13 @@ is a function of its own, usable and testable alone. Also
 here reads gin or argv: `t5x-like train` (cli/train.py) fills a TrainConfig
 from gin files, the comparison grid builds them in Python.
 
-Resume. The data pipeline is deterministic given (task, seed, shard); one
-global batch is consumed per step, so a run resumed from the checkpoint of
-step s skips s batches of the same stream (`start_batch`) and sees exactly
-the batches the uninterrupted run saw. The number of batches consumed is
-stored in each checkpoint's meta item.
+Resume. The data pipeline is deterministic given (task, seed, shard), and
+each checkpoint holds the input stream's position (the `data` item, one state
+per process), so a resumed run continues the stream where the checkpoint left
+it and sees exactly the batches the uninterrupted run saw, at a cost that does
+not grow with the step. A checkpoint without a position (a custom dataset_fn
+whose iterator cannot save one, or one written before positions were saved)
+falls back to skipping the consumed batches (`start_batch`, stored in meta).
 
 Multi-host: each process reads shard `process_index` of the data and feeds
 its rows of the global batch (`jax.distributed` is started by the command
@@ -27,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import logging
 import os
@@ -38,7 +41,7 @@ import jax
 import numpy as np
 
 from t5x_like.data.sources import DataRequest, DatasetFn, check_task_name, default_dataset_fn, task_has_split
-from t5x_like.model import sizing
+from t5x_like.model import adaptation, sizing
 from t5x_like.training import optimizers, partitioning, run_dir
 from t5x_like.training.checkpoints import (
     CHECKPOINT_SUBDIR,
@@ -86,7 +89,7 @@ class TrainConfig:
     keep_best_checkpoint: bool = False   # also keep the lowest validation loss
     start_over_if_checkpoints_damaged: bool = False  # else refuse when every checkpoint is damaged
     async_checkpointing: bool = True
-    init_checkpoint: str | None = None   # finetune: params from here, fresh optimizer
+    init_checkpoint: str | None = None   # params from here, fresh optimizer (another layout: model/adaptation.py)
     optimizer: optimizers.Optimizer | None = None  # default: Adafactor, T5 defaults
     z_loss: float = 1e-4
     label_smoothing: float = 0.0
@@ -146,30 +149,52 @@ def build_checkpointer(config: TrainConfig) -> Checkpointer:
                         keep_best=config.keep_best_checkpoint, async_save=config.async_checkpointing)
 
 
+@dataclasses.dataclass
+class StartingPoint:
+    """Where a run starts: its state, how many training batches were consumed before it,
+    whether the input stream was moved there (restored from the checkpoint), and whether
+    damaged checkpoints were tried first (a failed read may have moved the stream)."""
+
+    state: TrainState
+    batches_consumed: int = 0
+    stream_restored: bool = False
+    started_over: bool = False
+
+    def stream_needs_rebuild(self) -> bool:
+        """The stream passed in is not at batches_consumed: build it again (replaying if > 0)."""
+        return not self.stream_restored and (self.batches_consumed > 0 or self.started_over)
+
+
 def restore_or_init_state(trainer: Trainer, checkpointer: Checkpointer, init_checkpoint: str | None = None,
-                          start_over_if_damaged: bool = False) -> tuple[TrainState, int]:
-    """(state, batches consumed): resume from MODEL_DIR if it has a good checkpoint,
-    else params from `init_checkpoint` with a fresh optimizer, else a fresh init.
+                          start_over_if_damaged: bool = False, batches: Any = None) -> StartingPoint:
+    """Resume from MODEL_DIR if it has a good checkpoint (moving `batches`, the training
+    stream, to its saved position when both allow), else params from `init_checkpoint`
+    with a fresh optimizer, else a fresh init.
 
     If MODEL_DIR has checkpoints but every one is damaged, CheckpointsDamagedError
     (naming the flag) unless `start_over_if_damaged`."""
     try:
-        restored = checkpointer.restore_latest(trainer.abstract_params, trainer.abstract_opt_state)
+        restored = checkpointer.restore_latest(trainer.abstract_params, trainer.abstract_opt_state,
+                                               batches=batches)
     except CheckpointsDamagedError as e:
         if not start_over_if_damaged:
             raise CheckpointsDamagedError(
                 f"{e}; not starting over silently: set --gin.TrainConfig.start_over_if_checkpoints_damaged=True "
                 "to train from step 0 in this MODEL_DIR") from None
         log.warning("%s; starting over from step 0 as start_over_if_checkpoints_damaged allows", e)
-        restored = None
+        return StartingPoint(trainer.init_state(), started_over=True)
     if restored is not None:
         params, opt_state, meta = restored
         log.info("resuming from step %d", meta["step"])
         state = trainer.make_state(meta["step"], params, opt_state, meta.get("rng"))
-        return state, int(meta.get("batches_consumed", meta["step"]))
+        restored_stream = bool(meta.get("data_state")) and batches is not None
+        return StartingPoint(state, int(meta.get("batches_consumed", meta["step"])), restored_stream)
     if init_checkpoint:
-        return trainer.init_state(restore_params(init_checkpoint, trainer.abstract_params)), 0
-    return trainer.init_state(), 0
+        cfg = trainer.model.config
+        plan = functools.partial(adaptation.adaptation_plan, num_buckets=cfg.relative_num_buckets,
+                                 max_distance=cfg.relative_max_distance)
+        return StartingPoint(trainer.init_state(restore_params(init_checkpoint, trainer.abstract_params, plan)))
+    return StartingPoint(trainer.init_state())
 
 
 def make_batches(config: TrainConfig, split: str, start_batch: int, *, train: bool) -> Iterator[dict]:
@@ -249,10 +274,13 @@ def _train_in_run_dir(config: TrainConfig, eval_split: str | None) -> TrainResul
     mesh = partitioning.make_mesh(config.mesh_shape)
     trainer = build_trainer(config, mesh)
     checkpointer = build_checkpointer(config)
-    state, consumed = restore_or_init_state(trainer, checkpointer, config.init_checkpoint,
-                                            config.start_over_if_checkpoints_damaged)
+    batches = make_batches(config, "train", 0, train=True)
+    start = restore_or_init_state(trainer, checkpointer, config.init_checkpoint,
+                                  config.start_over_if_checkpoints_damaged, batches)
+    state, consumed = start.state, start.batches_consumed
     start_step = int(jax.device_get(state.step))
-    batches = make_batches(config, "train", consumed, train=True)
+    if start.stream_needs_rebuild():
+        batches = make_batches(config, "train", consumed, train=True)
     write_run_files(config)  # after the state and the data are known good: a failed start keeps the old ones
     eval_batches = None
     if eval_split:
@@ -264,7 +292,7 @@ def _train_in_run_dir(config: TrainConfig, eval_split: str | None) -> TrainResul
         step = int(jax.device_get(s.step))
         meta = {"batches_consumed": consumed + (step - start_step), "seed": config.seed,
                 "rng": np.asarray(jax.device_get(s.rng)).tolist()}
-        checkpointer.save(step, s.params, s.opt_state, meta, metrics)
+        checkpointer.save(step, s.params, s.opt_state, meta, metrics, batches=batches)
 
     stop = StopRequested(signals=(signal.SIGTERM, signal.SIGINT))
     options = LoopOptions(config.train_steps, config.log_period, config.checkpoint_period,

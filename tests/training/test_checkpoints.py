@@ -46,7 +46,8 @@ def test_a_changed_byte_in_the_newest_checkpoint_is_caught_and_the_previous_step
     overwrite_middle_bytes(tmp_path / "run" / "checkpoints" / "6")
     trainer = train.build_trainer(config, partitioning.make_mesh((1, 1, 1)))
     checkpointer = train.build_checkpointer(config)
-    state, consumed = train.restore_or_init_state(trainer, checkpointer)
+    start = train.restore_or_init_state(trainer, checkpointer)
+    state, consumed = start.state, start.batches_consumed
     checkpointer.close()
     assert int(state.step) == 4 and consumed == 4
     assert "checksum mismatch in params of step 6" in caplog.text

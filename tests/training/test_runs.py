@@ -30,7 +30,8 @@ def test_corrupt_newest_checkpoint_is_skipped_and_training_continues(tmp_path, c
     trainer = train.build_trainer(config, partitioning.make_mesh((1, 1, 1)))
     checkpointer = train.build_checkpointer(config)
     with caplog.at_level(logging.WARNING):
-        state, consumed = train.restore_or_init_state(trainer, checkpointer)
+        start = train.restore_or_init_state(trainer, checkpointer)
+    state, consumed = start.state, start.batches_consumed
     checkpointer.close()
     assert int(state.step) == 4 and consumed == 4
     assert "unreadable" in caplog.text
@@ -45,7 +46,8 @@ def test_finetune_init_takes_params_only_with_a_fresh_optimizer(tmp_path):
     config = tiny_run(tmp_path / "ft", train_steps=2, init_checkpoint=str(tmp_path / "pre"))
     trainer = train.build_trainer(config, partitioning.make_mesh((1, 1, 1)))
     checkpointer = train.build_checkpointer(config)
-    state, consumed = train.restore_or_init_state(trainer, checkpointer, config.init_checkpoint)
+    start = train.restore_or_init_state(trainer, checkpointer, config.init_checkpoint)
+    state, consumed = start.state, start.batches_consumed
     checkpointer.close()
     pre = checkpoints.restore_params(str(tmp_path / "pre"), trainer.abstract_params)
     assert int(state.step) == 0 and consumed == 0
