@@ -29,6 +29,14 @@ reference arm, T5 Table 2 style: `'claims': {'params': 'P', 'flops': 'M'}`,
 with P = the reference's non-embedding parameters and M = its training
 FLOPs per example (model/sizing.py). `check_claims` verifies them (tests run
 it on every shipped experiment) and the report prints the measured ratios.
+
+Adaptation (Wang et al. 2022): an arm with `init_from` (another arm's name)
+starts each seed from that arm's final checkpoint of the same seed, under its
+own layout and objective (`TrainConfig.init_checkpoint`; what carries over is
+model/adaptation.py's); `train_steps` gives it its own length. Source arms run
+before the arms that start from them. An arm with `baseline` (a from-scratch
+arm on the same task) gets a row in the report's adaptation table: how many
+steps of the baseline its final loss is worth.
 """
 from __future__ import annotations
 
@@ -98,6 +106,12 @@ class Experiment:
             raise ValueError(f"experiment {self.name}: no arms (give `arms` or a `grid`)")
         if len(set(names)) != len(names):
             raise ValueError(f"experiment {self.name}: arm names must be unique, got {names}")
+        for arm in self.arms:
+            for field, other in (("init_from", arm.init_from), ("baseline", arm.baseline)):
+                if other is not None and (other not in names or other == arm.name):
+                    raise ValueError(f"experiment {self.name}: arm {arm.name}'s {field} {other!r} is not "
+                                     f"another arm; arms: {names}")
+        _in_dependency_order(self.arms)  # raises on a cycle of init_from
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,6 +125,9 @@ class Arm:
     eval_task: str | None = None  # default: the experiment's
     inputs_length: int | None = None
     targets_length: int | None = None
+    train_steps: int | None = None     # default: the experiment's
+    init_from: str | None = None       # another arm: start from its final checkpoint (same seed)
+    baseline: str | None = None        # a from-scratch arm on the same task (report: steps it is worth)
 
     @classmethod
     def from_dict(cls, spec: dict) -> "Arm":
@@ -249,9 +266,32 @@ def check_claims(experiment: Experiment, size_rows: dict) -> list[str]:
 
 # --- running ------------------------------------------------------------------------
 def plan(experiment: Experiment) -> list[Cell]:
-    root = os.path.join(experiment.output_dir, "runs")
-    return [Cell(arm, seed, os.path.join(root, f"{arm.name}_seed{seed}"))
-            for seed in experiment.seeds for arm in experiment.arms]
+    """Every cell, seed by seed; within a seed, an arm after the arm it starts from."""
+    return [cell_of(experiment, arm, seed)
+            for seed in experiment.seeds for arm in _in_dependency_order(experiment.arms)]
+
+
+def cell_of(experiment: Experiment, arm: Arm, seed: int) -> Cell:
+    return Cell(arm, seed, os.path.join(experiment.output_dir, "runs", f"{arm.name}_seed{seed}"))
+
+
+def _in_dependency_order(arms: list[Arm]) -> list[Arm]:
+    """The arms, each after its init_from arm (otherwise in the given order)."""
+    by_name = {arm.name: arm for arm in arms}
+    ordered: list[Arm] = []
+
+    def visit(arm: Arm, chain: tuple[str, ...]) -> None:
+        if arm in ordered:
+            return
+        if arm.name in chain:
+            raise ValueError(f"arms start from each other in a cycle: {' -> '.join(chain + (arm.name,))}")
+        if arm.init_from:
+            visit(by_name[arm.init_from], chain + (arm.name,))
+        ordered.append(arm)
+
+    for arm in arms:
+        visit(arm, ())
+    return ordered
 
 
 def train_argv(experiment: Experiment, cell: Cell, layout: str) -> list[str]:
@@ -259,12 +299,16 @@ def train_argv(experiment: Experiment, cell: Cell, layout: str) -> list[str]:
     task = cell.arm.task or experiment.task
     lengths = matched_feature_lengths(layout, *arm_lengths(experiment, cell.arm),
                                       task_has_inputs=tasks.task_has_inputs(task))
+    steps = cell.arm.train_steps or experiment.train_steps
     bindings = [*experiment.run_bindings, *cell.arm.bindings,
                 f"MODEL_DIR='{cell.run_dir}'", f"MIXTURE_OR_TASK_NAME='{task}'",
-                f"TASK_FEATURE_LENGTHS={lengths!r}", f"TRAIN_STEPS={experiment.train_steps}",
+                f"TASK_FEATURE_LENGTHS={lengths!r}", f"TRAIN_STEPS={steps}",
                 f"SEED={cell.seed}", f"BATCH_SIZE={experiment.batch_size}",
                 f"EVAL_PERIOD={experiment.eval_period}",
                 f"CHECKPOINT_PERIOD={experiment.eval_period}"]
+    if cell.arm.init_from:
+        source = cell_of(experiment, next(a for a in experiment.arms if a.name == cell.arm.init_from), cell.seed)
+        bindings.append(f"TrainConfig.init_checkpoint='{source.run_dir}'")
     return [f"--gin_file={cell.arm.model}", f"--gin_file={PRETRAIN_GIN}"] + [f"--gin.{b}" for b in bindings]
 
 
@@ -340,7 +384,8 @@ def score_shared_metric(config, eval_task: str, inputs_length: int, targets_leng
                         num_examples: int) -> list[float]:
     """Per-example mean NLL of the eval task's target tokens, for the first eval_examples."""
     model = config.model
-    lengths = matched_feature_lengths(model.config.layout, inputs_length, targets_length)
+    lengths = matched_feature_lengths(model.config.layout, inputs_length, targets_length,
+                                      task_has_inputs=tasks.task_has_inputs(eval_task))
     params = evaluation.load_params(model, config.model_dir)
     dataset = pipeline.get_dataset(eval_task, lengths, split="validation", layout=model.config.layout,
                                batch_size=16, shuffle=False, seed=0, pack=False, num_epochs=1)

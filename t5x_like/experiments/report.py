@@ -80,6 +80,7 @@ def build_results(experiment, size_rows: dict, records: list[dict]) -> dict:
             "reference_arm": experiment.reference_arm or experiment.arms[0].name,
             "arms": arms, "differences": _differences(experiment, records),
             "missing_runs": missing_runs(experiment, records),
+            "adaptation": _adaptation(experiment, records),
             "scaling": _scaling(experiment, arms, records) if experiment.scaling_fit else None}
 
 
@@ -136,6 +137,47 @@ def _differences(experiment, records: list[dict]) -> list[dict]:
                     "within_noise": interval.contains(0.0),
                     "sentence": stats.describe_difference(arm.name, reference, interval)})
     return out
+
+
+def _eval_curves(experiment, arm_name: str, records: list[dict]) -> tuple[list[int], np.ndarray] | None:
+    """The eval-loss curves of an arm's runs [seeds, evaluations], cut to the evaluations all share."""
+    curves = [eval_curve(read_metrics(os.path.join(experiment.output_dir, "runs", f"{arm_name}_seed{r['seed']}")))
+              for r in records if r["arm"] == arm_name]
+    curves = [c for c in curves if c[0]]
+    if not curves:
+        return None
+    n = min(len(steps) for steps, _ in curves)
+    return curves[0][0][:n], np.asarray([losses[:n] for _, losses in curves])
+
+
+def _adaptation(experiment, records: list[dict]) -> list[dict]:
+    """For each arm started from another arm's checkpoint and given a from-scratch baseline: the
+    steps of the baseline its final eval loss is worth, next to the steps it cost in all."""
+    by_name = {arm.name: arm for arm in experiment.arms}
+    rows = []
+    for arm in experiment.arms:
+        if not (arm.init_from and arm.baseline):
+            continue
+        adapted, baseline = _eval_curves(experiment, arm.name, records), _eval_curves(experiment, arm.baseline, records)
+        if adapted is None or baseline is None:
+            continue
+        source_steps = by_name[arm.init_from].train_steps or experiment.train_steps
+        own_steps = arm.train_steps or experiment.train_steps
+        finals = adapted[1][:, -1]
+        worth = stats.equivalent_steps_ci(baseline[0], baseline[1], finals)
+        total = source_steps + own_steps
+        at_total = [loss for step, loss in zip(baseline[0], baseline[1].mean(0)) if step <= total]
+        rows.append({"arm": arm.name, "init_from": arm.init_from, "baseline": arm.baseline,
+                     "source_steps": source_steps, "adapted_steps": own_steps, "total_steps": total,
+                     "baseline_steps": int(baseline[0][-1]), "adapted_final_loss": float(finals.mean()),
+                     "baseline_loss_at_total": at_total[-1] if at_total else None,
+                     "worth_baseline_steps": worth.as_dict(),
+                     "saved_steps": {k: v - total for k, v in worth.as_dict().items()}})
+    return rows
+
+
+def _fmt_steps(value: float, cap: int) -> str:
+    return f"> {cap}" if not np.isfinite(value) else f"{value:.0f}"
 
 
 def _scaling(experiment, arms: list[dict], records: list[dict]) -> dict:
@@ -201,6 +243,25 @@ def render_markdown(results: dict) -> str:
             lines.append(f"| {arm} | {task} | {shown} |")
     lines += ["", "## Differences (arm − reference of its eval task, shared metric)", ""]
     lines += [f"- {d['sentence']}" for d in results["differences"]] or ["- (no shared-metric scores)"]
+    if results.get("adaptation"):
+        lines += ["", "## Adaptation (eval loss of the run's own task; steps of the from-scratch baseline it is worth)",
+                  "", "| arm | starts from | steps: source + adapted = total | adapted final loss | baseline | "
+                  "baseline loss at the same total | worth baseline steps [95% CI] | saved steps [95% CI] |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for row in results["adaptation"]:
+            worth, saved, cap = row["worth_baseline_steps"], row["saved_steps"], row["baseline_steps"]
+            at_total = row["baseline_loss_at_total"]
+            lines.append(
+                f"| {row['arm']} | {row['init_from']} | {row['source_steps']} + {row['adapted_steps']} = "
+                f"{row['total_steps']} | {row['adapted_final_loss']:.4f} | {row['baseline']} | "
+                f"{'—' if at_total is None else f'{at_total:.4f}'} | {_fmt_steps(worth['estimate'], cap)} "
+                f"[{_fmt_steps(worth['low'], cap)}, {_fmt_steps(worth['high'], cap)}] | "
+                f"{_fmt_steps(saved['estimate'], cap - row['total_steps'])} [{_fmt_steps(saved['low'], cap - row['total_steps'])}, "
+                f"{_fmt_steps(saved['high'], cap - row['total_steps'])}] |")
+        lines += ["", "Worth = the step at which the baseline's mean eval curve first reaches the adapted runs' "
+                  "mean final loss (linear between evaluations; bootstrap over the seeds of both). "
+                  "Saved = worth − total: positive means adapting beat training the target from scratch at "
+                  "equal compute."]
     if results.get("scaling"):
         lines += ["", "## Scaling fits L(N) = E + A·N^(−α)", "", "| group | α [95% CI] | E | A |", "|---|---|---|---|"]
         for group, fit in results["scaling"].items():

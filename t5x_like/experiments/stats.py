@@ -130,3 +130,35 @@ def fit_scaling_law(num_params, losses, num_replicates: int = 500, seed: int = 0
             continue
     low, high = np.percentile(alphas, [2.5, 97.5]) if alphas else (np.nan, np.nan)
     return ScalingFit(E, A, alpha, Interval(alpha, float(low), float(high)))
+
+
+def steps_to_reach(steps, curve, target: float) -> float:
+    """The first step at which a loss curve reaches `target` (linear between evaluations);
+    inf if it never does, steps[0] if it starts there."""
+    steps, curve = np.asarray(steps, dtype=np.float64), np.asarray(curve, dtype=np.float64)
+    below = np.nonzero(curve <= target)[0]
+    if below.size == 0:
+        return float("inf")
+    i = int(below[0])
+    if i == 0:
+        return float(steps[0])
+    fraction = (curve[i - 1] - target) / (curve[i - 1] - curve[i])
+    return float(steps[i - 1] + fraction * (steps[i] - steps[i - 1]))
+
+
+def equivalent_steps_ci(steps, baseline_curves, finals, num_replicates: int = 2000, confidence: float = 0.95,
+                        seed: int = 0) -> Interval:
+    """How many steps of a baseline (eval-loss curves [seeds, evaluations] at `steps`) reach the
+    mean final loss of other runs (`finals`, one per seed): the crossing of the baseline's mean
+    curve, with a bootstrap interval resampling the seeds of both. inf: never within the curve."""
+    curves = _as_matrix(baseline_curves)
+    finals = np.asarray(finals, dtype=np.float64)
+    rng = np.random.default_rng(seed)
+    estimate = steps_to_reach(steps, curves.mean(0), float(finals.mean()))
+    draws = [steps_to_reach(steps, curves[rng.integers(0, len(curves), len(curves))].mean(0),
+                            float(finals[rng.integers(0, len(finals), len(finals))].mean()))
+             for _ in range(num_replicates)]
+    tail = (1 - confidence) / 2 * 100
+    # inf draws sort last; no interpolation between order statistics (inf - inf is undefined)
+    low, high = np.percentile(draws, tail, method="lower"), np.percentile(draws, 100 - tail, method="higher")
+    return Interval(estimate, float(low), float(high))

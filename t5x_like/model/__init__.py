@@ -9,6 +9,7 @@ test holds it to that). Modules, in the order a batch flows through them:
   transformer  Transformer: every layout from those layers, and which mask each stack uses
   model        Model: feature-converted batch -> loss sums / scores / prompts / cache steps
   sizing       exact parameter counts, FLOPs, and the matching solver
+  adaptation   which tensors of one layout's tree become which of another's (init_checkpoint)
 """
 from t5x_like.model.config import TransformerConfig
 from t5x_like.model.model import Model

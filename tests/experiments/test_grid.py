@@ -80,3 +80,26 @@ def test_experiment_joins_explicit_arms_and_grid_and_rejects_duplicates():
     assert [arm.name for arm in experiment.arms] == ["first", "g_1", "g_2"]
     with pytest.raises(ValueError, match="unique"):
         compare.Experiment(name="e", output_dir="/tmp/e", arms=[{"name": "g_1", "model": "m.gin"}], grid=grid)
+
+
+def test_adaptation_arms_run_after_their_source_and_start_from_its_run_of_the_same_seed():
+    experiment = load_experiment([os.path.join(REPO, "gin_configs/experiments/adaptation.gin")],
+                                 ["OUTPUT_DIR = '/tmp/out'"])
+    cells = compare.plan(experiment)
+    order = [(c.arm.name, c.seed) for c in cells]
+    for cell in cells:
+        if cell.arm.init_from:
+            assert order.index((cell.arm.init_from, cell.seed)) < order.index((cell.arm.name, cell.seed))
+            argv = compare.train_argv(experiment, cell, GIN_LOADERS.model_config(experiment, cell.arm).layout)
+            assert f"--gin.TrainConfig.init_checkpoint='/tmp/out/runs/{cell.arm.init_from}_seed{cell.seed}'" in argv
+            assert f"--gin.TRAIN_STEPS={cell.arm.train_steps}" in argv
+
+
+@pytest.mark.parametrize("arms,message", [
+    ([{"name": "a", "model": "m", "init_from": "b"}], "init_from 'b' is not another arm"),
+    ([{"name": "a", "model": "m", "baseline": "a"}], "baseline 'a' is not another arm"),
+    ([{"name": "a", "model": "m", "init_from": "b"}, {"name": "b", "model": "m", "init_from": "a"}], "cycle"),
+])
+def test_bad_adaptation_arms_are_one_clear_error(arms, message):
+    with pytest.raises(ValueError, match=message):
+        compare.Experiment(name="x", output_dir="/tmp/x", arms=arms)

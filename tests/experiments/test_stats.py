@@ -51,3 +51,20 @@ def test_scaling_fit_recovers_planted_exponent():
 def test_scaling_fit_needs_three_sizes():
     with pytest.raises(ValueError, match="at least 3"):
         stats.fit_scaling_law([1e5, 1e5, 1e6], [3.0, 3.1, 2.5])
+
+
+def test_steps_to_reach_interpolates_between_evaluations_and_is_inf_beyond_the_curve():
+    steps, curve = [100, 200, 300], [3.0, 2.0, 1.5]
+    assert stats.steps_to_reach(steps, curve, 2.5) == 150.0
+    assert stats.steps_to_reach(steps, curve, 3.5) == 100.0
+    assert stats.steps_to_reach(steps, curve, 1.0) == float("inf")
+
+
+def test_equivalent_steps_interval_covers_the_planted_crossing_and_widens_with_seed_noise():
+    steps = np.arange(50, 650, 50)
+    rng = np.random.default_rng(0)
+    curve = 4.0 - 2.0 * np.log(steps / 50) / np.log(12)  # reaches 3.0 between steps 150 and 200
+    quiet = stats.equivalent_steps_ci(steps, [curve, curve, curve], [3.0, 3.0, 3.0])
+    noisy = stats.equivalent_steps_ci(steps, curve + rng.normal(0, 0.2, (3, 1)), 3.0 + rng.normal(0, 0.2, 3))
+    assert 150 < quiet.estimate < 200 and quiet.low == quiet.estimate == quiet.high
+    assert noisy.high - noisy.low > 10 * (quiet.high - quiet.low)

@@ -1,0 +1,110 @@
+"""Initialising a run from a checkpoint of another layout (init_checkpoint + the new model file)."""
+from __future__ import annotations
+
+import functools
+import logging
+import os
+
+import flax.linen as nn
+import jax
+import numpy as np
+import pytest
+
+from t5x_like.model import adaptation
+from t5x_like.model import model as models
+from t5x_like.model.config import TransformerConfig
+from t5x_like.training import checkpoints, optimizers, partitioning
+from t5x_like.training import run as train
+from t5x_like.training.trainer import Trainer
+from tests.training_fixtures import one_device_mesh
+
+LENGTHS = {"inputs": 8, "targets": 8}
+
+
+def config(layout: str, d_model: int = 32) -> TransformerConfig:
+    encoder = 2 if layout in ("encoder_only", "encoder_decoder") else 0
+    decoder = 0 if layout == "encoder_only" else 2
+    return TransformerConfig(layout=layout, vocab_size=128, d_model=d_model, num_heads=4, head_dim=8, d_ff=64,
+                             num_encoder_layers=encoder, num_decoder_layers=decoder)
+
+
+def save_source(model_dir: str, layout: str) -> dict:
+    model = models.Model(config(layout))
+    params = jax.jit(lambda rng: nn.unbox(model.init(rng, model.dummy_batch(1, LENGTHS)))["params"])(
+        jax.random.key(3))
+    saver = checkpoints.Checkpointer(os.path.join(model_dir, checkpoints.CHECKPOINT_SUBDIR), async_save=False)
+    saver.save(5, params, {"count": np.zeros(())}, {"batches_consumed": 5})
+    saver.close()
+    return {k: np.asarray(v) for k, v in checkpoints._flat_leaves(params).items()}
+
+
+def start_from(model_dir: str, layout: str):
+    """The run's starting point, as train() finds it: init_checkpoint with the layout's plan."""
+    trainer = Trainer(models.Model(config(layout)), optimizers.adamw(learning_rate=1e-3), one_device_mesh(),
+                      partitioning.logical_axis_rules(), batch_size=2, task_feature_lengths=LENGTHS)
+    checkpointer = checkpoints.Checkpointer(os.path.join(model_dir, "target"), async_save=False)
+    try:
+        return trainer, train.restore_or_init_state(trainer, checkpointer, init_checkpoint=model_dir)
+    finally:
+        checkpointer.close()
+
+
+def restore_as(model_dir: str, layout: str, d_model: int = 32) -> dict:
+    """restore_params into an abstract tree of `layout` (no trainer: only the params are read)."""
+    model = models.Model(config(layout, d_model))
+    shapes = jax.eval_shape(lambda: nn.unbox(model.init(jax.random.key(0), model.dummy_batch(1, LENGTHS)))["params"])
+    sharding = jax.sharding.NamedSharding(one_device_mesh(), jax.sharding.PartitionSpec())
+    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), shapes)
+    plan = functools.partial(adaptation.adaptation_plan, num_buckets=32, max_distance=128)
+    params = checkpoints.restore_params(model_dir, abstract, plan)
+    return {k: np.asarray(v) for k, v in checkpoints._flat_leaves(params).items()}
+
+
+MODES = {"decoder_only": "causal", "prefix_lm": "prefix", "encoder_only": "bidirectional"}
+
+
+def assert_carried(got: dict, saved: dict, source: str, target: str) -> None:
+    stack = "encoder" if source == "encoder_only" else "decoder"
+    assert len(got) == len(saved)
+    for path, value in got.items():
+        origin = path.replace("decoder_", stack + "_")
+        if adaptation.RELPOS_TABLE in path:
+            expected = adaptation.convert_relpos_table(saved[origin], MODES[source], MODES[target], 32, 128)
+        else:
+            expected = saved[origin]
+        np.testing.assert_array_equal(value, expected, err_msg=path)
+
+
+def test_a_run_initialised_from_a_causal_checkpoint_starts_as_a_prefix_lm_with_a_fresh_optimizer(tmp_path, caplog):
+    saved = save_source(str(tmp_path), "decoder_only")
+    with caplog.at_level(logging.INFO):
+        trainer, start = start_from(str(tmp_path), "prefix_lm")
+    assert int(start.state.step) == 0 and start.batches_consumed == 0
+    got = {k: np.asarray(v) for k, v in checkpoints._flat_leaves(start.state.params).items()}
+    assert_carried(got, saved, "decoder_only", "prefix_lm")
+    assert "adapted:" in caplog.text and "converted: decoder_relpos_bias/rel_embedding" in caplog.text
+    fresh = trainer.optimizer.tx.init(start.state.params)
+    for a, b in zip(jax.tree.leaves(start.state.opt_state), jax.tree.leaves(fresh)):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.slow  # the plans are tested in the fast loop (tests/model/test_adaptation.py)
+@pytest.mark.parametrize("source,target", [("prefix_lm", "decoder_only"), ("encoder_only", "prefix_lm"),
+                                           ("encoder_only", "decoder_only")])
+def test_every_tensor_is_carried_and_the_relative_table_converted_as_documented(tmp_path, source, target):
+    saved = save_source(str(tmp_path), source)
+    assert_carried(restore_as(str(tmp_path), target), saved, source, target)
+
+
+def test_decoder_only_to_encoder_decoder_is_refused_in_one_line_naming_tensors(tmp_path):
+    save_source(str(tmp_path), "decoder_only")
+    with pytest.raises(checkpoints.CheckpointMismatchError) as error:
+        restore_as(str(tmp_path), "encoder_decoder")
+    message = str(error.value)
+    assert "\n" not in message and "encoder_layers_0" in message and "encoder-decoder" in message
+
+
+def test_another_width_is_refused_naming_the_mismatched_tensors(tmp_path):
+    save_source(str(tmp_path), "decoder_only")
+    with pytest.raises(checkpoints.CheckpointMismatchError, match=r"differ in shape.*checkpoint \(32,\) vs model \(64,\)"):
+        restore_as(str(tmp_path), "prefix_lm", d_model=64)
