@@ -110,7 +110,7 @@ def load_config(files: list[str], bindings: list[str], finalize: bool = True) ->
     check_macros_are_used(bindings)
     try:
         configurables.apply_data_settings()
-    except (ValueError, TypeError) as e:
+    except (ValueError, TypeError, FileNotFoundError) as e:
         raise GinConfigError(f"gin config error: {e}") from e
 
 
