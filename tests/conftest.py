@@ -54,3 +54,21 @@ def prefix_run(tmp_path_factory):
     model_dir = str(tmp_path_factory.mktemp("prefix_run"))
     model, params = write_run(model_dir, tiny("prefix_lm"))
     return model_dir, model, params
+
+
+@pytest.fixture(autouse=True)
+def _default_data_settings():
+    """`data.tasks.configure` is process-global too (a gin vocabulary binding re-registers
+    every task): each test starts and ends with the defaults (bytes, $TFDS_DATA_DIR)."""
+    yield
+    tasks = sys.modules.get("t5x_like.data.tasks")
+    if tasks is not None:
+        tasks.configure()
+
+
+@pytest.fixture(scope="session")
+def real_corpora(tmp_path_factory):
+    """Prepared TFDS directories of c4/en, wikitext103 and lm1b and a SentencePiece model on
+    their text (tests/corpus_fixtures.RealCorpora), built once per session."""
+    from tests.corpus_fixtures import build_real_corpora
+    return build_real_corpora(str(tmp_path_factory.mktemp("real_corpora")))

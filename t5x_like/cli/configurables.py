@@ -13,9 +13,12 @@ under stable gin names that do not move when a Python module does:
     decoding.DecodeConfig        inference.decoding.DecodeConfig
     compare.Experiment           experiments.grid.Experiment
     t5x_like.data.vocab.sentencepiece_vocabulary, t5x_like.data.tasks.register_text_files_task
-    t5x_like.data.tasks.tfds_data_dir, t5x_like.data.tasks.ul2_mixing_rates
-                                 data settings read when a dataset is built;
-                                 `apply_data_settings` hands them to data.tasks
+    t5x_like.data.tasks.tfds_data_dir, t5x_like.data.tasks.ul2_mixing_rates,
+    t5x_like.data.tasks.vocabulary, t5x_like.data.tasks.embedding_rows
+                                 data settings: where TFDS data lives, UL2 rates, and
+                                 the vocabulary of every task (`vocabulary.sentencepiece_model`:
+                                 a .model file; unset: bytes); `apply_data_settings`
+                                 hands them to data.tasks.configure
 
 Gin files import this module (`import t5x_like.cli.configurables`), and every
 command imports it before parsing. The `configured_*` names are the gin-aware
@@ -68,9 +71,30 @@ def ul2_mixing_rates(rates: Sequence[float] = objectives.UL2_DEFAULT_RATES) -> t
     return tuple(rates)
 
 
+@gin.configurable(module="t5x_like.data.tasks")
+def vocabulary(sentencepiece_model: str | None = None, extra_ids: int = vocab.NUM_EXTRA_IDS):
+    """The vocabulary of every pretraining and downstream task: bytes (no model file), or the
+    SentencePiece model file `sentencepiece_model` (T5's cc_all.32000, or `t5x-like vocab`'s)
+    with `extra_ids` extra ids after its pieces (at least 104: sentinels, UL2 modes, [MASK])."""
+    if sentencepiece_model is None:
+        if extra_ids != vocab.NUM_EXTRA_IDS:
+            raise ValueError(f"vocabulary.extra_ids={extra_ids} needs vocabulary.sentencepiece_model; "
+                             f"the byte vocabulary always has {vocab.NUM_EXTRA_IDS}")
+        return vocab.default_vocabulary()
+    return vocab.sentencepiece_vocabulary(sentencepiece_model, extra_ids)
+
+
+@gin.configurable(module="t5x_like.data.tasks")
+def embedding_rows() -> int:
+    """A model's vocab_size that follows the configured vocabulary (its size rounded up to
+    128): `--gin.VOCAB_SIZE=@t5x_like.data.tasks.embedding_rows()`."""
+    return vocab.embedding_rows(vocabulary())
+
+
 def apply_data_settings() -> None:
-    """Hands the parsed data settings to the data package (defaults where unbound)."""
-    tasks.configure(tfds_data_dir=tfds_data_dir(), ul2_mixing_rates=ul2_mixing_rates())
+    """Hands the parsed data settings to the data package (defaults where unbound); a changed
+    vocabulary re-registers the tasks with it."""
+    tasks.configure(tfds_data_dir=tfds_data_dir(), ul2_mixing_rates=ul2_mixing_rates(), vocabulary=vocabulary())
 
 
 @gin.configurable(module="t5x_like.cli")

@@ -22,6 +22,7 @@ import logging
 import sys
 
 from t5x_like.cli import gin_loading
+from t5x_like.data.task_vocab import check_model_vocab_size
 from t5x_like.inference import decoding, evaluation
 
 
@@ -72,6 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         evaluation.check_split(name, flags.split)
         loaded = gin_loading.load_checkpoint(flags.checkpoint, gin_files, gin_bindings)
+        check_model_vocab_size(name, loaded.model.config.vocab_size)
     except (ValueError, FileNotFoundError) as e:
         print(f"t5x-like eval: {e}", file=sys.stderr)
         return 2

@@ -110,8 +110,8 @@ def load_config(files: list[str], bindings: list[str], finalize: bool = True) ->
     check_macros_are_used(bindings)
     try:
         configurables.apply_data_settings()
-    except (ValueError, TypeError) as e:
-        raise GinConfigError(f"gin config error: {e}") from e
+    except (ValueError, TypeError, FileNotFoundError) as e:  # gin appends "In call to configurable ..."
+        raise GinConfigError(f"gin config error: {str(e).strip().splitlines()[0] if str(e).strip() else e!r}") from e
 
 
 _MACRO_BINDING = re.compile(r"^\s*([A-Za-z_]\w*)\s*=")

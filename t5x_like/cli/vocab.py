@@ -36,7 +36,8 @@ def main(argv: list[str]) -> int:
         print(f"t5x-like vocab: {e}", file=sys.stderr)
         return 1
     print(f"{'reused' if existed else 'trained'} {path}")
-    print(f"load it with t5x_like.data.vocab.sentencepiece_vocabulary('{os.path.abspath(path)}')")
+    print(f"use it for every task with --gin.t5x_like.data.tasks.vocabulary.sentencepiece_model='{os.path.abspath(path)}' "
+          f"(in Python: t5x_like.data.vocab.sentencepiece_vocabulary(path))")
     return 0
 
 

@@ -11,6 +11,7 @@ the registry (`pipeline`, `sources.check_task_name`, evaluation). Modules:
   objectives         causal LM, prefix LM, span corruption, MLM, UL2; length matching
   feature_converters EncoderOnlyMLMFeatureConverter, for_layout
   tasks              task and mixture registration, TFDS / local-file sources, `configure`
+  task_vocab         a task's vocabulary; the check that a model's vocab_size holds it (light import)
   metrics            accuracy, exact match, BLEU, rank classification
   pipeline           get_dataset: a task converted for one layout, batched and sharded
   sources            DataRequest and the training loop's data sources (seqio, synthetic)

@@ -54,7 +54,8 @@ def get_dataset(mixture_or_task_name: str, task_feature_lengths: Mapping[str, in
 
     Deterministic for a fixed seed (shuffling and every objective's randomness);
     shard `shard_id` of `num_shards` holds every num_shards-th example of the
-    source, so hosts see disjoint data. num_epochs=None repeats forever (the
+    source (of a prepared TFDS corpus: its own contiguous 1/num_shards of the split,
+    read at the source), so hosts see disjoint data. num_epochs=None repeats forever (the
     objectives draw new corruption each epoch). Incomplete last batches are dropped.
     """
     provider = _provider(mixture_or_task_name)

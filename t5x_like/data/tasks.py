@@ -10,7 +10,13 @@ their metrics. Importing this module registers:
   sentiment_finefood, sentiment_finefood_rank, translation_en_es_bible,
   probe_copy, probe_reverse, probe_sort, probe_addition
 
-All features use the default byte vocabulary with add_eos=True.
+Vocabulary. Every task registered without an explicit vocabulary (all of the
+above, and `register_text_files_task`'s) uses the *configured* one:
+`configure(vocabulary=...)` (from gin: `t5x_like.data.tasks.vocabulary.sentencepiece_model`),
+the byte vocabulary by default. seqio fixes a task's output features when it
+is registered, so when the configured vocabulary changes those tasks are
+registered again with it; a task registered with an explicit vocabulary keeps
+it. Features use add_eos=True.
 """
 from __future__ import annotations
 
@@ -76,18 +82,43 @@ class TfdsDataMissingError(FileNotFoundError):
     """A TFDS dataset is not prepared on disk; the message says where we looked and what to do."""
 
 
-# Settings read when a dataset is built (not when tasks are registered).
-# Python callers use `configure`; the command line sets them from gin
-# (`t5x_like.data.tasks.tfds_data_dir.data_dir`, `...ul2_mixing_rates.rates`,
-# registered in cli/configurables.py).
-_SETTINGS: dict = {"tfds_data_dir": None, "ul2_mixing_rates": objectives.UL2_DEFAULT_RATES}
+# Settings. tfds_data_dir and ul2_mixing_rates are read when a dataset is built;
+# the vocabulary when a task is registered (so `configure` re-registers the tasks
+# that follow it). Python callers use `configure`; the command line sets them from
+# gin (`t5x_like.data.tasks.tfds_data_dir.data_dir`, `...ul2_mixing_rates.rates`,
+# `...vocabulary.sentencepiece_model`, registered in cli/configurables.py).
+_SETTINGS: dict = {"tfds_data_dir": None, "ul2_mixing_rates": objectives.UL2_DEFAULT_RATES, "vocabulary": None}
+# Registrations made without an explicit vocabulary, replayed (in order) when it changes:
+# key -> function of no arguments that registers again with configured_vocabulary().
+_FOLLOWING: dict[str, Callable[[], object]] = {}
 
 
 def configure(tfds_data_dir: str | None = None,
-              ul2_mixing_rates: Sequence[float] = objectives.UL2_DEFAULT_RATES) -> None:
+              ul2_mixing_rates: Sequence[float] = objectives.UL2_DEFAULT_RATES,
+              vocabulary: seqio.Vocabulary | None = None) -> None:
     """Sets where prepared TFDS datasets live (None: $TFDS_DATA_DIR, else
-    ~/tensorflow_datasets) and the UL2 mixture's rates; ValueError if the rates are malformed."""
-    _SETTINGS.update(tfds_data_dir=tfds_data_dir, ul2_mixing_rates=check_ul2_mixing_rates(ul2_mixing_rates))
+    ~/tensorflow_datasets), the UL2 mixture's rates, and the vocabulary of every task
+    registered without one (None: the byte vocabulary); ValueError if the rates are
+    malformed or the vocabulary lacks the objectives' extra ids. A changed vocabulary
+    re-registers those tasks (nothing is read)."""
+    rates = check_ul2_mixing_rates(ul2_mixing_rates)
+    vocabulary = vocabulary or vocab_lib.default_vocabulary()
+    vocab_lib.check_extra_ids(vocabulary)
+    changed = vocabulary != configured_vocabulary()
+    _SETTINGS.update(tfds_data_dir=tfds_data_dir, ul2_mixing_rates=rates, vocabulary=vocabulary)
+    if changed:
+        log.info("vocabulary is now %s: registering the tasks again", vocab_lib.describe(vocabulary))
+        for register in list(_FOLLOWING.values()):
+            register()
+
+
+def configured_vocabulary() -> seqio.Vocabulary:
+    """The vocabulary of tasks registered without one (`configure`; default: bytes)."""
+    return _SETTINGS["vocabulary"] or vocab_lib.default_vocabulary()
+
+
+def _follow(key: str, register: Callable[[], object]) -> None:
+    _FOLLOWING[key] = register
 
 
 def tfds_data_dir() -> str:
@@ -117,24 +148,49 @@ def prepared_tfds_dir(dataset: str, data_dir: str) -> str:
         "here and set TFDS_DATA_DIR=DIR or --gin.t5x_like.data.tasks.tfds_data_dir.data_dir=DIR.")
 
 
-def tfds_text_source(dataset: str, text_key: str, splits: Mapping[str, str]) -> seqio.FunctionDataSource:
-    """A source reading `text_key` of a prepared TFDS dataset; checks the files before reading."""
+class TfdsDirectorySource(seqio.DataSource):
+    """Rows {"text": ...} from feature `text_key` of a prepared TFDS dataset, found under
+    `tfds_data_dir()` when read (never downloaded; missing files are TfdsDataMissingError).
 
-    def dataset_fn(split: str, shuffle_files: bool, seed: int | None = None) -> tf.data.Dataset:
-        import tensorflow_datasets as tfds
+    Shards at the source: shard i of n reads `tfds.even_splits(split, n)[i]`, a contiguous
+    1/n of the split's examples (TFDS opens only the files that hold them), so each host
+    of a multi-host run reads its own part of C4 rather than all of it.
+    """
 
-        path = prepared_tfds_dir(dataset, tfds_data_dir())
+    def __init__(self, dataset: str, text_key: str, splits: Mapping[str, str]):
+        self.dataset, self.text_key, self._tfds_splits = dataset, text_key, dict(splits)
+        super().__init__(splits=tuple(splits), caching_permitted=False)
+
+    @property
+    def supports_arbitrary_sharding(self) -> bool:
+        return True
+
+    def list_shards(self, split: str) -> Sequence[str]:
+        return [split]
+
+    def get_dataset(self, split: str = "train", shuffle: bool = True, seed: int | None = None,
+                    shard_info: seqio.ShardInfo | None = None, **unused) -> tf.data.Dataset:
+        import tensorflow_datasets as tfds  # heavy; only when a TFDS corpus is read
+
+        path = prepared_tfds_dir(self.dataset, tfds_data_dir())
         builder = tfds.builder_from_directory(path)
-        if splits[split] not in builder.info.splits:
+        tfds_split = self._tfds_splits[split]
+        if tfds_split not in builder.info.splits:
             raise TfdsDataMissingError(f"TFDS dataset at {path} has splits {list(builder.info.splits)}, "
-                                       f"not {splits[split]!r}")
-        ds = builder.as_dataset(split=splits[split], shuffle_files=shuffle_files,
+                                       f"not {tfds_split!r}")
+        if shard_info and shard_info.num_shards > 1:
+            tfds_split = tfds.even_splits(tfds_split, n=shard_info.num_shards)[shard_info.index]
+        ds = builder.as_dataset(split=tfds_split, shuffle_files=shuffle,
                                 read_config=tfds.ReadConfig(shuffle_seed=seed))
-        if text_key not in ds.element_spec:
-            raise ValueError(f"TFDS dataset at {path} has no feature {text_key!r}: {list(ds.element_spec)}")
-        return ds.map(lambda x: {"text": x[text_key]}, num_parallel_calls=tf.data.AUTOTUNE)
+        if self.text_key not in ds.element_spec:
+            raise ValueError(f"TFDS dataset at {path} has no feature {self.text_key!r}: {list(ds.element_spec)}")
+        return ds.map(lambda x: {"text": x[self.text_key]}, num_parallel_calls=tf.data.AUTOTUNE)
 
-    return seqio.FunctionDataSource(dataset_fn=dataset_fn, splits=tuple(splits))
+
+def tfds_text_source(dataset: str, text_key: str, splits: Mapping[str, str]) -> TfdsDirectorySource:
+    """A source reading `text_key` of a prepared TFDS dataset ("name[/config][:version]");
+    `splits` maps our split names to the dataset's."""
+    return TfdsDirectorySource(dataset, text_key, splits)
 
 
 # ---------------------------------------------------------------- helpers
@@ -181,9 +237,13 @@ def register_pretraining_tasks(corpus: str, make_source: Callable[[str], seqio.D
                                objective_names: Sequence[str] = PRETRAINING_OBJECTIVES + ("ul2",)) -> list[str]:
     """Registers {corpus}_{objective} for each objective; "ul2" is a mixture of its denoisers.
 
-    make_source(salt) returns the corpus's source (rows with a "text" field).
+    make_source(salt) returns the corpus's source (rows with a "text" field). Without a
+    vocabulary the tasks use the configured one, and follow it (see `configure`).
     """
-    vocabulary = vocabulary or vocab_lib.default_vocabulary()
+    if vocabulary is None:
+        _follow(f"pretraining:{corpus}", functools.partial(
+            register_pretraining_tasks, corpus, make_source, None, tuple(objective_names)))
+    vocabulary = vocabulary or configured_vocabulary()
     names = []
     for objective in objective_names:
         name = f"{corpus}_{objective}"
@@ -205,8 +265,11 @@ def register_pretraining_tasks(corpus: str, make_source: Callable[[str], seqio.D
 def register_ul2_mixture(name: str, make_source: Callable[[str], seqio.DataSource],
                          vocabulary: seqio.Vocabulary | None = None) -> seqio.Mixture:
     """A task per UL2 denoiser ({name}_{denoiser}) and the mixture `name` over them,
-    at the configured UL2 rates (read when the dataset is built; see `configure`)."""
-    vocabulary = vocabulary or vocab_lib.default_vocabulary()
+    at the configured UL2 rates (read when the dataset is built; see `configure`).
+    Without a vocabulary: the configured one, followed."""
+    if vocabulary is None:
+        _follow(f"ul2:{name}", functools.partial(register_ul2_mixture, name, make_source, None))
+    vocabulary = vocabulary or configured_vocabulary()
     members = []
     for index, denoiser in enumerate(objectives.UL2_DENOISERS):
         task_name = f"{name}_{denoiser.name}"
@@ -229,25 +292,32 @@ def register_text_files_task(name: str, glob: str | Mapping[str, str], objective
     glob: one pattern (the "train" split) or {split: pattern}. .txt files are
     grouped into documents of about max_chars by paragraphs; .jsonl files give
     one document per line (field `text_key`). A pattern that matches nothing is
-    an error now, naming the pattern. Returns the registered task names.
+    an error now, naming the pattern. Returns the registered task names. The task uses
+    the configured vocabulary, and follows it (see `configure`).
     """
     patterns = {"train": glob} if isinstance(glob, str) else dict(glob)
     for split, pattern in patterns.items():
         if split not in corpora.SPLITS:
             raise ValueError(f"unknown split {split!r} in glob mapping; expected {corpora.SPLITS}")
         corpora.list_files(pattern)  # fail early, with the pattern in the message
+    if objective != "ul2" and objective not in objectives.OBJECTIVES:
+        raise ValueError(f"unknown objective {objective!r}; expected one of "
+                         f"{tuple(objectives.OBJECTIVES) + ('ul2',)}")
+    register = functools.partial(_register_text_files_task, name, patterns, objective, text_key, max_chars)
+    _follow(f"files:{name}", register)
+    return register()
 
+
+def _register_text_files_task(name: str, patterns: Mapping[str, str], objective: str, text_key: str,
+                              max_chars: int) -> list[str]:
     def rows(split: str) -> list[str]:
         return corpora.documents_from_files(patterns[split], text_key, max_chars)
 
     make_source = lambda salt: InMemorySource(rows, ["text"], tuple(patterns), salt)
-    vocabulary = vocab_lib.default_vocabulary()
+    vocabulary = configured_vocabulary()
     if objective == "ul2":
         register_ul2_mixture(name, make_source, vocabulary)
         return [name]
-    if objective not in objectives.OBJECTIVES:
-        raise ValueError(f"unknown objective {objective!r}; expected one of "
-                         f"{tuple(objectives.OBJECTIVES) + ('ul2',)}")
     _add_task(name, source=make_source(name),
               preprocessors=[_TEXT_TO_TARGETS, _TOKENIZE, *objectives.OBJECTIVES[objective](vocabulary=vocabulary)],
               output_features=_features(vocabulary, objective in objectives.OBJECTIVES_WITH_INPUTS),
@@ -309,8 +379,11 @@ def _translation_text(x):
 
 def register_downstream_tasks(vocabulary: seqio.Vocabulary | None = None, suffix: str = "") -> list[str]:
     """Registers the sentiment, translation and probe tasks, each named `<task><suffix>`
-    (a suffix keeps the byte-vocabulary tasks registered next to, e.g., a SentencePiece copy)."""
-    vocabulary = vocabulary or vocab_lib.default_vocabulary()
+    (a suffix keeps the byte-vocabulary tasks registered next to, e.g., a SentencePiece copy).
+    Without a vocabulary: the configured one, followed (see `configure`)."""
+    if vocabulary is None:
+        _follow(f"downstream:{suffix}", functools.partial(register_downstream_tasks, None, suffix))
+    vocabulary = vocabulary or configured_vocabulary()
     features = _features(vocabulary, True)
     tokenize = [seqio.preprocessors.tokenize, seqio.preprocessors.append_eos_after_trim]
     sentiment_source = InMemorySource(_finefood_rows, ["review", "label", "idx"], corpora.SPLITS)

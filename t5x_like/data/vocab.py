@@ -17,6 +17,16 @@ numbered downwards, so `<extra_id_0>` is `vocab_size - 1`. Here:
 
 The byte vocabulary is 3 specials (pad 0, eos 1, unk 2) + 256 bytes + 125
 extra ids = 384 ids.
+
+A SentencePiece model gets the same 125 extra ids on top of its own pieces
+(seqio's `SentencePieceVocabulary(extra_ids=N)` appends N ids after the
+model's pieces), so every objective works with any model file. For T5's
+public model (`cc_all.32000`: 32,000 pieces) that is 32,125 ids; T5 itself
+used 100 extra ids (32,100 ids) in an embedding of 32,128 rows, and 32,125
+still fits those rows (`embedding_rows` = 32,128). The ids differ from T5's
+checkpoints, though: T5's `<extra_id_0>` is 32,099, ours is 32,124
+(`<extra_id_k>` = vocab_size - 1 - k), so a T5 checkpoint's sentinel rows are
+not our sentinel rows. Fewer than NEEDED_EXTRA_IDS (104) extra ids is an error.
 """
 from __future__ import annotations
 
@@ -29,6 +39,7 @@ NUM_SENTINELS = 100
 MODE_TOKENS = ("[NLU]", "[S2S]", "[NLG]")
 MASK_TOKEN = "[MASK]"
 NUM_EXTRA_IDS = 125           # 100 sentinels + 3 modes + mask + 21 reserved
+NEEDED_EXTRA_IDS = 104        # 100 sentinels + 3 modes + mask: what the objectives use
 DEFAULT_VOCAB_SIZE = 384      # 3 + 256 + NUM_EXTRA_IDS
 _MODE_EXTRA_ID = {name: NUM_SENTINELS + i for i, name in enumerate(MODE_TOKENS)}
 _MASK_EXTRA_ID = NUM_SENTINELS + len(MODE_TOKENS)
@@ -43,12 +54,39 @@ def default_vocabulary() -> seqio.ByteVocabulary:
 
 
 def sentencepiece_vocabulary(path: str, extra_ids: int = NUM_EXTRA_IDS) -> seqio.SentencePieceVocabulary:
-    """A SentencePiece model trained by `t5x-like vocab`, with our extra-id layout."""
-    if not os.path.exists(path):
+    """A SentencePiece model file (trained by `t5x-like vocab`, or T5's), with our extra-id layout
+    added after its pieces. FileNotFoundError / ValueError (one line) for a missing file or
+    fewer than NEEDED_EXTRA_IDS extra ids."""
+    return _sentencepiece_vocabulary(os.path.abspath(os.path.expanduser(path)), int(extra_ids))
+
+
+@functools.lru_cache(maxsize=8)
+def _sentencepiece_vocabulary(path: str, extra_ids: int) -> seqio.SentencePieceVocabulary:
+    if not os.path.isfile(path):
         raise FileNotFoundError(
-            f"SentencePiece model {path!r} does not exist; train it with "
-            "`t5x-like vocab --task shakespeare_causal_lm --size 8000 --out DIR`")
-    return seqio.SentencePieceVocabulary(path, extra_ids=extra_ids)
+            f"SentencePiece model {path!r} does not exist; train one with "
+            "`t5x-like vocab --task shakespeare_causal_lm --size 8000 --out DIR`, or copy T5's "
+            "(gs://t5-data/vocabs/cc_all.32000/sentencepiece.model) here")
+    if extra_ids < NEEDED_EXTRA_IDS:
+        raise ValueError(f"extra_ids={extra_ids} is too few: the objectives use {NEEDED_EXTRA_IDS} "
+                         f"(100 sentinels, 3 UL2 mode tokens, [MASK]); use {NUM_EXTRA_IDS}")
+    vocabulary = seqio.SentencePieceVocabulary(path, extra_ids=extra_ids)
+    try:
+        vocabulary.vocab_size  # loads the model: a file that is not one fails here, not mid-run
+    except Exception as e:  # sentencepiece raises RuntimeError / google.protobuf DecodeError
+        raise ValueError(f"{path!r} is not a SentencePiece model: {str(e).splitlines()[0] if str(e) else e!r}") \
+            from None
+    return vocabulary
+
+
+def describe(vocabulary: seqio.Vocabulary) -> str:
+    """One phrase naming a vocabulary, for messages: 'bytes + 125 extra ids = 384 ids'."""
+    if isinstance(vocabulary, seqio.SentencePieceVocabulary):
+        return (f"SentencePiece {vocabulary.sentencepiece_model_file} + {vocabulary.extra_ids} extra ids "
+                f"= {vocabulary.vocab_size} ids")
+    if isinstance(vocabulary, seqio.ByteVocabulary):
+        return f"bytes + {vocabulary.extra_ids} extra ids = {vocabulary.vocab_size} ids"
+    return f"{type(vocabulary).__name__} of {vocabulary.vocab_size} ids"
 
 
 def embedding_rows(vocabulary: seqio.Vocabulary, multiple: int = 128) -> int:
@@ -61,6 +99,11 @@ def _check_extra_ids(vocabulary: seqio.Vocabulary, needed: int) -> None:
         raise ValueError(
             f"vocabulary has {vocabulary.extra_ids} extra ids; the objectives need "
             f"{needed} (use default_vocabulary() or extra_ids={NUM_EXTRA_IDS})")
+
+
+def check_extra_ids(vocabulary: seqio.Vocabulary) -> None:
+    """ValueError (one line) unless `vocabulary` has the NEEDED_EXTRA_IDS extra ids the objectives use."""
+    _check_extra_ids(vocabulary, NEEDED_EXTRA_IDS)
 
 
 def extra_id(k: int, vocabulary: seqio.Vocabulary | None = None) -> int:

@@ -41,6 +41,7 @@ import jax
 import numpy as np
 
 from t5x_like.data.sources import DataRequest, DatasetFn, check_task_name, default_dataset_fn, task_has_split
+from t5x_like.data.task_vocab import check_model_vocab_size
 from t5x_like.model import adaptation, sizing
 from t5x_like.training import optimizers, partitioning, run_dir
 from t5x_like.training.checkpoints import (
@@ -123,6 +124,7 @@ class TrainConfig:
             raise ValueError(
                 f"batch_size {self.batch_size} does not divide over the {data_parallel} data-parallel devices "
                 f"of mesh {shape} (data x fsdp); use a batch size that is a multiple of {data_parallel}")
+        check_model_vocab_size(self.mixture_or_task_name, self.model.config.vocab_size)
 
 
 @dataclasses.dataclass

@@ -101,3 +101,12 @@ def test_a_damaged_newest_checkpoint_is_skipped_and_the_evaluated_step_named(tmp
     assert json.load(open(tmp_path / "eval-probe_copy-validation-step7.json"))["step"] == 7
     assert "at step 7" in captured.out
     assert (tmp_path / "checkpoints" / "9").exists(), "evaluation must not move or delete anything"
+
+
+def test_evaluating_with_a_vocabulary_larger_than_the_model_is_one_line(prefix_run, real_corpora, capsys):
+    model_dir, _, _ = prefix_run  # trained with bytes: 384 rows
+    rc = eval_cli.main([f"--checkpoint={model_dir}", "--task=probe_copy",
+                        f"--gin.t5x_like.data.tasks.vocabulary.sentencepiece_model={real_corpora.sentencepiece_model}"])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1
+    assert "vocab_size 384" in err and "525 ids" in err and "vocab_size=640" in err

@@ -140,3 +140,33 @@ def test_a_malformed_jsonl_corpus_is_one_line_naming_file_and_line(tmp_path, cap
                            "--gin.MIXTURE_OR_TASK_NAME=test_malformed_jsonl", "--gin.TASK_FEATURE_LENGTHS={'targets': 32}",
                            "--gin.TRAIN_STEPS=1", "--gin.BATCH_SIZE=4"], capsys)
     assert rc == 2 and err.count("\n") == 1 and "corpus.jsonl:2: not valid JSON" in err
+
+
+VOCAB_BINDING = "--gin.t5x_like.data.tasks.vocabulary.sentencepiece_model"
+
+
+def test_a_sentencepiece_vocabulary_larger_than_the_model_is_one_line_with_the_fix(real_corpora, tmp_path, capsys):
+    model_dir = tmp_path / "run"
+    argv = [MODEL_GIN, RUN_GIN, f"--gin.MODEL_DIR={model_dir}", "--gin.MIXTURE_OR_TASK_NAME=c4_span_corruption",
+            "--gin.TASK_FEATURE_LENGTHS={'inputs': 64, 'targets': 16}", "--gin.TRAIN_STEPS=1",
+            f"--gin.t5x_like.data.tasks.tfds_data_dir.data_dir={real_corpora.data_dir}",
+            f"{VOCAB_BINDING}={real_corpora.sentencepiece_model}"]
+    rc, _, err = run_main(argv, capsys)  # tiny.gin's VOCAB_SIZE = 384 < 400 pieces + 125 extra ids
+    assert rc == 2 and err.count("\n") == 1
+    assert "vocab_size 384" in err and "= 525 ids" in err and "--gin.TransformerConfig.vocab_size=640" in err
+    assert not model_dir.exists()
+    for mode in ("pretrain", "eval"):  # the suggested binding is accepted by the train and eval run files
+        config, _, _ = gin_loading.train_config_from_args(
+            [a.replace("pretrain", mode) for a in argv] + ["--gin.TransformerConfig.vocab_size=640"])
+        config.validate()
+        assert config.model.config.vocab_size == 640
+
+
+def test_a_missing_sentencepiece_file_or_too_few_extra_ids_is_one_line(real_corpora, tmp_path, capsys):
+    common = [MODEL_GIN, RUN_GIN, "--gin.MODEL_DIR=/tmp/x", "--gin.MIXTURE_OR_TASK_NAME=c4_prefix_lm",
+              "--gin.TASK_FEATURE_LENGTHS={'inputs': 32, 'targets': 32}", "--gin.TRAIN_STEPS=1"]
+    rc, _, err = run_main(common + [f"{VOCAB_BINDING}={tmp_path / 'nope.model'}"], capsys)
+    assert rc == 2 and err.count("\n") == 1 and "nope.model" in err and "does not exist" in err
+    rc, _, err = run_main(common + [f"{VOCAB_BINDING}={real_corpora.sentencepiece_model}",
+                                    "--gin.t5x_like.data.tasks.vocabulary.extra_ids=100"], capsys)
+    assert rc == 2 and err.count("\n") == 1 and "extra_ids=100 is too few" in err
