@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-SYNTHETIC_PREFIX = "synthetic"  # as data.sources: in-memory batches, no vocabulary
+from t5x_like.data.sources import SYNTHETIC_PREFIX
 
 
 def task_vocabulary(name: str) -> Any | None:

@@ -132,3 +132,21 @@ def test_corpus_fixtures_use_the_real_builder_versions():
     import tensorflow_datasets as tfds
     assert tfds.builder_cls("c4").builder_configs["en"].version == CORPORA["c4"][2]
     assert str(tfds.builder_cls("lm1b").VERSION) == CORPORA["lm1b"][2]
+
+
+def test_a_c4_stream_continues_from_its_saved_position(sp_corpora, tmp_path):
+    from t5x_like.data import sources
+    from tests.training_fixtures import tiny_model
+    model = tiny_model(layout="encoder_decoder", num_encoder_layers=1, num_decoder_layers=1, vocab_size=640)
+    request = sources.DataRequest("c4_span_corruption", {"inputs": 64, "targets": 16}, "train", batch_size=2,
+                                  shuffle=True, seed=0, pack=True, shard_id=1, num_shards=2)
+    first = sources.default_dataset_fn(request, model)
+    for _ in range(3):
+        next(first)
+    first.save_state(str(tmp_path))
+    expected = [next(first) for _ in range(2)]
+    second = sources.default_dataset_fn(request, model)
+    second.restore_state(str(tmp_path))
+    for want, got in zip(expected, [next(second) for _ in range(2)]):
+        for key in want:
+            np.testing.assert_array_equal(got[key], want[key])
