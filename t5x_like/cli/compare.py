@@ -7,6 +7,9 @@
 The experiment file binds `compare.Experiment` (experiments/grid.py); each
 cell's TrainConfig comes from its `t5x-like train` arguments, parsed here.
 Rerunning the command resumes an interrupted grid; finished runs are kept.
+Compiled programs are cached on disk (OUTPUT_DIR/jax_cache unless
+--compilation_cache_dir says otherwise; '' disables it): the seeds of an arm,
+arms of the same shapes and a rerun reuse them instead of compiling again.
 A report states only what the runs did: finished runs made with another
 configuration (a changed TRAIN_STEPS, say) are refused, not reused; runs not
 finished yet are named in the report.
@@ -18,9 +21,11 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 from t5x_like.cli import configurables, gin_loading
+from t5x_like.cli.train import use_compilation_cache
 from t5x_like.experiments import grid, report
 
 
@@ -53,6 +58,8 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--report_only", action="store_true", help="rebuild the report from finished runs")
     parser.add_argument("--check_only", action="store_true", help="verify the matching claims and exit")
+    parser.add_argument("--compilation_cache_dir", default=None,
+                        help="persistent XLA compilation cache (default OUTPUT_DIR/jax_cache; '' disables)")
     args = parser.parse_args(rest)
     if not files:
         parser.error("give --gin_file=gin_configs/experiments/<name>.gin")
@@ -76,6 +83,9 @@ def main(argv: list[str] | None = None) -> int:
               f"command gives: {'; '.join(stale)}. Delete them under {experiment.output_dir}/runs/ to rerun, "
               "or use another OUTPUT_DIR", file=sys.stderr)
         return 2
+    if not args.report_only:
+        use_compilation_cache(os.path.join(experiment.output_dir, "jax_cache")
+                              if args.compilation_cache_dir is None else args.compilation_cache_dir)
     records = grid.load_records(experiment) if args.report_only else grid.run_grid(experiment, GIN_LOADERS)
     if not records:
         print(f"t5x-like compare: no finished runs under {experiment.output_dir}/runs: run without "

@@ -65,14 +65,19 @@ def _flags(argv: list[str]) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def use_compilation_cache(directory: str | None) -> None:
+    """Every program compiled from now on is stored in `directory` and reused from it (None or '': off)."""
+    if directory:
+        jax.config.update("jax_compilation_cache_dir", directory)
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+
+
 def _set_up_jax(flags: argparse.Namespace) -> None:
     logging.basicConfig(level=logging.INFO if flags.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if not flags.verbose:  # orbax logs a failed save at length; our one line says what and where
         logging.getLogger("absl").setLevel(logging.CRITICAL)
-    if flags.compilation_cache_dir:
-        jax.config.update("jax_compilation_cache_dir", flags.compilation_cache_dir)
-        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+    use_compilation_cache(flags.compilation_cache_dir)
     if flags.cpu_devices:
         jax.config.update("jax_num_cpu_devices", flags.cpu_devices)
     partitioning.initialize_distributed(flags.coordinator_address, flags.num_processes, flags.process_id,

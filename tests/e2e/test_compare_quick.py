@@ -17,6 +17,7 @@ def test_quick_runs_end_to_end_and_resumes(tmp_path, capsys):
     for name in ("report.md", "results.json", "results.csv", "loss_curves.png"):
         assert (out / name).stat().st_size > 0, name
     assert len(list((out / "metrics").glob("*.jsonl"))) == 6
+    assert any((out / "jax_cache").iterdir()), "compiled programs are cached for the next seed and rerun"
     results = json.loads((out / "results.json").read_text())
     report = (out / "report.md").read_text()
     for arm in results["arms"]:
