@@ -242,6 +242,25 @@ def bible_pairs(split: str) -> tuple[tuple[str, str], ...]:
                  if bible_split_of(ref) == split)
 
 
+@functools.lru_cache(maxsize=None)
+def bible_documents(split: str, max_chars: int = DOCUMENT_CHARS) -> tuple[str, ...]:
+    """English KJV text for pretraining: the chapters of `split` (1 in 50 chapters is
+    validation, 1 in 50 test, by a hash of e.g. "Gen.1"), one verse per line, a blank line
+    between chapters, grouped into documents of about max_chars, in canonical order.
+
+    The split is by chapter, not by verse as in `bible_pairs`: an LM should not see the
+    neighbours of its validation text. So the English side of some translation test
+    verses occurs in this training text; score translation with a model pretrained elsewhere."""
+    _check_split(split)
+    sword.check_installed((sword.ENGLISH_MODULE,))
+    chapters: dict[str, list[str]] = {}
+    for verse in sword.read_module(sword.ENGLISH_MODULE):
+        if verse.text:
+            chapters.setdefault(f"{verse.book}.{verse.chapter}", []).append(verse.text)
+    text = "\n\n".join("\n".join(lines) for chapter, lines in chapters.items() if bible_split_of(chapter) == split)
+    return tuple(text_to_documents(text, max_chars))
+
+
 # ---------------------------------------------------------------- probes
 
 PROBES = ("copy", "reverse", "sort", "addition")

@@ -6,6 +6,7 @@ directories, local text/JSONL files), the registration of pretraining tasks
 their metrics. Importing this module registers:
 
   shakespeare_{causal_lm,prefix_lm,span_corruption,mlm}, shakespeare_ul2 (mixture)
+  bible_{causal_lm,prefix_lm,span_corruption,mlm}, bible_ul2 (English KJV; SWORD modules)
   {c4,wikitext103,lm1b}_{causal_lm,prefix_lm,span_corruption,mlm}, {c4,...}_ul2
   sentiment_finefood, sentiment_finefood_rank, translation_en_es_bible,
   probe_copy, probe_reverse, probe_sort, probe_addition
@@ -285,6 +286,19 @@ def shakespeare_source(salt: str) -> InMemorySource:
     return InMemorySource(corpora.shakespeare_documents, ["text"], corpora.SPLITS, salt)
 
 
+def bible_source(salt: str) -> InMemorySource:
+    return InMemorySource(corpora.bible_documents, ["text"], corpora.SPLITS, salt)
+
+
+def on_corpus(task_name: str, corpus: str) -> str:
+    """The same objective's task on another corpus: ('shakespeare_prefix_lm', 'bible') ->
+    'bible_prefix_lm'. Names that are not <corpus>_<pretraining objective> come back as they are."""
+    for objective in (*PRETRAINING_OBJECTIVES, "ul2"):
+        if task_name.endswith("_" + objective):
+            return f"{corpus}_{objective}"
+    return task_name
+
+
 def register_text_files_task(name: str, glob: str | Mapping[str, str], objective: str = "causal_lm",
                              text_key: str = "text", max_chars: int = corpora.DOCUMENT_CHARS) -> list[str]:
     """Registers a pretraining task (or UL2 mixture) named `name` over local files.
@@ -408,6 +422,7 @@ def register_downstream_tasks(vocabulary: seqio.Vocabulary | None = None, suffix
 
 def register_all() -> None:
     register_pretraining_tasks("shakespeare", shakespeare_source)
+    register_pretraining_tasks("bible", bible_source)
     for corpus, (dataset, text_key, splits) in TFDS_CORPORA.items():
         register_pretraining_tasks(
             corpus, lambda salt, d=dataset, k=text_key, s=splits: tfds_text_source(d, k, s))

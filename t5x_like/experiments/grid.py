@@ -96,11 +96,16 @@ class Experiment:
     downstream_tasks: tuple = ()
     downstream_steps: int = 0
     description: str = ""
+    # Another pretraining corpus for every arm: each <corpus>_<objective> task (and eval
+    # task) becomes <this>_<objective>, e.g. 'bible' or a register_text_files_task name.
+    corpus: str | None = None
 
     def __post_init__(self):
         specs = list(self.arms) + (expand_grid(self.grid) if self.grid else [])
         self.arms = [spec if isinstance(spec, Arm) else Arm.from_dict(spec) for spec in specs]
         self.grid = None  # expanded: `arms` is now the whole list
+        if self.corpus:
+            self._move_to_corpus(self.corpus)
         names = [arm.name for arm in self.arms]
         if not names:
             raise ValueError(f"experiment {self.name}: no arms (give `arms` or a `grid`)")
@@ -112,6 +117,13 @@ class Experiment:
                     raise ValueError(f"experiment {self.name}: arm {arm.name}'s {field} {other!r} is not "
                                      f"another arm; arms: {names}")
         _in_dependency_order(self.arms)  # raises on a cycle of init_from
+
+
+    def _move_to_corpus(self, corpus: str) -> None:
+        move = lambda name: name and tasks.on_corpus(name, corpus)
+        self.task, self.eval_task = move(self.task), move(self.eval_task)
+        self.arms = [dataclasses.replace(arm, task=move(arm.task), eval_task=move(arm.eval_task))
+                     for arm in self.arms]
 
 
 @dataclasses.dataclass(frozen=True)

@@ -196,3 +196,16 @@ def test_one_very_long_line_becomes_documents_of_bounded_size(tmp_path):
 def test_a_long_word_is_cut_at_the_limit():
     assert corpora.split_long_text("a" * 25, 10) == ["a" * 10, "a" * 10, "a" * 5]
     assert corpora.split_long_text("short", 10) == ["short"]
+
+
+@pytest.mark.skipif(not SWORD_INSTALLED, reason="sword-text-kjv not installed (bash launch/install_translation_data.sh)")
+def test_bible_pretraining_text_splits_by_chapter_and_tokenizes_as_a_task():
+    splits = {split: corpora.bible_documents(split) for split in corpora.SPLITS}
+    assert all(splits.values())
+    sizes = {split: sum(map(len, docs)) for split, docs in splits.items()}
+    assert sizes["train"] > 3_000_000 and 50_000 < sizes["validation"] < 200_000
+    train_lines = {line for doc in splits["train"] for line in doc.splitlines()}
+    held_out = [line for doc in splits["validation"] for line in doc.splitlines() if line]
+    assert sum(line in train_lines for line in held_out) < 0.03 * len(held_out)  # verses the Bible repeats
+    ds = pipeline.get_dataset("bible_causal_lm", {"targets": 64}, "validation", batch_size=2, shuffle=False)
+    assert next(ds.as_numpy_iterator())["decoder_target_tokens"].shape == (2, 64)

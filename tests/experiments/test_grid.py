@@ -103,3 +103,11 @@ def test_adaptation_arms_run_after_their_source_and_start_from_its_run_of_the_sa
 def test_bad_adaptation_arms_are_one_clear_error(arms, message):
     with pytest.raises(ValueError, match=message):
         compare.Experiment(name="x", output_dir="/tmp/x", arms=arms)
+
+
+def test_one_binding_moves_every_pretraining_task_to_another_corpus():
+    experiment = load_experiment([os.path.join(REPO, "gin_configs/experiments/adaptation.gin")],
+                                 ["OUTPUT_DIR = '/tmp/out'", "compare.Experiment.corpus = 'bible'"])
+    assert experiment.task == "bible_prefix_lm" and experiment.eval_task == "bible_prefix_lm"
+    assert {arm.task for arm in experiment.arms} == {None, "bible_causal_lm", "bible_span_corruption"}
+    assert {arm.eval_task for arm in experiment.arms} == {None, "bible_causal_lm", "bible_span_corruption"}
