@@ -152,9 +152,12 @@ def topology_devices(tpu_slice: Slice) -> list[jax.Device]:
     return list(topology.devices)
 
 
-# Without these, libtpu asks the (absent) TPU metadata server and prints warnings and an
-# INVALID_ARGUMENT trace; their values do not change the topology it describes.
-_LIBTPU_HOST_VARIABLES = {"TPU_ACCELERATOR_TYPE": "v5p-8", "TPU_WORKER_HOSTNAMES": "localhost"}
+# Without the first two, libtpu asks the (absent) TPU metadata server and prints warnings and an
+# INVALID_ARGUMENT trace; their values do not change the topology it describes. The third lets
+# several processes describe topologies at once: libtpu otherwise takes /tmp/libtpu_lockfile,
+# which guards real chips, and a second compiling process (another test run) fails with ABORTED.
+_LIBTPU_HOST_VARIABLES = {"TPU_ACCELERATOR_TYPE": "v5p-8", "TPU_WORKER_HOSTNAMES": "localhost",
+                          "ALLOW_MULTIPLE_LIBTPU_LOAD": "1"}
 
 
 @contextlib.contextmanager
@@ -162,7 +165,7 @@ def _quiet_libtpu():
     """On a host without TPU chips, sets libtpu's host variables (where unset) while the
     topology is described; on a TPU host it changes nothing."""
     missing = [k for k in _LIBTPU_HOST_VARIABLES if k not in os.environ]
-    if not missing or host_has_tpu():
+    if not missing or host_has_tpu():  # on a TPU host the lockfile protects the chips: keep it
         yield
         return
     os.environ.update({k: _LIBTPU_HOST_VARIABLES[k] for k in missing})
