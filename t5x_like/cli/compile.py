@@ -11,9 +11,9 @@ with the same flags would build: mesh, logical-axis rules, remat and scan
 settings, batch, microbatches, lengths — is compiled by XLA's TPU compiler for
 the slice's compile-only devices (libtpu, no TPU needed; see
 training/aot.py), and the per-chip memory and FLOPs are printed. Nothing is
-written and no MODEL_DIR is needed. --topology takes a slice name (v4-8,
-v4-32, v5e-4 ... v5e-64, v5p-8, v5p-128, v6e-8, ...) or a raw topology
-(v5e:2x2, v5:4x4x4). TASK_FEATURE_LENGTHS defaults to inputs=512,
+written (unless --json=PATH asks for the report as JSON) and no MODEL_DIR is
+needed. --topology takes a slice name (v4-8, v4-32, v5e-4 ... v5e-64, v5p-8,
+v5p-128, v6e-8, ...) or a raw topology (v5e:2x2, v5:4x4x4). TASK_FEATURE_LENGTHS defaults to inputs=512,
 targets=512 when no file binds it. --step_time=T prints the MFU that a
 measured step time of T seconds means.
 
@@ -25,6 +25,7 @@ Exit codes (each failure is one line on stderr):
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 
@@ -46,6 +47,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--topology", default=None, help="TPU slice: v5p-128, v5e-64, v4-32, ... or v5e:2x2")
     p.add_argument("--skip_eval", action="store_true", help="compile only the train step")
     p.add_argument("--step_time", type=float, default=None, help="a measured step time (s): print its MFU")
+    p.add_argument("--json", default=None, help="also write the report as JSON to this path (else nothing is written)")
     p.add_argument("-v", "--verbose", action="store_true")
     return p
 
@@ -77,6 +79,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"t5x-like compile: {message}", file=sys.stderr)
         return EXIT_BAD_CONFIG
     print(report.table(flags.step_time))
+    if flags.json:
+        with open(flags.json, "w") as f:
+            json.dump(report.as_dict(), f, indent=1)
     return 0
 
 
