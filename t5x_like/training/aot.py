@@ -347,7 +347,7 @@ def compile_train_step(config: TrainConfig, tpu_slice: Slice | str, *, eval_step
     """
     tpu_slice = resolve_slice(tpu_slice) if isinstance(tpu_slice, str) else tpu_slice
     devices = topology_devices(tpu_slice)
-    config.validate_step(devices)
+    config.validate_step(len(devices), len({d.process_index for d in devices}))
     mesh = partitioning.make_mesh(config.mesh_shape, devices)
     trainer = build_trainer(config, mesh)
     started = time.perf_counter()
