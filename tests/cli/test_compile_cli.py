@@ -71,3 +71,12 @@ def test_a_jax_platforms_the_user_set_is_kept(monkeypatch):
     monkeypatch.delenv("JAX_PLATFORMS")
     monkeypatch.setattr(jax_platforms, "tpu_chips_attached", lambda: True)
     assert jax_platforms.choose_jax_platforms() is None and "JAX_PLATFORMS" not in os.environ
+
+
+def test_the_dispatcher_chooses_platforms_before_running_a_command(monkeypatch, capsys):
+    from t5x_like.cli import main as cli_main
+    calls = []
+    monkeypatch.setattr(jax_platforms, "choose_jax_platforms", lambda: calls.append(True))
+    with pytest.raises(SystemExit):
+        cli_main.main(["size", "--help"])
+    assert calls == [True] and "t5x-like size" in capsys.readouterr().out
