@@ -1,6 +1,7 @@
 """Which scale configs fit on which TPU slice: `t5x-like compile` for each model x slice.
 
     python benchmarks/fit_table.py [--models decoder_only/llama_1b,...] [--slices v4-32,v5e-64,v5p-128]
+                                   [--cells MODEL@SLICE,...] [--keep]
                                    [--per_chip_batch 4] [--timeout_s 600] [--budget_s 3600]
 
 Each cell runs `python -m t5x_like compile --topology=SLICE --gin_file=MODEL
@@ -83,23 +84,31 @@ def main() -> int:
     p.add_argument("--per_chip_batch", type=int, default=4)
     p.add_argument("--timeout_s", type=int, default=600)
     p.add_argument("--budget_s", type=int, default=3600, help="start no cell after this many seconds")
+    p.add_argument("--cells", default="", help="MODEL@SLICE,... in this order (instead of models x slices)")
+    p.add_argument("--keep", action="store_true", help="keep the rows of cells already in the JSON (measured ones)")
     p.add_argument("--out", default=os.path.join(RESULTS, "fit_table"))
     args = p.parse_args()
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
+    cells = ([tuple(c.split("@")) for c in args.cells.split(",")] if args.cells else
+             [(m, s) for m in args.models.split(",") for s in args.slices.split(",")])
     rows, started = [], time.perf_counter()
-    for model in args.models.split(","):
-        for tpu_slice in args.slices.split(","):
-            if time.perf_counter() - started > args.budget_s:
-                row = {"model": model, "slice": tpu_slice, "batch_size": args.per_chip_batch * CHIPS[tpu_slice],
-                       "status": "not measured", "detail": f"past the table's {args.budget_s} s budget"}
-            else:
-                row = compile_cell(model, tpu_slice, args.per_chip_batch, args.timeout_s)
-            rows.append(row)
-            print(f"{model} @ {tpu_slice}: {row['status']} {row.get('wall_seconds', '')}", flush=True)
-            with open(args.out + ".json", "w") as f:
-                json.dump({"per_chip_batch": args.per_chip_batch, "lengths": LENGTHS, "rows": rows}, f, indent=1)
-            with open(args.out + ".md", "w") as f:
-                f.write(markdown(rows, args.per_chip_batch))
+    if args.keep and os.path.exists(args.out + ".json"):
+        with open(args.out + ".json") as f:
+            rows = [r for r in json.load(f)["rows"] if r["status"] != "not measured"]
+        done = {(r["model"], r["slice"]) for r in rows}
+        cells = [c for c in cells if c not in done]
+    for model, tpu_slice in cells:
+        if time.perf_counter() - started > args.budget_s:
+            row = {"model": model, "slice": tpu_slice, "batch_size": args.per_chip_batch * CHIPS[tpu_slice],
+                   "status": "not measured", "detail": f"past the table's {args.budget_s} s budget"}
+        else:
+            row = compile_cell(model, tpu_slice, args.per_chip_batch, args.timeout_s)
+        rows.append(row)
+        print(f"{model} @ {tpu_slice}: {row['status']} {row.get('wall_seconds', '')}", flush=True)
+        with open(args.out + ".json", "w") as f:
+            json.dump({"per_chip_batch": args.per_chip_batch, "lengths": LENGTHS, "rows": rows}, f, indent=1)
+        with open(args.out + ".md", "w") as f:
+            f.write(markdown(rows, args.per_chip_batch))
     return 0
 
 
