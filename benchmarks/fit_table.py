@@ -31,16 +31,16 @@ CHIPS = {"v5p-128": 64, "v5e-64": 64, "v4-32": 16}
 LENGTHS = "{'inputs': 512, 'targets': 512}"
 
 
-def compile_cell(model: str, tpu_slice: str, per_chip_batch: int, timeout_s: int) -> dict:
+def compile_cell(model: str, tpu_slice: str, per_chip_batch: int, timeout_s: int, mesh: str = "(1,-1,1)") -> dict:
     batch = per_chip_batch * CHIPS[tpu_slice]
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "report.json")
         command = [sys.executable, "-m", "t5x_like", "compile", f"--topology={tpu_slice}",
                    f"--gin_file=gin_configs/models/{model}.gin", "--gin_file=gin_configs/runs/pretrain.gin",
-                   "--gin.MESH_SHAPE=(1,-1,1)", f"--gin.BATCH_SIZE={batch}",
+                   f"--gin.MESH_SHAPE={mesh}", f"--gin.BATCH_SIZE={batch}",
                    f"--gin.TASK_FEATURE_LENGTHS={LENGTHS}", "--skip_eval", f"--json={out}"]
         env = {k: v for k, v in os.environ.items() if k != "JAX_PLATFORMS"}  # the command picks cpu itself
-        row = {"model": model, "slice": tpu_slice, "batch_size": batch, "mesh_shape": "(1,-1,1)"}
+        row = {"model": model, "slice": tpu_slice, "batch_size": batch, "mesh_shape": mesh}
         started = time.perf_counter()
         try:
             result = subprocess.run(command, cwd=REPO, env={**env, "PYTHONPATH": REPO}, capture_output=True,
@@ -58,21 +58,24 @@ def compile_cell(model: str, tpu_slice: str, per_chip_batch: int, timeout_s: int
 
 def markdown(rows: list[dict], per_chip_batch: int) -> str:
     gib = lambda b: f"{b / 2**30:.1f}"  # noqa: E731
-    lines = [f"Mesh (data, fsdp, tensor) = (1, -1, 1) (full FSDP); global batch = {per_chip_batch} x chips; "
+    lines = [f"Mesh (data, fsdp, tensor) = (1, -1, 1) (full FSDP) unless the row says; global batch = "
+             f"{per_chip_batch} x chips; "
              "inputs 512 + targets 512 tokens; Adafactor; bf16 compute, scanned layers, full remat "
              "(the model files' defaults); train step. Memory in GiB per chip.", "",
-             "| model | params | slice | global batch | fits | params | opt state | temporaries | total / HBM "
-             "| step at 50% MFU | compile (s) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| model | params | slice | mesh | global batch | fits | params | opt state | temporaries "
+             "| total / HBM | step at 50% MFU | compile (s) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
         r = row.get("report")
         if r:
-            lines.append(f"| {row['model']} | {r['params'] / 1e9:.2f}B | {row['slice']} | {row['batch_size']} | yes "
+            lines.append(f"| {row['model']} | {r['params'] / 1e9:.2f}B | {row['slice']} | {row['mesh_shape']} "
+                         f"| {row['batch_size']} | yes "
                          f"| {gib(r['params_bytes'])} | {gib(r['opt_state_bytes'])} | {gib(r['temp_bytes'])} "
                          f"| {gib(r['total_bytes'])} / {gib(r['hbm_bytes'])} | {r['step_seconds_at_50_mfu']:.2f} s "
                          f"| {r['compile_seconds']:.0f} |")
         else:
-            lines.append(f"| {row['model']} | | {row['slice']} | {row['batch_size']} | {row['status']} "
+            lines.append(f"| {row['model']} | | {row['slice']} | {row.get('mesh_shape', '')} | {row['batch_size']} "
+                         f"| {row['status']} "
                          f"| | | | | | {row.get('detail', '')} |")
     return "\n".join(lines) + "\n"
 
@@ -84,25 +87,26 @@ def main() -> int:
     p.add_argument("--per_chip_batch", type=int, default=4)
     p.add_argument("--timeout_s", type=int, default=600)
     p.add_argument("--budget_s", type=int, default=3600, help="start no cell after this many seconds")
-    p.add_argument("--cells", default="", help="MODEL@SLICE,... in this order (instead of models x slices)")
+    p.add_argument("--cells", default="", help="MODEL@SLICE[@MESH];... in this order (instead of models x slices)")
     p.add_argument("--keep", action="store_true", help="keep the rows of cells already in the JSON (measured ones)")
     p.add_argument("--out", default=os.path.join(RESULTS, "fit_table"))
     args = p.parse_args()
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    cells = ([tuple(c.split("@")) for c in args.cells.split(",")] if args.cells else
+    separator = ";" if ";" in args.cells else ","  # a mesh such as (64,1,1) has commas: separate cells with ;
+    cells = ([tuple(c.split("@")) for c in args.cells.split(separator)] if args.cells else
              [(m, s) for m in args.models.split(",") for s in args.slices.split(",")])
     rows, started = [], time.perf_counter()
     if args.keep and os.path.exists(args.out + ".json"):
         with open(args.out + ".json") as f:
             rows = [r for r in json.load(f)["rows"] if r["status"] != "not measured"]
-        done = {(r["model"], r["slice"]) for r in rows}
-        cells = [c for c in cells if c not in done]
-    for model, tpu_slice in cells:
+        done = {(r["model"], r["slice"], r.get("mesh_shape", "(1,-1,1)")) for r in rows}
+        cells = [c for c in cells if (*c[:2], c[2] if len(c) > 2 else "(1,-1,1)") not in done]
+    for model, tpu_slice, *mesh in cells:
         if time.perf_counter() - started > args.budget_s:
             row = {"model": model, "slice": tpu_slice, "batch_size": args.per_chip_batch * CHIPS[tpu_slice],
                    "status": "not measured", "detail": f"past the table's {args.budget_s} s budget"}
         else:
-            row = compile_cell(model, tpu_slice, args.per_chip_batch, args.timeout_s)
+            row = compile_cell(model, tpu_slice, args.per_chip_batch, args.timeout_s, *mesh)
         rows.append(row)
         print(f"{model} @ {tpu_slice}: {row['status']} {row.get('wall_seconds', '')}", flush=True)
         with open(args.out + ".json", "w") as f:
