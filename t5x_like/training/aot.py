@@ -305,9 +305,14 @@ def parse_hbm_shortfall(message: str) -> tuple[float | None, float | None, str]:
     return None, None, ""
 
 
-def knobs_hint(config: TrainConfig) -> str:
+def knobs_hint(config: TrainConfig, mesh_shape: Sequence[int] = ()) -> str:
+    """The settings that lower per-chip memory, with their current values."""
     remat = getattr(config.model.config, "remat_policy", None)
-    knobs = ["a larger fsdp axis in MESH_SHAPE (e.g. --gin.MESH_SHAPE='(1,-1,1)')"]
+    if mesh_shape and mesh_shape[0] == 1 and mesh_shape[2] == 1:  # already all FSDP: add tensor parallelism
+        knobs = ["a tensor axis in MESH_SHAPE (e.g. --gin.MESH_SHAPE='(1,-1,4)')"]
+    else:
+        current = f" (now {tuple(mesh_shape)})" if mesh_shape else ""
+        knobs = [f"a larger fsdp axis in MESH_SHAPE (e.g. --gin.MESH_SHAPE='(1,-1,1)'){current}"]
     if remat is not None and remat != "full":
         knobs.append(f"--gin.TransformerConfig.remat_policy='full' (now {remat!r})")
     knobs += [f"a smaller --gin.BATCH_SIZE (now {config.batch_size})",
@@ -315,14 +320,15 @@ def knobs_hint(config: TrainConfig) -> str:
     return "; ".join(knobs)
 
 
-def _does_not_fit(error: Exception, config: TrainConfig, tpu_slice: Slice, what: str) -> DoesNotFitError:
+def _does_not_fit(error: Exception, config: TrainConfig, tpu_slice: Slice, what: str,
+                  mesh_shape: Sequence[int]) -> DoesNotFitError:
     needed, available, counted = parse_hbm_shortfall(str(error))
     available = available or tpu_slice.hbm_bytes
     alone = f" for {counted} alone" if counted and counted != "all" else ""
     amount = (f"needs {needed / GiB:.2f} GiB per chip{alone}, {available / GiB:.2f} GiB available "
               f"(short by at least {(needed - available) / GiB:.2f} GiB)" if needed else
               f"needs more than the {available / GiB:.2f} GiB of HBM per chip")
-    return DoesNotFitError(f"the {what} does not fit on {tpu_slice.name}: it {amount}. Try {knobs_hint(config)}",
+    return DoesNotFitError(f"the {what} does not fit on {tpu_slice.name}: it {amount}. Try {knobs_hint(config, mesh_shape)}",
                            needed, available)
 
 
@@ -355,7 +361,7 @@ def compile_train_step(config: TrainConfig, tpu_slice: Slice | str, *, eval_step
         compiled = trainer.train_step.lower(trainer.abstract_state(), trainer.abstract_batch()).compile()
     except Exception as e:
         if _is_out_of_memory(e):
-            raise _does_not_fit(e, config, tpu_slice, "train step") from None
+            raise _does_not_fit(e, config, tpu_slice, "train step", mesh.devices.shape) from None
         raise
     seconds = time.perf_counter() - started
     memory = compiled.memory_analysis()
@@ -365,7 +371,7 @@ def compile_train_step(config: TrainConfig, tpu_slice: Slice | str, *, eval_step
             compiled_eval = trainer.eval_step.lower(trainer.abstract_params, trainer.abstract_batch()).compile()
         except Exception as e:
             if _is_out_of_memory(e):
-                raise _does_not_fit(e, config, tpu_slice, "eval step") from None
+                raise _does_not_fit(e, config, tpu_slice, "eval step", mesh.devices.shape) from None
             raise
         m = compiled_eval.memory_analysis()
         eval_temp = int(m.temp_size_in_bytes)
