@@ -29,7 +29,9 @@ INSTALL_REQUIRES = [
 ]
 
 EXTRAS = {
-    "test": ["pytest==9.2.0", "hypothesis==6.170.17"],
+    # libtpu (jax[tpu]): `t5x-like compile` and its tests compile for TPU slices on any host;
+    # on a host without TPU chips jax.devices() still returns the CPU (cli/jax_platforms.py).
+    "test": ["pytest==9.2.0", "hypothesis==6.170.17", "jax[tpu]==0.10.2"],
     # Accelerator builds of jax: same jax version, different jaxlib plugin.
     "cuda": ["jax[cuda12]==0.10.2"],
     "tpu": ["jax[tpu]==0.10.2"],

@@ -7,6 +7,12 @@
 #   --dry-run         print the exact command, run nothing
 #   --cpu-devices=N   N fake CPU devices (try data/fsdp/tensor meshes on a laptop)
 # Environment: PYTHON (default: .venv/bin/python if present, else python3).
+#
+# GPU host: set up with `T5X_LIKE_ACCELERATOR=cuda bash launch/setup.sh` (the CUDA
+# build of jax); with JAX_PLATFORMS unset the run then uses the GPUs (cuda,cpu).
+# Smoke test (bf16, fused attention, synthetic data; docs/scale.md):
+#   launch/local.sh --gin_file=gin_configs/models/decoder_only/small.gin \
+#     --gin_file=gin_configs/runs/gpu_smoke.gin --gin.MODEL_DIR=/tmp/gpu_smoke
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DRY_RUN=0

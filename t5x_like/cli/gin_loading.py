@@ -9,7 +9,7 @@ or file at fault, before anything is compiled.
 its own files); the loaders on top of it turn gin files into the library's
 plain objects:
   model_config_from_file   a model gin file -> TransformerConfig  (`t5x-like size`, compare)
-  train_config_from_args   `t5x-like train` arguments -> TrainConfig (train, compare cells)
+  train_config_from_args   `t5x-like train` arguments -> TrainConfig (train, compile, compare cells)
   load_saved_model         MODEL_DIR/config.gin -> Model + task lengths (eval, analyze-attention)
 """
 from __future__ import annotations
@@ -168,14 +168,25 @@ def model_config_from_file(gin_file: str | list[str], bindings: list[str]) -> Tr
     return evaluate_macro("MODEL").config
 
 
-def train_config_from_args(argv: list[str]) -> tuple[TrainConfig, str, list[str]]:
+def train_config_from_args(argv: list[str], defaults: dict[str, str] | None = None
+                           ) -> tuple[TrainConfig, str, list[str]]:
     """(TrainConfig, run mode, remaining arguments) of a `t5x-like train` command line.
 
-    Checks that the required macros are bound. The TrainConfig carries the
-    parsed config as text (`config_text`), which the run saves as MODEL_DIR/config.gin.
+    Checks that the required macros are bound; `defaults` (macro -> gin literal) binds
+    those that no file or flag binds (`t5x-like compile` needs no MODEL_DIR, for one).
+    The TrainConfig carries the parsed config as text (`config_text`), which the run
+    saves as MODEL_DIR/config.gin.
     """
     files, bindings, rest = split_gin_args(argv)
-    load_config(files, bindings)
+    load_config(files, bindings, finalize=not defaults)
+    if defaults:
+        unbound = [f"{name} = {value}" for name, value in defaults.items()
+                   if query_macro(name, required=False) is None]
+        try:
+            gin.parse_config(unbound)
+            gin.finalize()
+        except Exception as e:  # as in load_config: one line naming the binding at fault
+            raise GinConfigError(_one_line(e, files, bindings)) from e
     for name in REQUIRED_TRAIN_MACROS:
         query_macro(name)
     try:

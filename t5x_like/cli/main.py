@@ -11,6 +11,8 @@ import importlib
 import os
 import sys
 
+from t5x_like.cli import jax_platforms
+
 # subcommand -> (module, one-line description)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "size": ("t5x_like.cli.size", "parameter counts and FLOPs of gin model configs"),
@@ -20,6 +22,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("t5x_like.cli.eval", "evaluate a checkpoint on a task (metrics table + JSON)"),
     "convert": ("t5x_like.cli.convert", "import/export Hugging Face T5 and GPT-2 checkpoints"),
     "analyze-attention": ("t5x_like.cli.analyze_attention", "rank and entropy of every attention head"),
+    "compile": ("t5x_like.cli.compile", "compile the train step for a TPU slice here: memory and FLOPs per chip"),
 }
 
 
@@ -43,6 +46,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"t5x-like: unknown command {name!r}.\n\n{usage()}", file=sys.stderr)
         return 2
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TensorFlow's start-up chatter hides our one-line errors
+    jax_platforms.choose_jax_platforms()  # before any backend starts: no libtpu noise on CPU/GPU hosts
     module = importlib.import_module(SUBCOMMANDS[name][0])
     return int(module.main(rest) or 0)
 

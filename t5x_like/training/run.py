@@ -109,16 +109,24 @@ class TrainConfig:
         for name in ("model_dir", "mixture_or_task_name"):
             if not getattr(self, name):
                 raise ValueError(f"TrainConfig.{name} is empty")
+        if self.init_checkpoint and "://" not in self.init_checkpoint and not os.path.exists(self.init_checkpoint):
+            raise ValueError(f"init_checkpoint {self.init_checkpoint!r} does not exist")
+        self.validate_step(jax.device_count(), jax.process_count())
+
+    def validate_step(self, num_devices: int, num_processes: int) -> None:
+        """The part of `validate` that compiling the train step needs (model, lengths, batch over
+        the mesh), for `num_devices` devices fed by `num_processes` processes: this run's, or a
+        TPU slice's (aot.py compiles for one on any host)."""
+        if self.model is None:
+            raise ValueError("no model: bind MODEL in a model gin file (gin_configs/models/...)")
         if not isinstance(self.task_feature_lengths, dict) or "targets" not in self.task_feature_lengths:
             raise ValueError(f"task_feature_lengths must be a dict with 'targets', got {self.task_feature_lengths!r}")
         if self.train_steps < 0:
             raise ValueError(f"train_steps must be >= 0, got {self.train_steps}")
-        if self.init_checkpoint and "://" not in self.init_checkpoint and not os.path.exists(self.init_checkpoint):
-            raise ValueError(f"init_checkpoint {self.init_checkpoint!r} does not exist")
-        if self.batch_size % (self.num_microbatches * jax.process_count()):
+        if self.batch_size % (self.num_microbatches * num_processes):
             raise ValueError(f"batch_size {self.batch_size} must divide by num_microbatches "
-                             f"{self.num_microbatches} x processes {jax.process_count()}")
-        shape = partitioning.resolve_mesh_shape(self.mesh_shape, jax.device_count())
+                             f"{self.num_microbatches} x processes {num_processes}")
+        shape = partitioning.resolve_mesh_shape(self.mesh_shape, num_devices)
         data_parallel = shape[0] * shape[1]
         if self.batch_size % data_parallel:  # the global batch is split over data x fsdp
             raise ValueError(

@@ -110,6 +110,20 @@ class Trainer:
         self._init_opt_state = jax.jit(optimizer.tx.init, in_shardings=(self.params_shardings,),
                                        out_shardings=self.opt_state_shardings)
 
+    # -- abstract arguments of the steps (shapes + shardings; for .lower(), no devices touched) --
+    def abstract_state(self) -> TrainState:
+        """The train step's state argument as ShapeDtypeStructs carrying their shardings."""
+        rep = partitioning.replicated(self.mesh)
+        rng = jax.eval_shape(lambda: jax.random.key_data(jax.random.key(0)))
+        return TrainState(step=jax.ShapeDtypeStruct((), jnp.int32, sharding=rep), params=self.abstract_params,
+                          opt_state=self.abstract_opt_state,
+                          rng=jax.ShapeDtypeStruct(rng.shape, rng.dtype, sharding=rep))
+
+    def abstract_batch(self) -> Batch:
+        """A global batch as ShapeDtypeStructs carrying the batch shardings."""
+        return {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=self.batch_shardings[k])
+                for k, v in self.dummy_batch.items()}
+
     # -- tracing context ------------------------------------------------------
     def _eval_shape(self, fn: Callable[[], Any]) -> Any:
         with self._context():

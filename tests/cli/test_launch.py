@@ -29,3 +29,25 @@ def test_dry_run_prints_the_training_command_and_runs_nothing(script, expected):
                          capture_output=True, text=True, check=True).stdout
     assert expected in out and "t5x_like.train" in out and "MODEL_DIR" in out
     assert out.count("\n") == 1
+
+
+def test_gpu_smoke_run_file_computes_in_bf16_with_fused_attention():
+    from t5x_like.cli import gin_loading
+    config, mode, _ = gin_loading.train_config_from_args([
+        "--gin_file=gin_configs/models/decoder_only/tiny.gin", "--gin_file=gin_configs/runs/gpu_smoke.gin",
+        "--gin.MODEL_DIR=/tmp/gpu_smoke"])
+    model_config = config.model.config
+    assert mode == "train" and config.mixture_or_task_name == "synthetic" and config.train_steps > 0
+    assert model_config.dtype == "bfloat16" and model_config.param_dtype == "float32"
+    assert model_config.attention_kernel == "dot_product_attention"
+
+
+def test_setup_installs_libtpu_for_tests_and_cuda_jax_when_asked():
+    with open(os.path.join(REPO, "setup.py")) as f:
+        setup = f.read()
+    with open(os.path.join(REPO, "constraints.txt")) as f:
+        constraints = f.read().splitlines()
+    with open(os.path.join(REPO, "launch/setup.sh")) as f:
+        script = f.read()
+    assert '"jax[tpu]==0.10.2"]' in setup and any(line.startswith("libtpu==") for line in constraints)
+    assert "T5X_LIKE_ACCELERATOR" in script and "EXTRAS=$EXTRAS,cuda" in script
