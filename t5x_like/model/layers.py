@@ -39,6 +39,9 @@ ACTIVATIONS = {
 
 BATCH_LENGTH_EMBED = ("activation_batch", "activation_length", "activation_embed")
 BATCH_LENGTH_HEADS_KV = ("activation_batch", "activation_length", "activation_heads", "activation_kv")
+# The decoding cache's layout (MultiHeadAttention): heads before slots.
+CACHE_AXES = ("activation_batch", "activation_heads", "activation_length", "activation_kv")
+CACHE_EINSUM = "bhkd"
 
 
 def partitioned(init, axes: tuple[str | None, ...]):
@@ -167,7 +170,10 @@ class MultiHeadAttention(nn.Module):
                           and attends over all slots (the caller's mask hides
                           unwritten ones); cross-attention reuses the stored
                           encoder keys/values and ignores inputs_kv.
-    Keys are cached after RoPE, so a cached key never needs re-rotating.
+    Keys are cached after RoPE, so a cached key never needs re-rotating. The
+    cache is heads-major, [B, H, slots, head_dim] (CACHE_AXES): a step's
+    q·k and weights·v then contract it as it lies in memory, where a
+    [B, slots, H, head_dim] cache was transposed whole, per layer, every step.
     """
 
     config: TransformerConfig
@@ -178,31 +184,40 @@ class MultiHeadAttention(nn.Module):
                  query_positions: Array | None = None, key_positions: Array | None = None,
                  kv_cache: str | None = None, cache_length: int | None = None) -> Array:
         cfg = self.config
+        if kv_cache not in (None, "prefill", "step"):
+            raise ValueError(f"kv_cache={kv_cache!r}, expected None, 'prefill' or 'step'")
         heads_kv = (cfg.num_heads, cfg.head_dim)
-        project = lambda name: dense(cfg, heads_kv, ("embed", "heads", "kv"), name)
-        cross_step = kv_cache == "step" and cache_length is None
-        query = project("query")(inputs_q)
-        if cross_step:  # the encoder's keys/values were projected once, at prefill
+        project = lambda name, x: constrain(dense(cfg, heads_kv, ("embed", "heads", "kv"), name)(x),
+                                            BATCH_LENGTH_HEADS_KV)
+        query = self._rotate(project("query", inputs_q), query_positions)
+        if kv_cache == "step" and cache_length is None:  # cross: projected once, at prefill
             key, value = self._cache_variable("cached_key").value, self._cache_variable("cached_value").value
         else:
-            key, value = project("key")(inputs_kv), project("value")(inputs_kv)
-        query, key, value = (constrain(t, BATCH_LENGTH_HEADS_KV) for t in (query, key, value))
-        if self.use_rope:
-            query = position_lib.apply_rope(query, query_positions, cfg.rope_max_wavelength)
-            key = position_lib.apply_rope(key, key_positions, cfg.rope_max_wavelength)
-        if kv_cache is not None and not cross_step:
-            key, value = self._update_cache(key, value, kv_cache, cache_length, query_positions)
+            key = self._rotate(project("key", inputs_kv), key_positions)
+            value = project("value", inputs_kv)
+            if kv_cache == "prefill":
+                self._store_cache(key, value, cache_length)
+            elif kv_cache == "step":
+                key, value = self._extend_cache(key, value, query_positions)
+        kv_axes = CACHE_EINSUM if kv_cache == "step" else "bkhd"
         scale = cfg.head_dim ** -0.5 if cfg.scale_attention_by_head_dim else 1.0
         if cfg.attention_kernel == "dot_product_attention":
             # Lets XLA / cuDNN pick a fused kernel; it has no attention-probability dropout.
+            if kv_axes == CACHE_EINSUM:  # the kernel takes [B, L, H, D]
+                key, value = jnp.swapaxes(key, 1, 2), jnp.swapaxes(value, 1, 2)
             out = jax.nn.dot_product_attention(
                 query, key, value, bias=None if bias is None else bias.astype(query.dtype),
                 mask=jnp.broadcast_to(mask, (query.shape[0], cfg.num_heads) + mask.shape[2:]),
                 scale=scale, implementation=cfg.attention_implementation)
         else:
-            out = self._einsum_attention(query, key, value, mask, bias, scale)
+            out = self._einsum_attention(query, key, value, mask, bias, scale, kv_axes)
         out = constrain(out, BATCH_LENGTH_HEADS_KV)
         return dense(cfg, cfg.d_model, ("heads", "kv", "embed"), "out", num_contracted=2)(out)
+
+    def _rotate(self, x: Array, positions: Array | None) -> Array:
+        if not self.use_rope:
+            return x
+        return position_lib.apply_rope(x, positions, self.config.rope_max_wavelength)
 
     def _cache_variable(self, name: str, initial: Array | None = None):
         if initial is None and not self.has_variable("cache", name):
@@ -210,31 +225,33 @@ class MultiHeadAttention(nn.Module):
                              "before decoding steps, and pass the 'cache' collection back in")
         return self.variable("cache", name, lambda: initial)
 
-    def _update_cache(self, key, value, kv_cache, cache_length, positions):
-        """Stores (prefill) or extends by one slot (step) the cached keys/values; returns what to attend over."""
-        if kv_cache == "prefill":
-            if cache_length is not None:  # self-attention: room for the tokens still to come
-                if key.shape[1] > cache_length:
-                    raise ValueError(f"prefill of {key.shape[1]} positions exceeds cache_length={cache_length}")
-                pad = [(0, 0), (0, cache_length - key.shape[1]), (0, 0), (0, 0)]
-                self._cache_variable("cached_key", jnp.zeros(())).value = jnp.pad(key, pad)
-                self._cache_variable("cached_value", jnp.zeros(())).value = jnp.pad(value, pad)
-            else:  # cross-attention: the encoder's keys/values, fixed from now on
-                self._cache_variable("cached_key", jnp.zeros(())).value = key
-                self._cache_variable("cached_value", jnp.zeros(())).value = value
-            return key, value
-        if kv_cache != "step":
-            raise ValueError(f"kv_cache={kv_cache!r}, expected None, 'prefill' or 'step'")
+    def _store_cache(self, key: Array, value: Array, cache_length: int | None):
+        """Prefill: keys/values [B, L, H, D] into the heads-major cache, `cache_length` slots for
+        self-attention (room for the tokens still to come), the encoder's L for cross-attention."""
+        length = key.shape[1] if cache_length is None else cache_length
+        if key.shape[1] > length:
+            raise ValueError(f"prefill of {key.shape[1]} positions exceeds cache_length={cache_length}")
+        pad = [(0, 0), (0, 0), (0, length - key.shape[1]), (0, 0)]
+        for name, x in (("cached_key", key), ("cached_value", value)):
+            self._cache_variable(name, jnp.zeros(())).value = constrain(jnp.pad(jnp.swapaxes(x, 1, 2), pad),
+                                                                        CACHE_AXES)
+
+    def _extend_cache(self, key: Array, value: Array, positions: Array) -> tuple[Array, Array]:
+        """Step: writes each row's key/value [B, 1, H, D] into slot positions[:, 0]; returns the
+        whole heads-major cache [B, H, slots, D] to attend over."""
         if key.shape[1] != 1:
             raise ValueError(f"a decoding step takes one token per row, got {key.shape[1]}")
         rows, slots = jnp.arange(key.shape[0]), positions[:, 0]
-        cached_key, cached_value = self._cache_variable("cached_key"), self._cache_variable("cached_value")
-        cached_key.value = cached_key.value.at[rows, slots].set(key[:, 0])
-        cached_value.value = cached_value.value.at[rows, slots].set(value[:, 0])
-        return cached_key.value, cached_value.value
+        cached = []
+        for name, x in (("cached_key", key), ("cached_value", value)):
+            variable = self._cache_variable(name)
+            variable.value = variable.value.at[rows, :, slots].set(x[:, 0])  # [B, H, D] at (row, slot)
+            cached.append(constrain(variable.value, CACHE_AXES))
+        return cached[0], cached[1]
 
-    def _einsum_attention(self, query, key, value, mask, bias, scale):
-        logits = jnp.einsum("bqhd,bkhd->bhqk", query, key,
+    def _einsum_attention(self, query, key, value, mask, bias, scale, kv_axes: str = "bkhd"):
+        """query [B, Lq, H, D]; key/value laid out as `kv_axes` ("bkhd", or the cache's "bhkd")."""
+        logits = jnp.einsum(f"bqhd,{kv_axes}->bhqk", query, key,
                             preferred_element_type=jnp.float32) * scale
         if bias is not None:
             logits = logits + bias.astype(jnp.float32)
@@ -243,7 +260,7 @@ class MultiHeadAttention(nn.Module):
         # Kept only when 'intermediates' is mutable (attention analysis); free otherwise.
         self.sow("intermediates", "attention_weights", weights)
         weights = nn.Dropout(self.config.dropout_rate)(weights, deterministic=not is_training(self))
-        return jnp.einsum("bhqk,bkhd->bqhd", weights, value)
+        return jnp.einsum(f"bhqk,{kv_axes}->bqhd", weights, value)
 
 
 class RelativePositionBias(nn.Module):

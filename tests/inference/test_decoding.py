@@ -128,6 +128,33 @@ def test_cached_greedy_equals_repeated_uncached_forward_passes(layout, position,
     np.testing.assert_allclose(np.asarray(result.scores), expected_scores, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("layout,overrides", [("decoder_only", {}), ("prefix_lm", {}), ("encoder_decoder", {}),
+                                              ("decoder_only", {"scan_layers": True})])
+def test_cached_steps_give_the_uncached_log_probs_at_every_position(layout, overrides):
+    """Teacher forcing a fixed continuation through prefill + decode_step gives, step by
+    step, the log-probs of the uncached forward pass; the cache is heads-major."""
+    model, params = build(layout, "relative", overrides)
+    prompts = make_prompts(layout)
+    reference = Uncached(model, params, prompts, STEPS)
+    sequence, lengths = reference._start()
+    rows = np.arange(len(lengths))
+    forced = np.random.default_rng(2).integers(3, 64, size=(len(rows), STEPS)).astype(np.int32)
+    for i in range(STEPS):  # later tokens are padding to the reference until step i
+        sequence[rows, lengths + i] = forced[:, i]
+
+    cache_length = prompts.tokens.shape[1] + STEPS
+    logits, state = jax.jit(model.prefill, static_argnums=2)(params, prompts, cache_length)
+    cfg = model.config
+    for path, array in jax.tree_util.tree_leaves_with_path(state.cache):
+        if "self_attention" in jax.tree_util.keystr(path):
+            assert array.shape[-4:] == (len(rows), cfg.num_heads, cache_length, cfg.head_dim), path
+    step = jax.jit(model.decode_step)
+    for i in range(STEPS):
+        np.testing.assert_allclose(np.asarray(jax.nn.log_softmax(logits)), reference._log_probs(sequence, i),
+                                   rtol=1e-5, atol=1e-5, err_msg=f"step {i}")
+        logits, state = step(params, state, jnp.asarray(forced[:, i]), jnp.asarray(lengths + i))
+
+
 # --- one shared model for the search tests -------------------------------------------
 @pytest.fixture(scope="module")
 def rel_decoder():
