@@ -55,6 +55,7 @@ log = logging.getLogger(__name__)
 
 CHECKPOINT_SUBDIR = "checkpoints"
 DATA_ITEM = "data"
+STREAM_RESTORED = "stream_restored"  # set in the meta `restore` returns (never saved): was `batches` moved?
 
 
 class CheckpointsDamagedError(RuntimeError):
@@ -370,7 +371,7 @@ class Checkpointer:
         """Restores one step into the shardings of the abstract targets; verifies it.
 
         `batches`: the training input stream, moved to the step's saved position when
-        the step has one and the stream can take it (meta["data_state"] tells).
+        the step has one and the stream can take it (the returned meta's STREAM_RESTORED says).
         CheckpointMismatchError (before reading any array) if the step holds another
         model's params or another optimizer's state, or a data position saved by
         another number of processes; any other error means damage."""
@@ -384,17 +385,18 @@ class Checkpointer:
         opt_state = _like(abstract_opt_state, restored["opt_state"])
         verify(params, meta, "params", step)
         verify(opt_state, meta, "opt_state", step)
-        self.restore_data_state(step, meta, batches)
+        meta[STREAM_RESTORED] = self.restore_data_state(step, meta, batches)
         return params, opt_state, meta
 
-    def restore_data_state(self, step: int, meta: Mapping[str, Any], batches: Any) -> None:
-        """Moves `batches` to the position saved with `step`, if both allow it."""
+    def restore_data_state(self, step: int, meta: Mapping[str, Any], batches: Any) -> bool:
+        """Moves `batches` to the position saved with `step` if both allow it; whether it did."""
         if not (meta.get("data_state") and isinstance(batches, ResumableBatches)):
-            return
+            return False
         try:
             self._manager.restore(step, args=ocp.args.Composite(**{DATA_ITEM: DataStateRestore(batches)}))
         except DataStateMismatchError as e:
             raise CheckpointMismatchError(f"step {step}: {e}") from None
+        return True
 
     def read_meta(self, step: int) -> dict:
         """The meta item of a step (JSON)."""

@@ -46,6 +46,7 @@ from t5x_like.model import adaptation, sizing
 from t5x_like.training import optimizers, partitioning, run_dir
 from t5x_like.training.checkpoints import (
     CHECKPOINT_SUBDIR,
+    STREAM_RESTORED,
     Checkpointer,
     CheckpointsDamagedError,
     restore_params,
@@ -197,8 +198,7 @@ def restore_or_init_state(trainer: Trainer, checkpointer: Checkpointer, init_che
         params, opt_state, meta = restored
         log.info("resuming from step %d", meta["step"])
         state = trainer.make_state(meta["step"], params, opt_state, meta.get("rng"))
-        restored_stream = bool(meta.get("data_state")) and batches is not None
-        return StartingPoint(state, int(meta.get("batches_consumed", meta["step"])), restored_stream)
+        return StartingPoint(state, int(meta.get("batches_consumed", meta["step"])), meta[STREAM_RESTORED])
     if init_checkpoint:
         cfg = trainer.model.config
         plan = functools.partial(adaptation.adaptation_plan, num_buckets=cfg.relative_num_buckets,

@@ -105,12 +105,19 @@ def test_a_stream_that_cannot_save_its_position_is_replayed_on_resume(tmp_path, 
     def dataset_fn(req, model):  # a generator cannot save its position: the run falls back to skipping
         requests.append(req)
         return (batch for batch in sources.synthetic_batches(req, model))
-    train.train(tiny_run(tmp_path / "straight", train_steps=4))
+    train.train(tiny_run(tmp_path / "straight", train_steps=6))
     train.train(tiny_run(tmp_path / "run", train_steps=2, dataset_fn=dataset_fn))
     train.train(tiny_run(tmp_path / "run", train_steps=4, dataset_fn=dataset_fn))
     assert [r.start_batch for r in requests] == [0, 0, 2]
     assert not os.path.exists(tmp_path / "run" / "checkpoints" / "2" / checkpoints.DATA_ITEM)
-    assert losses(tmp_path / "run") == losses(tmp_path / "straight")
+    # a checkpoint that has a saved position, resumed with a stream that cannot take it: replayed too
+    train.train(tiny_run(tmp_path / "saved", train_steps=4))
+    assert os.path.isdir(tmp_path / "saved" / "checkpoints" / "4" / checkpoints.DATA_ITEM)
+    requests.clear()
+    train.train(tiny_run(tmp_path / "saved", train_steps=6, dataset_fn=dataset_fn))
+    assert [r.start_batch for r in requests] == [0, 4]
+    assert losses(tmp_path / "run") == losses(tmp_path / "straight")[:4]
+    assert losses(tmp_path / "saved") == losses(tmp_path / "straight")
 
 
 def test_a_damaged_data_position_falls_back_to_the_previous_checkpoint_and_its_position(
