@@ -75,10 +75,18 @@ def assert_carried(got: dict, saved: dict, source: str, target: str) -> None:
         np.testing.assert_array_equal(value, expected, err_msg=path)
 
 
-def test_a_run_initialised_from_a_causal_checkpoint_starts_as_a_prefix_lm_with_a_fresh_optimizer(tmp_path, caplog):
-    saved = save_source(str(tmp_path), "decoder_only")
+@pytest.fixture(scope="module")
+def causal_checkpoint(tmp_path_factory) -> tuple[str, dict]:
+    """A decoder-only checkpoint (step 5) and its params by path, shared by the tests that only read it."""
+    model_dir = str(tmp_path_factory.mktemp("causal_source"))
+    return model_dir, save_source(model_dir, "decoder_only")
+
+
+def test_a_run_initialised_from_a_causal_checkpoint_starts_as_a_prefix_lm_with_a_fresh_optimizer(
+        causal_checkpoint, caplog):
+    model_dir, saved = causal_checkpoint
     with caplog.at_level(logging.INFO):
-        trainer, start = start_from(str(tmp_path), "prefix_lm")
+        trainer, start = start_from(model_dir, "prefix_lm")
     assert int(start.state.step) == 0 and start.batches_consumed == 0
     got = {k: np.asarray(v) for k, v in checkpoints._flat_leaves(start.state.params).items()}
     assert_carried(got, saved, "decoder_only", "prefix_lm")
@@ -96,15 +104,13 @@ def test_every_tensor_is_carried_and_the_relative_table_converted_as_documented(
     assert_carried(restore_as(str(tmp_path), target), saved, source, target)
 
 
-def test_decoder_only_to_encoder_decoder_is_refused_in_one_line_naming_tensors(tmp_path):
-    save_source(str(tmp_path), "decoder_only")
+def test_decoder_only_to_encoder_decoder_is_refused_in_one_line_naming_tensors(causal_checkpoint):
     with pytest.raises(checkpoints.CheckpointMismatchError) as error:
-        restore_as(str(tmp_path), "encoder_decoder")
+        restore_as(causal_checkpoint[0], "encoder_decoder")
     message = str(error.value)
     assert "\n" not in message and "encoder_layers_0" in message and "encoder-decoder" in message
 
 
-def test_another_width_is_refused_naming_the_mismatched_tensors(tmp_path):
-    save_source(str(tmp_path), "decoder_only")
+def test_another_width_is_refused_naming_the_mismatched_tensors(causal_checkpoint):
     with pytest.raises(checkpoints.CheckpointMismatchError, match=r"differ in shape.*checkpoint \(32,\) vs model \(64,\)"):
-        restore_as(str(tmp_path), "prefix_lm", d_model=64)
+        restore_as(causal_checkpoint[0], "prefix_lm", d_model=64)

@@ -180,6 +180,7 @@ def losses_by_step(model_dir) -> dict[int, list[float]]:
     return out
 
 
+@pytest.mark.slow  # the fast loop checks resume in-process (tests/training/test_data_resume.py)
 def test_sigkill_then_restart_reproduces_the_uninterrupted_losses_bitwise(tmp_path, cache_dir):
     """Killed at a random step (mid-training, maybe mid async save), the
     restarted run resumes from the last good checkpoint, replays the same
