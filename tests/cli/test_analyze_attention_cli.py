@@ -1,10 +1,13 @@
 """`t5x-like analyze-attention`: several checkpoints pooled on the same input block."""
 import json
 
+import pytest
+
 from t5x_like.cli import analyze_attention
 from tests.checkpoint_fixtures import tiny, write_run
 
 
+@pytest.mark.slow  # two checkpoints written and analysed end to end; the library is tested in the fast loop
 def test_cli_pools_a_causal_and_a_prefix_checkpoint_on_the_same_block(tmp_path, capsys):
     for layout in ("decoder_only", "prefix_lm"):
         write_run(str(tmp_path / layout), tiny(layout))

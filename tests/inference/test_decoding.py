@@ -128,8 +128,10 @@ def test_cached_greedy_equals_repeated_uncached_forward_passes(layout, position,
     np.testing.assert_allclose(np.asarray(result.scores), expected_scores, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("layout,overrides", [("decoder_only", {}), ("prefix_lm", {}), ("encoder_decoder", {}),
-                                              ("decoder_only", {"scan_layers": True})])
+@pytest.mark.parametrize("layout,overrides", [("decoder_only", {}), ("encoder_decoder", {}),
+                                              pytest.param("prefix_lm", {}, marks=pytest.mark.slow),
+                                              pytest.param("decoder_only", {"scan_layers": True},
+                                                           marks=pytest.mark.slow)])
 def test_cached_steps_give_the_uncached_log_probs_at_every_position(layout, overrides):
     """Teacher forcing a fixed continuation through prefill + decode_step gives, step by
     step, the log-probs of the uncached forward pass; the cache is heads-major."""

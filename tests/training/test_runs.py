@@ -77,6 +77,7 @@ def test_keep_best_keeps_lowest_validation_loss_besides_the_latest(tmp_path):
     assert not ckpt.save(4, tree, tree, {}), "an existing step must never be overwritten"
 
 
+@pytest.mark.slow  # a real corpus run to the end
 def test_a_corpus_without_a_validation_split_trains_to_the_end_without_evaluation(tmp_path, caplog):
     from t5x_like.data import tasks
     from tests.training_fixtures import tiny_model
