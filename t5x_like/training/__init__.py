@@ -4,8 +4,11 @@ Above model/ and data/ (imports both), below inference/ and experiments/.
 Modules:
   partitioning  the device mesh and the logical-axis rules table
   optimizers    Adafactor / AdamW recipes and schedules (optax)
-  checkpoints   orbax checkpoints that survive a kill; params-only restore
+  checkpoints   orbax checkpoints that survive a kill, with the input stream's position;
+                params-only restore, also from another layout (model/adaptation.py)
   metrics_log   console, metrics.jsonl and TensorBoard output; MFU
   trainer       TrainState, the jitted sharded steps, the loop
   run           TrainConfig and train(config): the named set-up steps
+  run_dir       one run per MODEL_DIR (a lock)
+  aot           TPU slices, and compiling the train step for one on any host (`t5x-like compile`)
 """
