@@ -28,6 +28,7 @@ def test_a_model_too_big_for_the_slice_is_one_line_naming_shortfall_and_knobs(ca
         assert knob in err
 
 
+@pytest.mark.slow  # a full compile; the refusal above stays in the fast loop
 def test_cli_prints_the_per_chip_table_of_a_fitting_run(capsys):
     rc = compile_cli.main(["--topology=v5e-4", "--gin_file=gin_configs/models/decoder_only/tiny.gin",
                            "--gin_file=gin_configs/runs/pretrain.gin", "--gin.BATCH_SIZE=8",
