@@ -33,6 +33,11 @@ def eval_curve(rows: list[dict]) -> tuple[list[int], list[float]]:
     return steps, [points[s] for s in steps]
 
 
+def run_eval_curve(experiment, arm_name: str, seed: int) -> tuple[list[int], list[float]]:
+    """The eval-loss curve of one run of the grid (its metrics.jsonl under OUTPUT_DIR/runs/)."""
+    return eval_curve(read_metrics(os.path.join(experiment.output_dir, "runs", f"{arm_name}_seed{seed}")))
+
+
 def convergence_note(steps: list[int], losses: list[float]) -> tuple[float | None, str]:
     """Relative loss drop over the last quarter of training, and a plain sentence."""
     if len(steps) < 2:
@@ -67,8 +72,7 @@ def build_results(experiment, size_rows: dict, records: list[dict]) -> dict:
                 n = min(len(s) for s in shared)
                 row["shared_nll"] = stats.layout_mean_ci([s[:n] for s in shared]).as_dict()
                 row["shared_eval_examples"] = n
-            curves = [eval_curve(read_metrics(os.path.join(experiment.output_dir, "runs", f"{arm.name}_seed{r['seed']}")))
-                      for r in runs]
+            curves = [run_eval_curve(experiment, arm.name, r["seed"]) for r in runs]
             drops = [convergence_note(*c) for c in curves]
             row["convergence"] = drops[0][1] if drops else "no runs"
             row["downstream"] = _downstream_means(runs)
@@ -141,8 +145,7 @@ def _differences(experiment, records: list[dict]) -> list[dict]:
 
 def _eval_curves(experiment, arm_name: str, records: list[dict]) -> tuple[list[int], np.ndarray] | None:
     """The eval-loss curves of an arm's runs [seeds, evaluations], cut to the evaluations all share."""
-    curves = [eval_curve(read_metrics(os.path.join(experiment.output_dir, "runs", f"{arm_name}_seed{r['seed']}")))
-              for r in records if r["arm"] == arm_name]
+    curves = [run_eval_curve(experiment, arm_name, r["seed"]) for r in records if r["arm"] == arm_name]
     curves = [c for c in curves if c[0]]
     if not curves:
         return None
@@ -292,8 +295,7 @@ def plot_loss_curves(experiment, results: dict, path: str) -> None:
 
     fig, (by_step, by_flops) = plt.subplots(1, 2, figsize=(11, 4))
     for arm_row in results["arms"]:
-        curves = [eval_curve(read_metrics(os.path.join(experiment.output_dir, "runs", f"{arm_row['arm']}_seed{s}")))
-                  for s in arm_row["seeds"]]
+        curves = [run_eval_curve(experiment, arm_row["arm"], s) for s in arm_row["seeds"]]
         curves = [c for c in curves if c[0]]
         if not curves:
             continue

@@ -135,16 +135,10 @@ def adaptation_plan(source: Mapping[str, tuple], target: Mapping[str, tuple], nu
                               + "; ".join(mismatched[:4]))
     used = {origin for origin, _ in loads.values()}
     dropped = sorted(p for p in source if p not in used)
-    if initialized and not _documented_fresh(initialized):
+    if initialized:  # every bridged tensor is carried or converted; none is documented as fresh
         raise AdaptationError(f"{len(initialized)} model tensors are not in the checkpoint and have no "
                               f"documented initialisation: {', '.join(initialized[:4])}")
     return AdaptationPlan(loads, initialized, dropped, adapted=True)
-
-
-def _documented_fresh(paths: list[str]) -> bool:
-    """Tensors a layout change may initialise fresh: none today (every bridged tensor is
-    carried or converted); a list here would name them."""
-    return not paths
 
 
 # -- relative-position tables ---------------------------------------------------------------

@@ -520,9 +520,11 @@ def _restore_params_from(checkpointer: Checkpointer, directory: str, steps: list
     for s in steps:
         try:
             meta = checkpointer.read_meta(s)
-            mapping = _plan_for(checkpointer, s, abstract_params, plan)
-            if mapping is not None and mapping.adapted:
-                return _restore_adapted(checkpointer, directory, s, meta, abstract_params, mapping)
+            if plan is not None:
+                found = item_metadata(os.path.join(directory, str(s)), "params")
+                mapping = _plan_for(found, directory, s, abstract_params, plan)
+                if mapping.adapted:
+                    return _restore_adapted(checkpointer, directory, s, meta, found, abstract_params, mapping)
             checkpointer.check_item(s, "params", abstract_params, meta, check_matches)
             restored = checkpointer._manager.restore(
                 s, args=ocp.args.Composite(params=ocp.args.StandardRestore(abstract_params)))
@@ -538,23 +540,18 @@ def _restore_params_from(checkpointer: Checkpointer, directory: str, steps: list
     raise RuntimeError(f"no readable checkpoint under {directory}: {last_error}")
 
 
-def _plan_for(checkpointer: Checkpointer, step: int, abstract_params: Any, plan: PlanFn | None) -> Any:
-    """The adaptation plan from the step's saved params to the model's, or None without a plan fn."""
-    if plan is None:
-        return None
-    found = item_metadata(os.path.join(checkpointer.directory, str(step)), "params")
+def _plan_for(found: Any, directory: str, step: int, abstract_params: Any, plan: PlanFn) -> Any:
+    """The adaptation plan from a step's saved params (`found`: their metadata) to the model's."""
     try:
         return plan(_flat_shapes(found), _flat_shapes(abstract_params))
     except ValueError as e:
-        raise CheckpointMismatchError(
-            f"cannot initialise this model from {checkpointer.directory} step {step}: {e}") from None
+        raise CheckpointMismatchError(f"cannot initialise this model from {directory} step {step}: {e}") from None
 
 
 def _restore_adapted(checkpointer: Checkpointer, directory: str, step: int, meta: Mapping[str, Any],
-                     abstract_params: Any, mapping: Any) -> Any:
-    """Reads the saved params in their own tree (replicated on the target's devices), verifies
-    them, and builds the model's tree from them as `mapping` (a model.adaptation.AdaptationPlan) says."""
-    found = item_metadata(os.path.join(directory, str(step)), "params")
+                     found: Any, abstract_params: Any, mapping: Any) -> Any:
+    """Reads the saved params (`found`: their metadata) in their own tree, replicated on the target's
+    devices, verifies them, and builds the model's tree as `mapping` (an adaptation.AdaptationPlan) says."""
     target_leaves = _flat_leaves(abstract_params)
     some_sharding = next(iter(target_leaves.values())).sharding
     replicated = jax.sharding.NamedSharding(some_sharding.mesh, jax.sharding.PartitionSpec())
