@@ -85,6 +85,7 @@ def build_results(experiment, size_rows: dict, records: list[dict]) -> dict:
             "arms": arms, "differences": _differences(experiment, records),
             "missing_runs": missing_runs(experiment, records),
             "adaptation": _adaptation(experiment, records),
+            "ranking": _ranking(experiment, records),
             "scaling": _scaling(experiment, arms, records) if experiment.scaling_fit else None}
 
 
@@ -179,6 +180,34 @@ def _adaptation(experiment, records: list[dict]) -> list[dict]:
     return rows
 
 
+def _ranking(experiment, records: list[dict]) -> list[dict]:
+    """Per group of arms trained from scratch on the same task for the same steps (so their eval
+    losses measure the same thing at the same points): from which evaluation on the order of the
+    arms' mean eval loss stays the final one, and for every pair its difference at each evaluation
+    with an interval over seeds, its crossings and the step from which the final lead is resolved
+    (interval excluding 0 from there on). Adapted arms (init_from) start elsewhere and are left out."""
+    by_task = collections.defaultdict(list)
+    for arm in experiment.arms:
+        curves = None if arm.init_from else _eval_curves(experiment, arm.name, records)
+        if curves is not None:
+            by_task[(arm.task or experiment.task, arm.train_steps or experiment.train_steps)].append(
+                (arm.name, *curves))
+    groups = []
+    for (task, _), arms in by_task.items():
+        if len(arms) < 2:
+            continue
+        n = min(len(steps) for _, steps, _ in arms)
+        steps = list(arms[0][1][:n])
+        curves = {name: losses[:, :n] for name, _, losses in arms}
+        means = {name: c.mean(0) for name, c in curves.items()}
+        rankings = [tuple(sorted(means, key=lambda name: means[name][i])) for i in range(n)]
+        pairs = [{"arm": a, "other": b, **stats.curve_difference(steps, curves[a], curves[b])}
+                 for i, a in enumerate(rankings[-1]) for b in rankings[-1][i + 1:]]
+        groups.append({"task": task, "steps": [int(s) for s in steps], "final_ranking": list(rankings[-1]),
+                       "settled_from": stats.settling_step(steps, rankings), "pairs": pairs})
+    return groups
+
+
 def _fmt_steps(value: float, cap: int) -> str:
     return f"> {cap}" if not np.isfinite(value) else f"{value:.0f}"
 
@@ -265,6 +294,7 @@ def render_markdown(results: dict) -> str:
                   "mean final loss (linear between evaluations; bootstrap over the seeds of both). "
                   "Saved = worth − total: positive means adapting beat training the target from scratch at "
                   "equal compute."]
+    lines += _render_ranking(results.get("ranking") or [])
     if results.get("scaling"):
         lines += ["", "## Scaling fits L(N) = E + A·N^(−α)", "", "| group | α [95% CI] | E | A |", "|---|---|---|---|"]
         for group, fit in results["scaling"].items():
@@ -275,6 +305,27 @@ def render_markdown(results: dict) -> str:
     lines += ["", "Files: results.json and results.csv (every number above), loss_curves.png, metrics/ "
               "(each run's JSONL log). Each run's exact command is in its result.json."]
     return "\n".join(lines) + "\n"
+
+
+def _render_ranking(groups: list[dict]) -> list[str]:
+    if not groups:
+        return []
+    lines = ["", "## When the ranking settles (eval loss of each run's own task, at every evaluation)", "",
+             "A lead is *resolved* from the first evaluation after which its 95% interval over seeds "
+             "(bootstrap; the eval examples are fixed, so only seed noise is in it) excludes 0 at every "
+             "later evaluation. A crossing is an evaluation where the sign of the mean difference flipped.", ""]
+    for group in groups:
+        lines += [f"Task `{group['task']}`: final order (lowest loss first) {', '.join(group['final_ranking'])}; "
+                  f"this order holds from step {group['settled_from']} of {group['steps'][-1]} on.", "",
+                  "| pair (leader vs other) | difference at first eval [95% CI] | at last eval [95% CI] | "
+                  "crossings at steps | lead resolved from step |", "|---|---|---|---|---|"]
+        for pair in group["pairs"]:
+            first, last = pair["differences"][0], pair["differences"][-1]
+            lines.append(f"| {pair['arm']} vs {pair['other']} | {_fmt_interval(first)} (step {pair['steps'][0]}) | "
+                         f"{_fmt_interval(last)} | {', '.join(map(str, pair['crossings'])) or 'none'} | "
+                         f"{pair['resolved_from'] if pair['resolved_from'] is not None else 'not resolved'} |")
+        lines.append("")
+    return lines[:-1]
 
 
 def write_csv(results: dict, path: str) -> None:

@@ -162,3 +162,35 @@ def equivalent_steps_ci(steps, baseline_curves, finals, num_replicates: int = 20
     # inf draws sort last; no interpolation between order statistics (inf - inf is undefined)
     low, high = np.percentile(draws, tail, method="lower"), np.percentile(draws, 100 - tail, method="higher")
     return Interval(estimate, float(low), float(high))
+
+
+# --- when a ranking settles ---------------------------------------------------------
+def settling_step(steps, ranking_at_step: list[tuple]) -> int | None:
+    """The first step from which the ranking equals the final one at every later evaluation."""
+    if not ranking_at_step:
+        return None
+    final, settled = ranking_at_step[-1], steps[-1]
+    for step, ranking in zip(reversed(steps), reversed(ranking_at_step)):
+        if ranking != final:
+            break
+        settled = step
+    return int(settled)
+
+
+def curve_difference(steps, curves_a, curves_b, num_replicates: int = 2000, seed: int = 0) -> dict:
+    """mean(a) − mean(b) at every evaluation (curves [seeds, evaluations]), each with a bootstrap
+    interval over the seeds of both; the evaluations where its sign flipped (a crossing); and
+    `resolved_from`: the first step from which every interval excludes 0 on the final side."""
+    a, b = _as_matrix(curves_a), _as_matrix(curves_b)
+    intervals = [paired_difference_ci(a[:, [i]], b[:, [i]], num_replicates, seed=seed) for i in range(len(steps))]
+    signs = [np.sign(iv.estimate) for iv in intervals]
+    crossings = [int(steps[i]) for i in range(1, len(steps)) if signs[i] != signs[i - 1] and signs[i] != 0]
+    final_sign = signs[-1]
+    excludes_zero_on_final_side = [not iv.contains(0.0) and np.sign(iv.estimate) == final_sign for iv in intervals]
+    resolved_from = None
+    for i in range(len(steps) - 1, -1, -1):
+        if not excludes_zero_on_final_side[i]:
+            break
+        resolved_from = int(steps[i])
+    return {"steps": [int(s) for s in steps], "differences": [iv.as_dict() for iv in intervals],
+            "crossings": crossings, "resolved_from": resolved_from}

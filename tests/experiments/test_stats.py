@@ -68,3 +68,29 @@ def test_equivalent_steps_interval_covers_the_planted_crossing_and_widens_with_s
     noisy = stats.equivalent_steps_ci(steps, curve + rng.normal(0, 0.2, (3, 1)), 3.0 + rng.normal(0, 0.2, 3))
     assert 150 < quiet.estimate < 200 and quiet.low == quiet.estimate == quiet.high
     assert noisy.high - noisy.low > 10 * (quiet.high - quiet.low)
+
+
+def test_settling_step_is_where_the_final_ranking_starts_to_hold():
+    steps = [100, 200, 300, 400]
+    rankings = [("a", "b"), ("b", "a"), ("a", "b"), ("a", "b")]
+    assert stats.settling_step(steps, rankings) == 300
+    assert stats.settling_step(steps, [("a", "b")] * 4) == 100
+    assert stats.settling_step([], []) is None
+
+
+def test_curve_difference_finds_the_crossing_and_when_the_lead_is_resolved():
+    rng = np.random.default_rng(0)
+    steps = [100, 200, 300, 400, 500]
+    # a starts ahead (lower loss), b overtakes at 300 and leads clearly from 400 on
+    gap = np.array([-0.2, -0.05, 0.05, 0.3, 0.4])
+    b = 3.0 - 0.1 * np.arange(5) + rng.normal(0, 0.01, (3, 5))
+    a = b.mean(0) + gap + rng.normal(0, 0.01, (3, 5))
+    a[:, 2] = b[:, 2].mean() + np.array([-0.05, 0.05, 0.15])  # ahead on average at 300, but not surely
+    result = stats.curve_difference(steps, a, b)
+    assert result["crossings"] == [300]
+    assert result["resolved_from"] == 400
+    assert result["differences"][0]["high"] < 0 < result["differences"][-1]["low"]
+    # seeds that disagree at the end leave the final lead unresolved
+    noisy = a.copy()
+    noisy[0, -1] -= 1.0
+    assert stats.curve_difference(steps, noisy, b)["resolved_from"] is None
