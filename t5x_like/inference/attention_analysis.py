@@ -56,6 +56,7 @@ def head_statistics(matrix: np.ndarray, triangular: bool = False) -> dict[str, f
         "relative_rank": rank / matrix.shape[0],
         "numerical_rank": numerical_rank,
         "effective_rank": float(np.exp(-np.sum(p * np.log(p)))),
+        "relative_effective_rank": float(np.exp(-np.sum(p * np.log(p)))) / matrix.shape[0],
         "row_entropy": float(np.mean(-np.sum(matrix * np.log(rows), axis=-1))),
         "length": int(matrix.shape[0]),
     }
@@ -113,14 +114,23 @@ def analyze(model: model_lib.Model, params, batches) -> list[dict]:
     return rows
 
 
+SUMMARY_KEYS = ("relative_rank", "numerical_rank", "effective_rank", "relative_effective_rank", "row_entropy",
+                "length")
+
+
 def summarize(rows: list[dict]) -> dict[str, dict[str, float]]:
-    """Mean of each statistic per mask kind."""
+    """Mean of each statistic per mask kind, with the 10th and 90th percentiles of the
+    relative effective rank over heads × examples."""
     grouped = collections.defaultdict(list)
     for row in rows:
         grouped[row["mask"]].append(row)
-    keys = ("relative_rank", "numerical_rank", "effective_rank", "row_entropy", "length")
-    return {kind: {key: float(np.mean([r[key] for r in group])) for key in keys} | {"heads_x_examples": len(group)}
-            for kind, group in sorted(grouped.items())}
+    summary = {}
+    for kind, group in sorted(grouped.items()):
+        spread = np.percentile([r["relative_effective_rank"] for r in group], [10, 90])
+        summary[kind] = ({key: float(np.mean([r[key] for r in group])) for key in SUMMARY_KEYS}
+                         | {"relative_effective_rank_p10": float(spread[0]),
+                            "relative_effective_rank_p90": float(spread[1]), "heads_x_examples": len(group)})
+    return summary
 
 
 def verdict(summary: dict) -> str:
