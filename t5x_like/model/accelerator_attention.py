@@ -15,7 +15,8 @@ and dynamic; splash takes static masks), an additive bias (T5 relative, ALiBi:
 neither kernel takes one here), attention-probability dropout, lengths that
 are not a multiple of splash's 128-wide blocks, a sequence-sharded length axis
 or per-head masks with sharded heads (TPU), packing, per-head masks, backward
-masks or float32 (cuDNN), and any other platform (CPU).
+masks, float32 or a head_dim over 128 / not a multiple of 8 (cuDNN), and any
+other platform (CPU).
 
 Does not own: the dense masks and their MaskSpec (masks.py), which mask each
 stack uses (transformer.py), the einsum reference (layers.py).
@@ -39,6 +40,7 @@ logger = logging.getLogger(__name__)
 # Splash's query/key blocks must be multiples of 128 lanes; the largest that divides a length is used.
 SPLASH_BLOCK_SIZES = (512, 256, 128)
 CUDNN_DTYPES = ("bfloat16", "float16")
+CUDNN_MAX_HEAD_DIM = 128  # before Hopper; Hopper and later take 256, which jax can check only on the device
 
 
 def accelerated_attention(query: Array, key: Array, value: Array, *, mask_spec: MaskSpec | None,
@@ -167,6 +169,8 @@ def cudnn_fallback_reason(query: Array, mask_spec: MaskSpec) -> str | None:
         return "packed examples (segment ids) with cuDNN, which takes causal and padding masks only"
     if len(mask_spec.heads) > 1 or mask_spec.heads[0] == "backward":
         return "per-head or backward masks with cuDNN, which takes causal and padding masks only"
+    if query.shape[-1] % 8 or query.shape[-1] > CUDNN_MAX_HEAD_DIM:
+        return f"cuDNN flash attention needs a head_dim that is a multiple of 8 and <= {CUDNN_MAX_HEAD_DIM}"
     if jnp.dtype(query.dtype).name not in CUDNN_DTYPES:
         return f"cuDNN flash attention needs {' or '.join(CUDNN_DTYPES)} activations (dtype='bfloat16')"
     return None

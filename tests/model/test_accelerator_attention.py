@@ -195,6 +195,7 @@ def test_cudnn_takes_unpacked_causal_or_padding_masks_in_half_precision_only():
     assert "bfloat16" in accel.cudnn_fallback_reason(f32, causal)
     assert "packed" in accel.cudnn_fallback_reason(bf16, masks.mask_spec(("causal",), valid, valid, segments, segments))
     assert "per-head" in accel.cudnn_fallback_reason(bf16, masks.mask_spec(("causal", "backward"), valid, valid))
+    assert "head_dim" in accel.cudnn_fallback_reason(jnp.zeros((2, 128, 2, 12), jnp.bfloat16), causal)
 
 
 def test_accelerated_takes_no_other_implementation():
