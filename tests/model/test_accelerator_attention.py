@@ -124,7 +124,7 @@ def test_splash_cross_attention_over_a_longer_padded_encoder_matches_einsum():
 
 
 @pytest.mark.slow  # two models' forward and backward passes, one interpreted
-def test_decoder_only_model_with_splash_matches_einsum_loss_and_gradients():
+def test_decoder_only_model_with_splash_matches_einsum_loss_and_gradients(caplog):
     config = tiny_config("decoder_only", position="rope", num_heads=2, head_dim=16)
     model, params = init_params(config, 2, 0, 128)
     accelerated = type(model)(config.replace(attention_kernel="accelerated", attention_implementation="interpret"))
@@ -133,11 +133,36 @@ def test_decoder_only_model_with_splash_matches_einsum_loss_and_gradients():
     batch = {"decoder_target_tokens": targets, "decoder_loss_weights": (targets != 0).astype(np.int32),
              "decoder_input_tokens": np.pad(targets[:, :-1], ((0, 0), (1, 0)))}
     loss = lambda m: lambda p: m.loss_sums(p, batch)[0]
-    (want, want_grads), (got, got_grads) = (jax.jit(jax.value_and_grad(loss(m)))(params)
-                                            for m in (model, accelerated))
+    with caplog.at_level(logging.WARNING, logger=LOGGER):
+        (want, want_grads), (got, got_grads) = (jax.jit(jax.value_and_grad(loss(m)))(params)
+                                                for m in (model, accelerated))
+    assert _fallback_lines(caplog) == []
     np.testing.assert_allclose(float(got), float(want), rtol=1e-5)
     for g, w in zip(jax.tree.leaves(got_grads), jax.tree.leaves(want_grads)):
         np.testing.assert_allclose(np.asarray(g), np.asarray(w), atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.slow  # an interpreted encoder-decoder (about 15 s here)
+def test_scanned_encoder_decoder_passes_its_mask_specs_to_splash(caplog):
+    """nn.scan broadcasts the MaskSpecs to every layer: scanned + splash gives unscanned einsum's logits."""
+    from tests.model.test_layer_options import _stack_layers
+
+    config = tiny_config("encoder_decoder", position="rope", num_heads=2, head_dim=16, num_encoder_layers=1,
+                         num_decoder_layers=1)
+    model, params = init_params(config, 1, 128, 128)
+    rng = np.random.default_rng(7)
+    targets = random_tokens(rng, (1, 128))
+    batch = {"decoder_target_tokens": targets, "decoder_input_tokens": np.pad(targets[:, :-1], ((0, 0), (1, 0))),
+             "encoder_input_tokens": random_tokens(rng, (1, 128))}
+    scanned = dict(jax.tree.map(np.asarray, params))
+    for prefix in ("encoder_layers", "decoder_layers"):
+        scanned = _stack_layers(scanned, prefix, 1)
+    accelerated = type(model)(config.replace(scan_layers=True, attention_kernel="accelerated",
+                                             attention_implementation="interpret"))
+    with caplog.at_level(logging.WARNING, logger=LOGGER):
+        got = jax.jit(accelerated.logits)(scanned, batch)
+    assert _fallback_lines(caplog) == []  # splash ran in every attention call
+    np.testing.assert_allclose(np.asarray(got), np.asarray(model.logits(params, batch)), atol=2e-5, rtol=2e-5)
 
 
 # --- falling back ------------------------------------------------------------------------------------------
