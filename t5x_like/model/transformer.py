@@ -10,7 +10,8 @@
 The token embedding is shared by all stacks. Each stack has its own position
 parameters (learned table or relative-bias table) and its own final norm.
 Which mask each stack uses is decided here (`encode`, `decode`), from
-`masks.py`'s builders; what the mask does to the logits is `layers.py`'s.
+`masks.py`'s builders (with `attention_kernel="accelerated"`, also its static
+`MaskSpec`); what the mask does to the logits is `layers.py`'s.
 
 Generation uses a key/value cache (flax collection 'cache'): `prefill` runs
 the encoder once and the decoder over the prompts (a prefix-LM's prompt with
