@@ -3,9 +3,10 @@
 Imports nothing else of t5x_like, and neither seqio, TensorFlow nor gin (a
 test holds it to that). Modules, in the order a batch flows through them:
   config       TransformerConfig: every architectural choice, typed and validated
-  masks        what a mask means (1 = may attend), composable builders
+  masks        what a mask means (1 = may attend), composable builders, MaskSpec (static form)
   positions    learned, sinusoidal, T5 relative bias, RoPE, ALiBi
   layers       the one shared Flax layers module (attention + KV cache, MLP, norms, blocks)
+  accelerator_attention  splash (TPU) / cuDNN (GPU) attention kernels and when they fall back
   transformer  Transformer: every layout from those layers, and which mask each stack uses
   model        Model: feature-converted batch -> loss sums / scores / prompts / cache steps
   sizing       exact parameter counts, FLOPs, and the matching solver

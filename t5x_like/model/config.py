@@ -71,9 +71,17 @@ class TransformerConfig:
     dtype: str = "float32"        # compute dtype ("bfloat16" for mixed precision)
     param_dtype: str = "float32"  # parameters stay fp32 for the optimizer
     # "einsum": explicit softmax(QKᵀ + bias); "dot_product_attention":
-    # jax.nn.dot_product_attention with implementation=attention_implementation.
-    attention_kernel: Literal["einsum", "dot_product_attention"] = "einsum"
-    attention_implementation: str | None = None  # None, "xla" or "cudnn"
+    # jax.nn.dot_product_attention with implementation=attention_implementation
+    # (None, "xla" or "cudnn"). "accelerated": the fused kernel of the platform
+    # being compiled for (model/accelerator_attention.py): splash attention on
+    # TPU, cuDNN flash attention on GPU; a call no kernel can take (CPU, a
+    # prefix-LM's per-example prefix, a relative/ALiBi bias, attention dropout,
+    # ...) runs the einsum path and logs the reason once. One name, not one per
+    # kernel, so the same gin file serves TPU, GPU and CPU runs.
+    # attention_implementation="interpret" with "accelerated": splash in Pallas
+    # interpret mode on any platform (slow; for numerics tests on CPU).
+    attention_kernel: Literal["einsum", "dot_product_attention", "accelerated"] = "einsum"
+    attention_implementation: str | None = None
     scan_layers: bool = False
     remat_policy: Literal["none", "full", "dots_saveable", "nothing_saveable"] = "none"
 
@@ -99,6 +107,9 @@ class TransformerConfig:
             yield f"mlp_activations={self.mlp_activations}: give one (plain) or two (gated)"
         if self.position == "rope" and self.head_dim % 2:
             yield "rope needs an even head_dim"
+        if self.attention_kernel == "accelerated" and self.attention_implementation not in (None, "interpret"):
+            yield (f"attention_kernel='accelerated' takes attention_implementation None or 'interpret', "
+                   f"got {self.attention_implementation!r}")
         if self.scan_layers and self.encoder_mask == "forward_backward_layers":
             yield "scan_layers does not support per-layer masks (forward_backward_layers)"
 

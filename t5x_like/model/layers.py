@@ -24,6 +24,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from t5x_like.model import accelerator_attention
+from t5x_like.model import masks as mask_lib
 from t5x_like.model import positions as position_lib
 from t5x_like.model.config import TransformerConfig
 
@@ -158,6 +160,8 @@ class MultiHeadAttention(nn.Module):
     bias: [B or 1, H or 1, Lq, Lk] added to the logits (relative position, ALiBi).
     query_positions / key_positions: [B, L], used for RoPE (and, when decoding,
     as the cache slot of each query).
+    mask_spec: the same mask described statically (masks.MaskSpec), read only by
+    attention_kernel="accelerated", which falls back to einsum without it.
 
     Key/value cache for generation (flax collection 'cache', see transformer.py and inference/decoding.py):
       kv_cache=None       no cache (training, scoring).
@@ -182,7 +186,8 @@ class MultiHeadAttention(nn.Module):
     @nn.compact
     def __call__(self, inputs_q: Array, inputs_kv: Array, mask: Array, bias: Array | None = None,
                  query_positions: Array | None = None, key_positions: Array | None = None,
-                 kv_cache: str | None = None, cache_length: int | None = None) -> Array:
+                 kv_cache: str | None = None, cache_length: int | None = None,
+                 mask_spec: mask_lib.MaskSpec | None = None) -> Array:
         cfg = self.config
         if kv_cache not in (None, "prefill", "step"):
             raise ValueError(f"kv_cache={kv_cache!r}, expected None, 'prefill' or 'step'")
@@ -201,7 +206,13 @@ class MultiHeadAttention(nn.Module):
                 key, value = self._extend_cache(key, value, query_positions)
         kv_axes = CACHE_EINSUM if kv_cache == "step" else "bkhd"
         scale = cfg.head_dim ** -0.5 if cfg.scale_attention_by_head_dim else 1.0
-        if cfg.attention_kernel == "dot_product_attention":
+        out = None
+        if cfg.attention_kernel == "accelerated" and kv_cache != "step":  # a step attends over cache slots
+            out = accelerator_attention.accelerated_attention(
+                query, key, value, mask_spec=mask_spec, bias=bias, scale=scale,
+                attention_dropout=is_training(self) and cfg.dropout_rate > 0,
+                interpret=cfg.attention_implementation == "interpret")
+        if out is None and cfg.attention_kernel == "dot_product_attention":
             # Lets XLA / cuDNN pick a fused kernel; it has no attention-probability dropout.
             if kv_axes == CACHE_EINSUM:  # the kernel takes [B, L, H, D]
                 key, value = jnp.swapaxes(key, 1, 2), jnp.swapaxes(value, 1, 2)
@@ -209,7 +220,7 @@ class MultiHeadAttention(nn.Module):
                 query, key, value, bias=None if bias is None else bias.astype(query.dtype),
                 mask=jnp.broadcast_to(mask, (query.shape[0], cfg.num_heads) + mask.shape[2:]),
                 scale=scale, implementation=cfg.attention_implementation)
-        else:
+        elif out is None:  # einsum, and what the accelerated kernels fall back to
             out = self._einsum_attention(query, key, value, mask, bias, scale, kv_axes)
         out = constrain(out, BATCH_LENGTH_HEADS_KV)
         return dense(cfg, cfg.d_model, ("heads", "kv", "embed"), "out", num_contracted=2)(out)
@@ -308,7 +319,8 @@ class Block(nn.Module):
     with `encoded`, so the same block class serves encoders and decoders, and
     an encoder block reused by a decoder (shared encoder-decoder) gains just
     its cross-attention. `kv_cache` / `cache_length` are MultiHeadAttention's
-    decoding arguments (self-attention gets both, cross-attention kv_cache only).
+    decoding arguments (self-attention gets both, cross-attention kv_cache only);
+    `mask_spec` / `cross_mask_spec` its static mask descriptions.
     """
 
     config: TransformerConfig
@@ -326,13 +338,16 @@ class Block(nn.Module):
 
     def __call__(self, x: Array, mask: Array, bias: Array | None, positions: Array,
                  encoded: Array | None = None, cross_mask: Array | None = None,
-                 kv_cache: str | None = None, cache_length: int | None = None) -> Array:
+                 kv_cache: str | None = None, cache_length: int | None = None,
+                 mask_spec: mask_lib.MaskSpec | None = None,
+                 cross_mask_spec: mask_lib.MaskSpec | None = None) -> Array:
         x = self._residual(x, self.self_attention_norm,
-                           lambda h: self.self_attention(h, h, mask, bias, positions, positions,
-                                                         kv_cache=kv_cache, cache_length=cache_length))
+                           lambda h: self.self_attention(h, h, mask, bias, positions, positions, kv_cache=kv_cache,
+                                                         cache_length=cache_length, mask_spec=mask_spec))
         if encoded is not None:
             x = self._residual(x, self.cross_attention_norm,
-                               lambda h: self.cross_attention(h, encoded, cross_mask, kv_cache=kv_cache))
+                               lambda h: self.cross_attention(h, encoded, cross_mask, kv_cache=kv_cache,
+                                                              mask_spec=cross_mask_spec))
         x = self._residual(x, self.mlp_norm, self.mlp)
         return constrain(x, BATCH_LENGTH_EMBED)
 
@@ -347,8 +362,9 @@ class ScannableBlock(Block):
     """A Block with the (carry, output) signature that nn.scan needs."""
 
     def __call__(self, x, mask, bias, positions, encoded=None, cross_mask=None, kv_cache=None,
-                 cache_length=None):
-        return super().__call__(x, mask, bias, positions, encoded, cross_mask, kv_cache, cache_length), None
+                 cache_length=None, mask_spec=None, cross_mask_spec=None):
+        return super().__call__(x, mask, bias, positions, encoded, cross_mask, kv_cache, cache_length,
+                                mask_spec, cross_mask_spec), None
 
 
 REMAT_POLICIES = {

@@ -21,10 +21,17 @@ later target. Naming note: seqio's PrefixLM feature converter calls the
 prefix indicator `decoder_causal_attention` although 1 there means
 *bidirectional*; t5x_like converts it once, in `model.py`, to
 `prefix_positions` and never uses the inverted name itself.
+
+`MaskSpec` describes the same masks without the [B, H, Lq, Lk] array (a static
+structure per head plus segment ids), for kernels that take static masks
+(accelerator_attention.py).
 """
 from __future__ import annotations
 
+from typing import Literal
+
 import jax.numpy as jnp
+from flax import struct
 
 Array = jnp.ndarray
 
@@ -103,3 +110,81 @@ def mask_to_bias(mask: Array, dtype=jnp.float32) -> Array:
     """
     big_negative = jnp.asarray(jnp.finfo(dtype).min * 0.5, dtype)
     return jnp.where(mask, jnp.asarray(0, dtype), big_negative)
+
+
+# --- a static description of the same masks, for kernels that take no dense mask ---------------
+HeadStructure = Literal["causal", "bidirectional", "backward"]
+
+
+@struct.dataclass
+class MaskSpec:
+    """A self- or cross-attention mask described as kernels with static masks need it.
+
+    Splash attention (TPU) and cuDNN flash attention (GPU) take no [B, H, Lq, Lk]
+    boolean array: they take a mask structure fixed at trace time plus segment
+    ids (or sequence lengths). `transformer.py` builds this next to the dense
+    mask when `attention_kernel="accelerated"`; `dense()` rebuilds the dense mask.
+
+    heads: the structure of every head (one entry: all heads alike), static.
+    query_segment_ids / key_segment_ids: [B, Lq] / [B, Lk] int32; 0 at padding,
+        else 1 + the packing segment id (1 when unpacked). A query may attend
+        a key only with an equal id, so padding and packing are one mechanism.
+        Padding queries see padding keys here, where the dense mask lets them
+        see nothing: their outputs are never used (no loss, no real query
+        attends them), and splash needs every row to see some key.
+    packed: several examples share a row (segment ids were given), static.
+    dynamic: why no static description exists (e.g. a prefix-LM's prefix
+        length differs per example), else None; heads and ids are then unused.
+
+    Worked example, a packed causal row [a b | c _] (two examples, one pad):
+        valid = [1, 1, 1, 0], segment_ids = [0, 0, 1, 0] → ids = [1, 1, 2, 0]
+        heads = ("causal",)        dense() for that row: 1 0 0 0
+                                                         1 1 0 0
+                                                         0 0 1 0
+                                                         0 0 0 1 (padding sees padding)
+    """
+
+    query_segment_ids: Array | None = None
+    key_segment_ids: Array | None = None
+    heads: tuple[HeadStructure, ...] = struct.field(pytree_node=False, default=("bidirectional",))
+    packed: bool = struct.field(pytree_node=False, default=False)
+    dynamic: str | None = struct.field(pytree_node=False, default=None)
+
+    def dense(self) -> Array:
+        """[B, H or 1, Lq, Lk] boolean: the mask this spec describes."""
+        if self.dynamic:
+            raise ValueError(f"no static mask to rebuild: {self.dynamic}")
+        lq, lk = self.query_segment_ids.shape[1], self.key_segment_ids.shape[1]
+        rows, cols = jnp.arange(lq)[:, None], jnp.arange(lk)[None, :]
+        by_structure = {"causal": cols <= rows, "backward": cols >= rows, "bidirectional": jnp.ones((lq, lk), bool)}
+        structure = jnp.stack([by_structure[h] for h in self.heads])[None]
+        return structure & segment_mask(self.query_segment_ids, self.key_segment_ids)
+
+
+def segment_ids_with_padding(valid: Array, segment_ids: Array | None = None) -> Array:
+    """[B, L] int32: 0 at padding, 1 + segment id elsewhere (1 when there are no segment ids)."""
+    ids = jnp.ones(valid.shape, jnp.int32) if segment_ids is None else segment_ids.astype(jnp.int32) + 1
+    return jnp.where(valid.astype(bool), ids, 0)
+
+
+def mask_spec(heads: tuple[HeadStructure, ...], query_valid: Array, key_valid: Array,
+              query_segment_ids: Array | None = None, key_segment_ids: Array | None = None) -> MaskSpec:
+    """The MaskSpec of `heads` & padding (& packing when segment ids are given)."""
+    return MaskSpec(segment_ids_with_padding(query_valid, query_segment_ids),
+                    segment_ids_with_padding(key_valid, key_segment_ids),
+                    heads=tuple(heads), packed=query_segment_ids is not None)
+
+
+def forward_backward_head_structures(num_heads: int) -> tuple[HeadStructure, ...]:
+    """forward_backward_heads_mask's heads: ceil(H/2) forward (causal), the rest backward."""
+    num_forward = (num_heads + 1) // 2
+    return ("causal",) * num_forward + ("backward",) * (num_heads - num_forward)
+
+
+def encoder_head_structures(encoder_mask: str, num_heads: int, layer_index: int) -> tuple[HeadStructure, ...]:
+    """The head structures of an encoder layer under TransformerConfig.encoder_mask (see the masks above)."""
+    if encoder_mask == "forward_backward_heads":
+        return forward_backward_head_structures(num_heads)
+    if encoder_mask == "forward_backward_layers":
+        return ("causal",) if layer_index % 2 == 0 else ("backward",)
+    return ("bidirectional",)

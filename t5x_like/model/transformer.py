@@ -10,7 +10,8 @@
 The token embedding is shared by all stacks. Each stack has its own position
 parameters (learned table or relative-bias table) and its own final norm.
 Which mask each stack uses is decided here (`encode`, `decode`), from
-`masks.py`'s builders; what the mask does to the logits is `layers.py`'s.
+`masks.py`'s builders (with `attention_kernel="accelerated"`, also its static
+`MaskSpec`); what the mask does to the logits is `layers.py`'s.
 
 Generation uses a key/value cache (flax collection 'cache'): `prefill` runs
 the encoder once and the decoder over the prompts (a prefix-LM's prompt with
@@ -97,9 +98,15 @@ class Transformer(nn.Module):
                 return base_mask & mask_lib.forward_backward_layer_mask(length, layer_index)
             return base_mask
 
+        def layer_spec(layer_index: int) -> mask_lib.MaskSpec | None:  # the same mask, for the accelerated kernels
+            if cfg.attention_kernel != "accelerated":
+                return None
+            heads = mask_lib.encoder_head_structures(cfg.encoder_mask, cfg.num_heads, layer_index)
+            return mask_lib.mask_spec(heads, valid, valid, segment_ids, segment_ids)
+
         bias = self._position_bias(self.encoder_positions, bias_positions, None)
         x = self._embed(tokens, positions, self.encoder_positions)
-        x = self._run_layers(self.encoder_layers, x, layer_mask, bias, positions)
+        x = self._run_layers(self.encoder_layers, x, layer_mask, bias, positions, layer_spec=layer_spec)
         return self._finish_stack(x, self.encoder_norm)
 
     def decode(self, tokens: Array, valid: Array, prefix_positions: Array | None = None,
@@ -134,10 +141,11 @@ class Transformer(nn.Module):
             cross_mask = mask_lib.combine(
                 mask_lib.padding_mask(valid, encoder_valid),
                 None if segment_ids is None else mask_lib.segment_mask(segment_ids, encoder_segment_ids))
+        spec, cross_spec = self._decoder_mask_specs(valid, segment_ids, encoder_valid, encoder_segment_ids)
         bias = self._position_bias(self.decoder_positions, bias_positions, prefix_positions)
         x = self._embed(tokens, positions, self.decoder_positions)
         x = self._run_layers(self.decoder_layers, x, lambda _: mask, bias, positions, encoded, cross_mask,
-                             kv_cache, cache_length)
+                             kv_cache, cache_length, lambda _: spec, cross_spec)
         hidden = self._finish_stack(x, self.decoder_norm)
         if logit_positions is not None:
             hidden = jnp.take_along_axis(hidden, logit_positions[:, None, None], axis=1)
@@ -219,13 +227,28 @@ class Transformer(nn.Module):
             return position_lib.alibi_bias(positions, key_positions, cfg.num_heads).astype(cfg.dtype)
         return None
 
+    def _decoder_mask_specs(self, valid, segment_ids, encoder_valid, encoder_segment_ids):
+        """(self-attention, cross-attention) MaskSpecs for the accelerated kernels; (None, None) otherwise."""
+        if self.config.attention_kernel != "accelerated":
+            return None, None
+        if self.config.layout == "prefix_lm":
+            spec = mask_lib.MaskSpec(dynamic="prefix-LM: each example's prefix length is dynamic, and splash "
+                                             "and cuDNN take static masks")
+        else:
+            spec = mask_lib.mask_spec(("causal",), valid, valid, segment_ids, segment_ids)
+        cross_spec = None if encoder_valid is None else mask_lib.mask_spec(
+            ("bidirectional",), valid, encoder_valid, segment_ids, encoder_segment_ids)
+        return spec, cross_spec
+
     def _run_layers(self, stack, x, layer_mask, bias, positions, encoded=None, cross_mask=None,
-                    kv_cache=None, cache_length=None):
+                    kv_cache=None, cache_length=None, layer_spec=lambda _: None, cross_spec=None):
         if self.config.scan_layers:
-            x, _ = stack(x, layer_mask(0), bias, positions, encoded, cross_mask, kv_cache, cache_length)
+            x, _ = stack(x, layer_mask(0), bias, positions, encoded, cross_mask, kv_cache, cache_length,
+                         layer_spec(0), cross_spec)
             return x
         for i, block in enumerate(stack):
-            x = block(x, layer_mask(i), bias, positions, encoded, cross_mask, kv_cache, cache_length)
+            x = block(x, layer_mask(i), bias, positions, encoded, cross_mask, kv_cache, cache_length,
+                      layer_spec(i), cross_spec)
         return x
 
     def _finish_stack(self, x, final_norm) -> Array:

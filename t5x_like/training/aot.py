@@ -45,6 +45,8 @@ from t5x_like.training import partitioning
 from t5x_like.training.run import TrainConfig, build_trainer
 
 GiB = 2**30
+# How a Pallas (Mosaic) kernel, e.g. splash attention, appears in compiled TPU HLO.
+PALLAS_CUSTOM_CALL = 'custom_call_target="tpu_custom_call"'
 
 
 @dataclasses.dataclass(frozen=True)
@@ -217,6 +219,7 @@ class CompileReport:
     compile_seconds: float
     eval_total_bytes: int | None = None
     eval_temp_bytes: int | None = None
+    pallas_kernel_calls: int = 0           # Mosaic custom calls in the train step (splash attention)
 
     @property
     def total_bytes(self) -> int:
@@ -259,6 +262,8 @@ class CompileReport:
             ("step time at 100% MFU", _human_seconds(self.step_seconds(1.0))),
             ("step time at 50% MFU", _human_seconds(self.step_seconds(0.5))),
         ]
+        if self.pallas_kernel_calls:
+            rows.append(("Pallas kernel calls", f"{self.pallas_kernel_calls} (tpu_custom_call in the train step)"))
         if measured_step_seconds:
             rows.append((f"MFU at a measured {measured_step_seconds:g} s",
                          f"{100 * self.mfu(measured_step_seconds):.1f}%"))
@@ -393,4 +398,5 @@ def compile_train_step(config: TrainConfig, tpu_slice: Slice | str, *, eval_step
         code_bytes=int(memory.generated_code_size_in_bytes), hbm_bytes=tpu_slice.hbm_bytes,
         xla_flops_per_chip=_xla_flops(compiled), model_flops_per_chip=model_flops / num_chips,
         peak_flops=tpu_slice.peak_flops, compile_seconds=seconds,
-        eval_total_bytes=eval_total, eval_temp_bytes=eval_temp)
+        eval_total_bytes=eval_total, eval_temp_bytes=eval_temp,
+        pallas_kernel_calls=compiled.as_text().count(PALLAS_CUSTOM_CALL))

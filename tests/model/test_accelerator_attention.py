@@ -1,0 +1,244 @@
+"""attention_kernel="accelerated" (model/accelerator_attention.py) on this CPU host.
+
+Splash attention runs in Pallas interpret mode (the TPU kernel's own code,
+interpreted) and must match the einsum reference in values and gradients on
+every real query; padding queries are the one documented difference. Calls no
+kernel can take fall back to einsum and log one line per reason. The TPU
+lowering itself is checked by compiling a train step for a v5e slice.
+"""
+import functools
+import logging
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from t5x_like.model import accelerator_attention as accel
+from t5x_like.model import masks
+from t5x_like.model.config import TransformerConfig
+from tests.model_fixtures import init_params, random_tokens, tiny_config
+
+LOGGER = "t5x_like.model.accelerator_attention"
+
+
+@pytest.fixture(autouse=True)
+def _fresh_fallback_log():
+    accel.log_fallback.cache_clear()
+    yield
+    accel.log_fallback.cache_clear()
+
+
+def _fallback_lines(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == LOGGER]
+
+
+def _qkv(rng, batch, lq, lk, heads=2, head_dim=16, dtype=jnp.float32):
+    q = rng.standard_normal((batch, lq, heads, head_dim))
+    k, v = (rng.standard_normal((batch, lk, heads, head_dim)) for _ in range(2))
+    return tuple(jnp.asarray(x, dtype) for x in (q, k, v))
+
+
+def _einsum_reference(q, k, v, mask, scale):
+    logits = jnp.einsum("bqhd,bkhd->bhqk", q, k) * scale
+    logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min * 0.5)
+    return jnp.einsum("bhqk,bkhd->bqhd", jax.nn.softmax(logits, axis=-1), v)
+
+
+def _valid(batch, length, real_lengths):
+    return jnp.arange(length)[None, :] < jnp.asarray(real_lengths)[:, None]
+
+
+def _assert_matches_reference_on_real_queries(spec, q, k, v, scale=0.25):
+    """Outputs on real queries, and the gradients of a random projection of them, equal einsum's."""
+    real = (spec.query_segment_ids != 0)[:, :, None, None]
+    cotangent = jnp.asarray(np.random.default_rng(9).standard_normal(q.shape[:3] + v.shape[-1:]), q.dtype) * real
+
+    # under jit the interpreted kernel runs as compiled loops, much faster than op by op
+    @functools.partial(jax.jit, static_argnames="use_splash")
+    def values_and_gradients(q, k, v, spec, use_splash):
+        if use_splash:
+            attention = lambda q, k, v: accel.accelerated_attention(
+                q, k, v, mask_spec=spec, bias=None, scale=scale, platform="tpu", interpret=True)
+        else:
+            attention = lambda q, k, v: _einsum_reference(q, k, v, spec.dense(), scale)
+        out, vjp = jax.vjp(attention, q, k, v)
+        return out * real, vjp(cotangent)
+
+    (got, got_grads), (want, want_grads) = (values_and_gradients(q, k, v, spec, s) for s in (True, False))
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=2e-5, rtol=2e-5)
+    for name, g, w in zip("qkv", got_grads, want_grads):
+        np.testing.assert_allclose(np.asarray(g), np.asarray(w), atol=5e-5, rtol=5e-5, err_msg=f"d{name}")
+
+
+# --- the mask description ------------------------------------------------------------------------------
+def test_mask_spec_describes_the_dense_decoder_mask_with_padding_and_packing():
+    valid = _valid(2, 8, [8, 6])
+    segments = jnp.asarray([[0, 0, 0, 1, 1, 1, 1, 1], [0, 0, 1, 1, 1, 1, 0, 0]])
+    dense = masks.combine(masks.causal_mask(8), masks.padding_mask(valid, valid), masks.segment_mask(segments, segments))
+    spec = masks.mask_spec(("causal",), valid, valid, segments, segments)
+    real_rows = valid[:, None, :, None]
+    np.testing.assert_array_equal(np.asarray(spec.dense() & real_rows), np.asarray(dense & real_rows))
+    assert spec.packed and spec.query_segment_ids[1].tolist() == [1, 1, 2, 2, 2, 2, 0, 0]
+    # every row of the spec sees some key (splash needs it); the dense mask's padding rows see none
+    assert bool(jnp.all(jnp.any(spec.dense(), axis=-1)))
+
+
+@pytest.mark.parametrize("encoder_mask", ["bidirectional", "forward_backward_heads", "forward_backward_layers"])
+def test_mask_spec_heads_follow_the_encoder_mask(encoder_mask):
+    valid = _valid(1, 6, [5])
+    for layer in (0, 1):
+        heads = masks.encoder_head_structures(encoder_mask, 4, layer)
+        dense = masks.padding_mask(valid, valid)
+        if encoder_mask == "forward_backward_heads":
+            dense = dense & masks.forward_backward_heads_mask(6, 4)
+        elif encoder_mask == "forward_backward_layers":
+            dense = dense & masks.forward_backward_layer_mask(6, layer)
+        spec = masks.mask_spec(heads, valid, valid)
+        real_rows = valid[:, None, :, None]
+        np.testing.assert_array_equal(np.asarray(jnp.broadcast_to(spec.dense(), (1, 4, 6, 6)) & real_rows),
+                                      np.asarray(jnp.broadcast_to(dense, (1, 4, 6, 6)) & real_rows))
+
+
+# --- splash, interpreted, against einsum ----------------------------------------------------------------------
+@pytest.mark.parametrize("heads", [("causal",), ("bidirectional",), ("causal", "backward")])
+def test_splash_matches_einsum_values_and_gradients(heads):
+    q, k, v = _qkv(np.random.default_rng(0), 2, 128, 128)
+    valid = _valid(2, 128, [128, 100])
+    _assert_matches_reference_on_real_queries(masks.mask_spec(heads, valid, valid), q, k, v)
+
+
+def test_splash_with_packed_examples_and_skipped_blocks_matches_einsum(monkeypatch):
+    """Two 128-blocks per axis: the causal mask's upper-right block is skipped by the kernel."""
+    monkeypatch.setattr(accel, "SPLASH_BLOCK_SIZES", (128,))
+    q, k, v = _qkv(np.random.default_rng(1), 1, 256, 256)
+    segments = jnp.asarray([[0] * 90 + [1] * 100 + [2] * 66])
+    valid = _valid(1, 256, [230])
+    _assert_matches_reference_on_real_queries(masks.mask_spec(("causal",), valid, valid, segments, segments), q, k, v)
+
+
+def test_splash_cross_attention_over_a_longer_padded_encoder_matches_einsum():
+    q, k, v = _qkv(np.random.default_rng(2), 2, 128, 256)
+    spec = masks.mask_spec(("bidirectional",), _valid(2, 128, [128, 70]), _valid(2, 256, [256, 150]))
+    _assert_matches_reference_on_real_queries(spec, q, k, v)
+
+
+@pytest.mark.slow  # two models' forward and backward passes, one interpreted
+def test_decoder_only_model_with_splash_matches_einsum_loss_and_gradients(caplog):
+    config = tiny_config("decoder_only", position="rope", num_heads=2, head_dim=16)
+    model, params = init_params(config, 2, 0, 128)
+    accelerated = type(model)(config.replace(attention_kernel="accelerated", attention_implementation="interpret"))
+    targets = random_tokens(np.random.default_rng(3), (2, 128))
+    targets[1, 90:] = 0  # right padding
+    batch = {"decoder_target_tokens": targets, "decoder_loss_weights": (targets != 0).astype(np.int32),
+             "decoder_input_tokens": np.pad(targets[:, :-1], ((0, 0), (1, 0)))}
+    loss = lambda m: lambda p: m.loss_sums(p, batch)[0]
+    with caplog.at_level(logging.WARNING, logger=LOGGER):
+        (want, want_grads), (got, got_grads) = (jax.jit(jax.value_and_grad(loss(m)))(params)
+                                                for m in (model, accelerated))
+    assert _fallback_lines(caplog) == []
+    np.testing.assert_allclose(float(got), float(want), rtol=1e-5)
+    for g, w in zip(jax.tree.leaves(got_grads), jax.tree.leaves(want_grads)):
+        np.testing.assert_allclose(np.asarray(g), np.asarray(w), atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.slow  # an interpreted encoder-decoder (about 15 s here)
+def test_scanned_encoder_decoder_passes_its_mask_specs_to_splash(caplog):
+    """nn.scan broadcasts the MaskSpecs to every layer: scanned + splash gives unscanned einsum's logits."""
+    from tests.model.test_layer_options import _stack_layers
+
+    config = tiny_config("encoder_decoder", position="rope", num_heads=2, head_dim=16, num_encoder_layers=1,
+                         num_decoder_layers=1)
+    model, params = init_params(config, 1, 128, 128)
+    rng = np.random.default_rng(7)
+    targets = random_tokens(rng, (1, 128))
+    batch = {"decoder_target_tokens": targets, "decoder_input_tokens": np.pad(targets[:, :-1], ((0, 0), (1, 0))),
+             "encoder_input_tokens": random_tokens(rng, (1, 128))}
+    scanned = dict(jax.tree.map(np.asarray, params))
+    for prefix in ("encoder_layers", "decoder_layers"):
+        scanned = _stack_layers(scanned, prefix, 1)
+    accelerated = type(model)(config.replace(scan_layers=True, attention_kernel="accelerated",
+                                             attention_implementation="interpret"))
+    with caplog.at_level(logging.WARNING, logger=LOGGER):
+        got = jax.jit(accelerated.logits)(scanned, batch)
+    assert _fallback_lines(caplog) == []  # splash ran in every attention call
+    np.testing.assert_allclose(np.asarray(got), np.asarray(model.logits(params, batch)), atol=2e-5, rtol=2e-5)
+
+
+# --- falling back ------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("layout, position, reason", [
+    ("prefix_lm", "rope", "prefix-LM"),             # a per-example prefix: no static mask
+    ("decoder_only", "relative", "position bias"),  # T5's relative bias
+    ("decoder_only", "alibi", "position bias"),
+])
+def test_model_falls_back_to_the_same_einsum_logits_and_logs_one_line(caplog, layout, position, reason):
+    config = tiny_config(layout, position=position)
+    model, params = init_params(config, 2, *((4, 4) if layout == "prefix_lm" else (0, 8)))
+    accelerated = type(model)(config.replace(attention_kernel="accelerated", attention_implementation="interpret"))
+    targets = random_tokens(np.random.default_rng(4), (2, 8))
+    batch = {"decoder_target_tokens": targets, "decoder_input_tokens": np.pad(targets[:, :-1], ((0, 0), (1, 0))),
+             "decoder_causal_attention": (np.arange(8) < np.array([[3], [5]])).astype(np.int32)}
+    with caplog.at_level(logging.WARNING, logger=LOGGER):
+        for _ in range(2):  # two layers, two traces: still one line
+            got = accelerated.logits(params, batch)
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(model.logits(params, batch)))
+    lines = _fallback_lines(caplog)
+    assert len(lines) == 1 and reason in lines[0], lines
+
+
+def test_each_fallback_reason_is_logged_once(caplog):
+    q, k, v = _qkv(np.random.default_rng(5), 1, 128, 128)
+    valid = _valid(1, 128, [128])
+    spec = masks.mask_spec(("causal",), valid, valid)
+    bias = jnp.zeros((1, 2, 128, 128))
+    calls = [dict(mask_spec=spec, bias=bias, platform="tpu"),
+             dict(mask_spec=spec, bias=None, platform="tpu", attention_dropout=True),
+             dict(mask_spec=spec, bias=None, platform="cpu"),
+             dict(mask_spec=None, bias=None, platform="tpu")]
+    with caplog.at_level(logging.WARNING, logger=LOGGER):
+        for kwargs in calls + calls:
+            assert accel.accelerated_attention(q, k, v, scale=1.0, **kwargs) is None
+    lines = _fallback_lines(caplog)
+    assert len(lines) == 4, lines
+    for words in ("position bias", "dropout", "no accelerator kernel on cpu", "no static mask description"):
+        assert sum(words in line for line in lines) == 1, (words, lines)
+
+
+def test_splash_refuses_lengths_off_its_128_blocks():
+    q, k, _ = _qkv(np.random.default_rng(6), 1, 64, 64)
+    valid = _valid(1, 64, [64])
+    assert "multiples of 128" in accel.splash_fallback_reason(q, k, masks.mask_spec(("causal",), valid, valid))
+
+
+def test_cudnn_takes_unpacked_causal_or_padding_masks_in_half_precision_only():
+    valid = _valid(2, 128, [128, 90])
+    segments = jnp.zeros((2, 128), jnp.int32)
+    bf16, f32 = (jnp.zeros((2, 128, 2, 16), dtype) for dtype in (jnp.bfloat16, jnp.float32))
+    causal, full = (masks.mask_spec((h,), valid, valid) for h in ("causal", "bidirectional"))
+    assert accel.cudnn_fallback_reason(bf16, causal) is None
+    assert accel.cudnn_fallback_reason(bf16, full) is None
+    assert "bfloat16" in accel.cudnn_fallback_reason(f32, causal)
+    assert "packed" in accel.cudnn_fallback_reason(bf16, masks.mask_spec(("causal",), valid, valid, segments, segments))
+    assert "per-head" in accel.cudnn_fallback_reason(bf16, masks.mask_spec(("causal", "backward"), valid, valid))
+    assert "head_dim" in accel.cudnn_fallback_reason(jnp.zeros((2, 128, 2, 12), jnp.bfloat16), causal)
+
+
+def test_accelerated_takes_no_other_implementation():
+    with pytest.raises(ValueError, match="attention_implementation None or 'interpret'"):
+        TransformerConfig(attention_kernel="accelerated", attention_implementation="cudnn")
+
+
+# --- the TPU lowering ------------------------------------------------------------------------------------------
+@pytest.mark.slow  # a TPU compile on this CPU host (about 10 s)
+def test_train_step_compiled_for_a_v5e_slice_calls_the_splash_kernel(caplog):
+    pytest.importorskip("libtpu")
+    from t5x_like.model.model import Model
+    from t5x_like.training import aot, run
+
+    config = tiny_config("decoder_only", position="rope", attention_kernel="accelerated")
+    train_config = run.TrainConfig(model=Model(config), task_feature_lengths={"targets": 128}, batch_size=8)
+    with caplog.at_level(logging.WARNING, logger=LOGGER):
+        report = aot.compile_train_step(train_config, "v5e:2x2", eval_step=False)
+    # 2 layers x (forward, dq, dkv kernels)
+    assert report.pallas_kernel_calls == 6 and "Pallas kernel calls" in report.table()
+    assert _fallback_lines(caplog) == []
