@@ -111,3 +111,26 @@ def test_one_binding_moves_every_pretraining_task_to_another_corpus():
     assert experiment.task == "bible_prefix_lm" and experiment.eval_task == "bible_prefix_lm"
     assert {arm.task for arm in experiment.arms} == {None, "bible_causal_lm", "bible_span_corruption"}
     assert {arm.eval_task for arm in experiment.arms} == {None, "bible_causal_lm", "bible_span_corruption"}
+
+
+def test_mixed_attention_arms_differ_only_in_the_encoder_mask():
+    """Every arm of the mixed-attention comparison trains on the same batches (same task, lengths,
+    seed, batch size, objective) and is scored on the same examples: only the mask differs."""
+    experiment = load_experiment([os.path.join(REPO, "gin_configs/experiments/mixed_attention.gin")],
+                                 ["OUTPUT_DIR = '/tmp/out'"])
+    seed = experiment.seeds[0]
+    configs = {}
+    for arm in experiment.arms:
+        cell = compare.cell_of(experiment, arm, seed)
+        configs[arm.name] = GIN_LOADERS.train_config(compare.train_argv(experiment, cell, "encoder_only"))
+    assert len({arm.eval_task or experiment.eval_task for arm in experiment.arms}) == 1
+    reference = configs[experiment.reference_arm]
+    for name, config in configs.items():
+        model_configs = (config.model.config, reference.model.config)
+        assert model_configs[0].replace(encoder_mask="bidirectional") == model_configs[1], name
+        for field in ("mixture_or_task_name", "task_feature_lengths", "train_steps", "batch_size", "seed", "pack",
+                      "shuffle", "eval_steps", "z_loss", "label_smoothing"):
+            assert getattr(config, field) == getattr(reference, field), (name, field)
+        steps = (0, 50, 100, 599)
+        assert ([float(config.optimizer.learning_rate(s)) for s in steps]
+                == [float(reference.optimizer.learning_rate(s)) for s in steps]), name
