@@ -71,9 +71,14 @@ class TransformerConfig:
     dtype: str = "float32"        # compute dtype ("bfloat16" for mixed precision)
     param_dtype: str = "float32"  # parameters stay fp32 for the optimizer
     # "einsum": explicit softmax(QKᵀ + bias); "dot_product_attention":
-    # jax.nn.dot_product_attention with implementation=attention_implementation.
-    attention_kernel: Literal["einsum", "dot_product_attention"] = "einsum"
+    # jax.nn.dot_product_attention with implementation=attention_implementation;
+    # "blockwise": model/attention.py's online-softmax kernel, which skips the key
+    # blocks a mask hides (decoding steps and attention dropout run einsum).
+    attention_kernel: Literal["einsum", "dot_product_attention", "blockwise"] = "einsum"
     attention_implementation: str | None = None  # None, "xla" or "cudnn"
+    # Blockwise kernel: queries and keys per block (a block longer than the sequence shrinks to it).
+    attention_block_q: int = 128
+    attention_block_k: int = 128
     scan_layers: bool = False
     remat_policy: Literal["none", "full", "dots_saveable", "nothing_saveable"] = "none"
 
@@ -99,6 +104,9 @@ class TransformerConfig:
             yield f"mlp_activations={self.mlp_activations}: give one (plain) or two (gated)"
         if self.position == "rope" and self.head_dim % 2:
             yield "rope needs an even head_dim"
+        if min(self.attention_block_q, self.attention_block_k) < 1:
+            yield (f"attention_block_q={self.attention_block_q}, attention_block_k={self.attention_block_k}: "
+                   "blocks need at least one position")
         if self.scan_layers and self.encoder_mask == "forward_backward_layers":
             yield "scan_layers does not support per-layer masks (forward_backward_layers)"
 
