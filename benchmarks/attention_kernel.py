@@ -75,14 +75,15 @@ def main(argv=None) -> int:
         argnums = (0, 1, 2, 3) if with_bias else (0, 1, 2)
 
         def grad_fn(kernel):
-            loss = lambda q, k, v, b: jnp.sum(kernel(q, k, v, mask, b, dim ** -0.5) * cotangent)
+            # The mask is an argument, as in the model (where padding makes it data), not a constant to fold.
+            loss = lambda q, k, v, b, m: jnp.sum(kernel(q, k, v, m, b, dim ** -0.5) * cotangent)
             return jax.jit(jax.grad(loss, argnums=argnums))
 
         fns = {"einsum": grad_fn(attention.einsum_attention)}
         for block in map(int, args.block_sizes.split(",")):
             fns[f"blockwise_{block}"] = grad_fn(functools.partial(attention.blockwise_attention, block_q=block,
                                                                   block_k=block))
-        ms = time_kernels(fns, (q, k, v, bias), args.repeats)
+        ms = time_kernels(fns, (q, k, v, bias, mask), args.repeats)
         row = {"case": name, "length": length, "ms": ms,
                "einsum_over_blockwise": {n: ms["einsum"] / t for n, t in ms.items() if n != "einsum"}}
         results["cases"].append(row)

@@ -97,10 +97,13 @@ def blockwise_attention(query: Array, key: Array, value: Array, mask: Array, bia
     """`einsum_attention` (kv_axes "bkhd") computed per block pair; see the module docstring.
 
     Lengths that are not multiples of the blocks are padded (padded keys and queries masked
-    out, padded outputs dropped); a block larger than its length shrinks to the length.
+    out, padded outputs dropped); a block larger than its length shrinks to the length, and
+    when one block holds both lengths the call is the einsum kernel.
     Returns [B, Lq, H, D] in query's dtype.
     """
     q_len, k_len = query.shape[1], key.shape[1]
+    if q_len <= block_q and k_len <= block_k:  # one pair: nothing to skip, and einsum compiles faster
+        return einsum_attention(query, key, value, mask, bias, scale, weights_dtype=query.dtype)
     block_q, block_k = min(block_q, q_len), min(block_k, k_len)
     mask = _pad_last_two(mask, block_q, block_k, False)
     bias = None if bias is None else _pad_last_two(bias, block_q, block_k, 0)

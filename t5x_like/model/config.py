@@ -73,8 +73,10 @@ class TransformerConfig:
     # "einsum": explicit softmax(QKᵀ + bias); "dot_product_attention":
     # jax.nn.dot_product_attention with implementation=attention_implementation;
     # "blockwise": model/attention.py's online-softmax kernel, which skips the key
-    # blocks a mask hides (decoding steps and attention dropout run einsum).
-    attention_kernel: Literal["einsum", "dot_product_attention", "blockwise"] = "einsum"
+    # blocks a mask hides (decoding steps and attention dropout run einsum). The
+    # default: faster than einsum in every layout's train step on the CPU
+    # (docs/performance.md), and the same function (tests/model/test_attention.py).
+    attention_kernel: Literal["einsum", "dot_product_attention", "blockwise"] = "blockwise"
     attention_implementation: str | None = None  # None, "xla" or "cudnn"
     # Blockwise kernel: queries and keys per block (a block longer than the sequence shrinks to it).
     attention_block_q: int = 128
