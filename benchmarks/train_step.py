@@ -170,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--layouts", default=",".join(LAYOUTS))
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--steps", type=int, default=3, help="timed steps per layout (median reported)")
-    p.add_argument("--attention-kernels", default="einsum",
+    p.add_argument("--attention-kernels", default="einsum,blockwise",
                    help="comma-separated TransformerConfig.attention_kernel values, timed side by side "
                         "(the first is the ratios' reference), e.g. einsum,blockwise")
     p.add_argument("--block-sizes", default="128", help="blockwise kernel: query = key block sizes to try")
