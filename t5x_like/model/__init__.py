@@ -5,6 +5,7 @@ test holds it to that). Modules, in the order a batch flows through them:
   config       TransformerConfig: every architectural choice, typed and validated
   masks        what a mask means (1 = may attend), composable builders, MaskSpec (static form)
   positions    learned, sinusoidal, T5 relative bias, RoPE, ALiBi
+  attention    the attention kernels (einsum reference, blockwise with masked-block skipping)
   layers       the one shared Flax layers module (attention + KV cache, MLP, norms, blocks)
   accelerator_attention  splash (TPU) / cuDNN (GPU) attention kernels and when they fall back
   transformer  Transformer: every layout from those layers, and which mask each stack uses

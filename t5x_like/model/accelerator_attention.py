@@ -7,8 +7,8 @@ Owns the choice and the call of a fused kernel for one attention call:
   GPU  cuDNN flash attention (jax.nn.dot_product_attention(implementation="cudnn")):
        causal or bidirectional, padding as sequence lengths; bfloat16/float16.
 `accelerated_attention` returns the kernel's output, or None when the call is
-not one a kernel can take; the caller (layers.MultiHeadAttention) then runs its
-einsum attention. Each reason for falling back is logged once per process.
+not one a kernel can take; the caller (layers.MultiHeadAttention) then runs the
+portable blockwise kernel (attention.py). Each reason for falling back is logged once per process.
 
 What falls back, and why: a prefix-LM's mask (its prefix length is per example
 and dynamic; splash takes static masks), an additive bias (T5 relative, ALiBi:
@@ -19,7 +19,7 @@ masks, float32 or a head_dim over 128 / not a multiple of 8 (cuDNN), and any
 other platform (CPU).
 
 Does not own: the dense masks and their MaskSpec (masks.py), which mask each
-stack uses (transformer.py), the einsum reference (layers.py).
+stack uses (transformer.py), the portable kernels and their einsum reference (attention.py).
 """
 from __future__ import annotations
 
@@ -74,7 +74,7 @@ def accelerated_attention(query: Array, key: Array, value: Array, *, mask_spec: 
 @functools.lru_cache(maxsize=None)
 def log_fallback(reason: str) -> None:
     """One log line per distinct reason per process (not per call or trace); cache_clear() resets."""
-    logger.warning("attention_kernel='accelerated' falls back to einsum attention: %s", reason)
+    logger.warning("attention_kernel='accelerated' falls back to the blockwise kernel: %s", reason)
 
 
 def target_platform() -> str:

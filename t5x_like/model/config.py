@@ -72,16 +72,23 @@ class TransformerConfig:
     param_dtype: str = "float32"  # parameters stay fp32 for the optimizer
     # "einsum": explicit softmax(QKᵀ + bias); "dot_product_attention":
     # jax.nn.dot_product_attention with implementation=attention_implementation
-    # (None, "xla" or "cudnn"). "accelerated": the fused kernel of the platform
-    # being compiled for (model/accelerator_attention.py): splash attention on
-    # TPU, cuDNN flash attention on GPU; a call no kernel can take (CPU, a
-    # prefix-LM's per-example prefix, a relative/ALiBi bias, attention dropout,
-    # ...) runs the einsum path and logs the reason once. One name, not one per
-    # kernel, so the same gin file serves TPU, GPU and CPU runs.
+    # (None, "xla" or "cudnn"). "blockwise": model/attention.py's online-softmax
+    # kernel, which skips the key blocks a mask hides (decoding steps and
+    # attention dropout run einsum); the default: faster than einsum in every
+    # layout's train step on the CPU (docs/performance.md), and the same function
+    # (tests/model/test_attention.py). "accelerated": the fused kernel of the
+    # platform being compiled for (model/accelerator_attention.py): splash
+    # attention on TPU, cuDNN flash attention on GPU; a call no kernel can take
+    # (CPU, a prefix-LM's per-example prefix, a relative/ALiBi bias, attention
+    # dropout, ...) runs the blockwise kernel and logs the reason once. One name,
+    # not one per kernel, so the same gin file serves TPU, GPU and CPU runs.
     # attention_implementation="interpret" with "accelerated": splash in Pallas
     # interpret mode on any platform (slow; for numerics tests on CPU).
-    attention_kernel: Literal["einsum", "dot_product_attention", "accelerated"] = "einsum"
+    attention_kernel: Literal["einsum", "dot_product_attention", "blockwise", "accelerated"] = "blockwise"
     attention_implementation: str | None = None
+    # Blockwise kernel: queries and keys per block (a block longer than the sequence shrinks to it).
+    attention_block_q: int = 128
+    attention_block_k: int = 128
     scan_layers: bool = False
     remat_policy: Literal["none", "full", "dots_saveable", "nothing_saveable"] = "none"
 
@@ -110,6 +117,9 @@ class TransformerConfig:
         if self.attention_kernel == "accelerated" and self.attention_implementation not in (None, "interpret"):
             yield (f"attention_kernel='accelerated' takes attention_implementation None or 'interpret', "
                    f"got {self.attention_implementation!r}")
+        if min(self.attention_block_q, self.attention_block_k) < 1:
+            yield (f"attention_block_q={self.attention_block_q}, attention_block_k={self.attention_block_k}: "
+                   "blocks need at least one position")
         if self.scan_layers and self.encoder_mask == "forward_backward_layers":
             yield "scan_layers does not support per-layer masks (forward_backward_layers)"
 

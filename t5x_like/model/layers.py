@@ -2,7 +2,8 @@
 
 Owns: dense projections, embeddings, norms, the MLP, multi-head attention,
 relative-position bias, and the Transformer block (self-attention, optional
-cross-attention, MLP). How blocks are stacked into encoders and decoders, and
+cross-attention, MLP). The attention kernels themselves (einsum, blockwise) and
+which one a call runs are `attention.py`'s. How blocks are stacked into encoders and decoders, and
 which mask each stack uses, is `transformer.py`'s business; what a mask means is
 `masks.py`'s.
 
@@ -25,6 +26,7 @@ import jax
 import jax.numpy as jnp
 
 from t5x_like.model import accelerator_attention
+from t5x_like.model import attention as attention_lib
 from t5x_like.model import masks as mask_lib
 from t5x_like.model import positions as position_lib
 from t5x_like.model.config import TransformerConfig
@@ -174,6 +176,9 @@ class MultiHeadAttention(nn.Module):
                           and attends over all slots (the caller's mask hides
                           unwritten ones); cross-attention reuses the stored
                           encoder keys/values and ignores inputs_kv.
+    The kernel is `config.attention_kernel` as `attention.kernel_for` resolves it:
+    a decoding step (one query over the heads-major cache) and training with
+    attention dropout always run einsum, the kernel that sows the weights.
     Keys are cached after RoPE, so a cached key never needs re-rotating. The
     cache is heads-major, [B, H, slots, head_dim] (CACHE_AXES): a step's
     q·k and weights·v then contract it as it lies in memory, where a
@@ -206,13 +211,18 @@ class MultiHeadAttention(nn.Module):
                 key, value = self._extend_cache(key, value, query_positions)
         kv_axes = CACHE_EINSUM if kv_cache == "step" else "bkhd"
         scale = cfg.head_dim ** -0.5 if cfg.scale_attention_by_head_dim else 1.0
+        kernel = attention_lib.kernel_for(cfg.attention_kernel, decoding_step=kv_cache == "step",
+                                          dropout_active=cfg.dropout_rate > 0 and is_training(self))
         out = None
-        if cfg.attention_kernel == "accelerated" and kv_cache != "step":  # a step attends over cache slots
+        if kernel == "accelerated":
             out = accelerator_attention.accelerated_attention(
                 query, key, value, mask_spec=mask_spec, bias=bias, scale=scale,
                 attention_dropout=is_training(self) and cfg.dropout_rate > 0,
                 interpret=cfg.attention_implementation == "interpret")
-        if out is None and cfg.attention_kernel == "dot_product_attention":
+            if out is None:  # what no accelerator kernel takes runs the portable kernel
+                kernel = attention_lib.kernel_for("blockwise", decoding_step=False,
+                                                  dropout_active=cfg.dropout_rate > 0 and is_training(self))
+        if kernel == "dot_product_attention":
             # Lets XLA / cuDNN pick a fused kernel; it has no attention-probability dropout.
             if kv_axes == CACHE_EINSUM:  # the kernel takes [B, L, H, D]
                 key, value = jnp.swapaxes(key, 1, 2), jnp.swapaxes(value, 1, 2)
@@ -220,7 +230,10 @@ class MultiHeadAttention(nn.Module):
                 query, key, value, bias=None if bias is None else bias.astype(query.dtype),
                 mask=jnp.broadcast_to(mask, (query.shape[0], cfg.num_heads) + mask.shape[2:]),
                 scale=scale, implementation=cfg.attention_implementation)
-        elif out is None:  # einsum, and what the accelerated kernels fall back to
+        elif kernel == "blockwise":
+            out = attention_lib.blockwise_attention(query, key, value, mask, bias, scale,
+                                                    cfg.attention_block_q, cfg.attention_block_k)
+        elif out is None:
             out = self._einsum_attention(query, key, value, mask, bias, scale, kv_axes)
         out = constrain(out, BATCH_LENGTH_HEADS_KV)
         return dense(cfg, cfg.d_model, ("heads", "kv", "embed"), "out", num_contracted=2)(out)
@@ -261,17 +274,14 @@ class MultiHeadAttention(nn.Module):
         return cached[0], cached[1]
 
     def _einsum_attention(self, query, key, value, mask, bias, scale, kv_axes: str = "bkhd"):
-        """query [B, Lq, H, D]; key/value laid out as `kv_axes` ("bkhd", or the cache's "bhkd")."""
-        logits = jnp.einsum(f"bqhd,{kv_axes}->bhqk", query, key,
-                            preferred_element_type=jnp.float32) * scale
-        if bias is not None:
-            logits = logits + bias.astype(jnp.float32)
-        logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min * 0.5)
-        weights = jax.nn.softmax(logits, axis=-1).astype(self.config.dtype)
-        # Kept only when 'intermediates' is mutable (attention analysis); free otherwise.
-        self.sow("intermediates", "attention_weights", weights)
-        weights = nn.Dropout(self.config.dropout_rate)(weights, deterministic=not is_training(self))
-        return jnp.einsum(f"bhqk,{kv_axes}->bqhd", weights, value)
+        """attention.einsum_attention with the weights sown and dropped out here."""
+        def sow_and_drop(weights):
+            # Kept only when 'intermediates' is mutable (attention analysis); free otherwise.
+            self.sow("intermediates", "attention_weights", weights)
+            return nn.Dropout(self.config.dropout_rate)(weights, deterministic=not is_training(self))
+
+        return attention_lib.einsum_attention(query, key, value, mask, bias, scale, kv_axes,
+                                              weights_dtype=self.config.dtype, transform_weights=sow_and_drop)
 
 
 class RelativePositionBias(nn.Module):

@@ -39,7 +39,7 @@ def test_scan_and_remat_compute_the_same_function(layout):
 
 @pytest.mark.parametrize("layout,position", [("decoder_only", "relative"), ("prefix_lm", "alibi"), ("encoder_decoder", "rope")])
 def test_dot_product_attention_kernel_matches_einsum(layout, position):
-    config = tiny_config(layout, position=position)
+    config = tiny_config(layout, position=position, attention_kernel="einsum")
     model, params = init_params(config, 2, 8, 8)
     batch = _batch(layout, np.random.default_rng(1))
     fused = type(model)(config.replace(attention_kernel="dot_product_attention"))

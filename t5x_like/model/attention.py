@@ -1,0 +1,250 @@
+"""Attention kernels: softmax(q·kᵀ·scale + bias, masked)·v, computed two ways, and which one a call uses.
+
+Owns:
+  einsum_attention     the reference: the full [B, H, Lq, Lk] logits, the mask's finite fill,
+                       one softmax. Serves every case, the decoding step's heads-major cache
+                       included, and is the only kernel that shows its weights (attention
+                       analysis) or drops them out.
+  blockwise_attention  the same function one (query block, key block) pair at a time, with an
+                       online softmax (running max and sum, f32), skipping the pairs that the
+                       mask hides for every batch row and head (a causal mask's upper blocks, a
+                       prefix-LM's target upper triangle, packing's cross-segment blocks,
+                       padding). Its backward (`jax.custom_vjp`) keeps only the output and the
+                       log-sum-exp per query and recomputes each pair's weights, so neither pass
+                       holds [B, H, Lq, Lk] floats; it returns gradients for query, key, value
+                       and bias (a learned relative-position table trains through it).
+  kernel_for           which kernel a MultiHeadAttention call runs, from the configured name.
+
+Shapes everywhere: query [B, Lq, H, D]; key/value [B, Lk, H, D] (or, for the einsum path, the
+decoding cache's [B, H, slots, D]); mask [B|1, H|1, Lq, Lk], True = may attend (masks.py);
+bias the same shape or None. Does not own projections, caches, RoPE (applied to q and k before
+any kernel, so kernels need nothing for it) or what a mask means (masks.py).
+
+A query row whose mask is all False (a padding query) gets, like the einsum path's finite fill,
+uniform weights over all Lk keys: the mean of the values.
+
+Worked example of the skipping, causal mask over L = 8 with blocks of 4 (2 x 2 pairs):
+
+    needed pairs       the upper-right pair (queries 0-3, keys 4-7) is hidden for every
+    1 0                row and head: it is never computed, forward or backward. With
+    1 1                B rows of different padding, a pair is skipped only if all rows hide it.
+"""
+from __future__ import annotations
+
+import functools
+import logging
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+Array = jnp.ndarray
+F32 = jnp.float32
+KERNELS = ("einsum", "dot_product_attention", "blockwise", "accelerated")
+
+_log = logging.getLogger(__name__)
+_logged_once: set[str] = set()
+
+
+def _log_once(message: str) -> None:
+    if message not in _logged_once:
+        _logged_once.add(message)
+        _log.warning(message)
+
+
+def kernel_for(configured: str, *, decoding_step: bool, dropout_active: bool) -> str:
+    """The kernel a call runs: the configured one, except that a decoding step (one query over
+    the heads-major cache) runs einsum under blockwise and accelerated, and training with
+    attention dropout runs einsum under blockwise (accelerated decides that itself)."""
+    if configured not in KERNELS:
+        raise ValueError(f"attention_kernel={configured!r}, expected one of {KERNELS}")
+    if configured in ("blockwise", "accelerated") and decoding_step:
+        return "einsum"
+    if configured != "blockwise":
+        return configured
+    if dropout_active:
+        _log_once("attention_kernel='blockwise' has no attention dropout: training with dropout_rate > 0 "
+                  "runs the einsum kernel")
+        return "einsum"
+    return "blockwise"
+
+
+# --- the reference -----------------------------------------------------------------------------
+
+def einsum_attention(query: Array, key: Array, value: Array, mask: Array, bias: Array | None, scale: float,
+                     kv_axes: str = "bkhd", weights_dtype=F32,
+                     transform_weights: Callable[[Array], Array] | None = None) -> Array:
+    """Full logits [B, H, Lq, Lk] (f32), masked entries set to finfo.min / 2, softmax, weights · v.
+
+    kv_axes: the key/value layout, "bkhd" or the decoding cache's "bhkd". transform_weights:
+    applied to the weights [B, H, Lq, Lk] before they multiply the values (the module's
+    `sow` and dropout).
+    """
+    logits = jnp.einsum(f"bqhd,{kv_axes}->bhqk", query, key, preferred_element_type=F32) * scale
+    if bias is not None:
+        logits = logits + bias.astype(F32)
+    logits = jnp.where(mask, logits, jnp.finfo(F32).min * 0.5)
+    weights = jax.nn.softmax(logits, axis=-1).astype(weights_dtype)
+    if transform_weights is not None:
+        weights = transform_weights(weights)
+    return jnp.einsum(f"bhqk,{kv_axes}->bqhd", weights, value)
+
+
+# --- blockwise ---------------------------------------------------------------------------------
+
+def blockwise_attention(query: Array, key: Array, value: Array, mask: Array, bias: Array | None, scale: float,
+                        block_q: int = 128, block_k: int = 128) -> Array:
+    """`einsum_attention` (kv_axes "bkhd") computed per block pair; see the module docstring.
+
+    Lengths that are not multiples of the blocks are padded (padded keys and queries masked
+    out, padded outputs dropped); a block larger than its length shrinks to the length, and
+    when one block holds both lengths the call is the einsum kernel.
+    Returns [B, Lq, H, D] in query's dtype.
+    """
+    q_len, k_len = query.shape[1], key.shape[1]
+    if q_len <= block_q and k_len <= block_k:  # one pair: nothing to skip, and einsum compiles faster
+        return einsum_attention(query, key, value, mask, bias, scale, weights_dtype=query.dtype)
+    block_q, block_k = min(block_q, q_len), min(block_k, k_len)
+    mask = _pad_last_two(mask, block_q, block_k, False)
+    bias = None if bias is None else _pad_last_two(bias, block_q, block_k, 0)
+    q, k, v = (_heads_major(_pad_length(x, block)) for x, block in ((query, block_q), (key, block_k), (value, block_k)))
+    needed = needed_block_pairs(mask, block_q, block_k)
+    out = _flash(q, k, v, mask, bias, needed, float(scale), block_q, block_k)  # [B, Lq', H, D] f32
+    out = out[:, :q_len]
+    # A row that sees no key: uniform weights over the Lk real keys, as the einsum path gives.
+    sees_some = jnp.any(mask[..., :q_len, :], axis=-1)  # [B|1, H|1, Lq]
+    uniform = jnp.mean(value.astype(F32), axis=1)  # [B, H, D]
+    out = jnp.where(jnp.swapaxes(sees_some, 1, 2)[..., None], out, uniform[:, None])
+    return out.astype(query.dtype)
+
+
+def needed_block_pairs(mask: Array, block_q: int, block_k: int) -> Array:
+    """[Lq / block_q, Lk / block_k] bool: True where some batch row and head may attend inside the pair."""
+    rows, heads, q_len, k_len = mask.shape
+    blocks = mask.reshape(rows, heads, q_len // block_q, block_q, k_len // block_k, block_k)
+    return jnp.any(blocks, axis=(0, 1, 3, 5))
+
+
+def _pad_length(x: Array, block: int) -> Array:
+    pad = -x.shape[1] % block
+    return x if not pad else jnp.pad(x, [(0, 0), (0, pad), (0, 0), (0, 0)])
+
+
+def _pad_last_two(x: Array, block_q: int, block_k: int, fill) -> Array:
+    pad_q, pad_k = -x.shape[2] % block_q, -x.shape[3] % block_k
+    if not (pad_q or pad_k):
+        return x
+    return jnp.pad(x, [(0, 0), (0, 0), (0, pad_q), (0, pad_k)], constant_values=fill)
+
+
+def _heads_major(x: Array) -> Array:
+    """[B, L, H, D] -> [B, H, L, D]: a block of positions is then one slice per (row, head)."""
+    return jnp.swapaxes(x, 1, 2)
+
+
+def _block(x: Array, index, size: int, axis: int) -> Array:
+    return lax.dynamic_slice_in_dim(x, index * size, size, axis=axis)
+
+
+def _masked_logits(q_i, k_j, mask, bias, i, j, scale, block_q, block_k) -> Array:
+    """One pair's logits [B, H, bq, bk] in f32, -inf where the mask hides the key."""
+    logits = jnp.einsum("bhqd,bhkd->bhqk", q_i, k_j, preferred_element_type=F32) * scale
+    if bias is not None:
+        logits = logits + _block(_block(bias, i, block_q, 2), j, block_k, 3).astype(F32)
+    return jnp.where(_block(_block(mask, i, block_q, 2), j, block_k, 3), logits, -jnp.inf)
+
+
+def _forward(q, k, v, mask, bias, needed, scale, block_q, block_k):
+    """Output [B, Lq, H, D] f32 and log-sum-exp [B, H, Lq] (0 for a row that sees no key)."""
+    batch, heads, q_len, dim = q.shape
+    num_k = k.shape[2] // block_k
+
+    def query_block(i):
+        q_i = _block(q, i, block_q, 2)
+
+        def accumulate(j, carry):
+            running_max, running_sum, acc = carry
+            logits = _masked_logits(q_i, _block(k, j, block_k, 2), mask, bias, i, j, scale, block_q, block_k)
+            new_max = jnp.maximum(running_max, jnp.max(logits, axis=-1))
+            shift = jnp.where(jnp.isfinite(new_max), new_max, 0.0)  # all hidden so far: exp(-inf) = 0
+            p = jnp.exp(logits - shift[..., None])
+            rescale = jnp.exp(running_max - shift)
+            v_j = _block(v, j, block_k, 2)
+            acc = acc * rescale[..., None] + jnp.einsum("bhqk,bhkd->bhqd", p.astype(v.dtype), v_j,
+                                                        preferred_element_type=F32)
+            return new_max, running_sum * rescale + jnp.sum(p, axis=-1), acc
+
+        def maybe_accumulate(j, carry):
+            return lax.cond(needed[i, j], accumulate, lambda _, c: c, j, carry)
+
+        init = (jnp.full((batch, heads, block_q), -jnp.inf, F32), jnp.zeros((batch, heads, block_q), F32),
+                jnp.zeros((batch, heads, block_q, dim), F32))
+        running_max, running_sum, acc = lax.fori_loop(0, num_k, maybe_accumulate, init)
+        empty = running_sum == 0
+        out = acc / jnp.where(empty, 1.0, running_sum)[..., None]
+        return out, jnp.where(empty, 0.0, running_max + jnp.log(jnp.where(empty, 1.0, running_sum)))
+
+    outs, lses = lax.map(query_block, jnp.arange(q_len // block_q))  # [nq, B, H, bq, D], [nq, B, H, bq]
+    out = jnp.transpose(outs, (1, 0, 3, 2, 4)).reshape(batch, q_len, heads, dim)
+    lse = jnp.transpose(lses, (1, 2, 0, 3)).reshape(batch, heads, q_len)
+    return out, lse
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(6, 7, 8))
+def _flash(q, k, v, mask, bias, needed, scale, block_q, block_k):
+    """q, k, v heads-major [B, H, L, D] with lengths multiples of the blocks -> [B, Lq, H, D] f32."""
+    return _forward(q, k, v, mask, bias, needed, scale, block_q, block_k)[0]
+
+
+def _flash_fwd(q, k, v, mask, bias, needed, scale, block_q, block_k):
+    out, lse = _forward(q, k, v, mask, bias, needed, scale, block_q, block_k)
+    return out, (q, k, v, mask, bias, needed, out, lse)
+
+
+def _flash_bwd(scale, block_q, block_k, residuals, d_out):
+    """Per needed pair: recompute the weights from the log-sum-exp, then
+    dV += Pᵀ·dO, dP = dO·Vᵀ, dS = P ∘ (dP − rowsum(dO ∘ O)), dQ += dS·K·scale,
+    dK += dSᵀ·Q·scale, dBias = dS (summed over the dims the bias broadcasts)."""
+    q, k, v, mask, bias, needed, out, lse = residuals
+    d_out = _heads_major(d_out)  # [B, H, Lq, D]
+    delta = jnp.sum(d_out * _heads_major(out), axis=-1)  # [B, H, Lq]
+    num_q, num_k = q.shape[2] // block_q, k.shape[2] // block_k
+
+    def key_block(carry, j):
+        k_j, v_j = _block(k, j, block_k, 2), _block(v, j, block_k, 2)
+
+        def pair(i, inner):
+            d_k, d_v, d_q, d_bias = inner
+            q_i = _block(q, i, block_q, 2)
+            logits = _masked_logits(q_i, k_j, mask, bias, i, j, scale, block_q, block_k)
+            p = jnp.exp(logits - _block(lse, i, block_q, 2)[..., None])
+            do_i = _block(d_out, i, block_q, 2)
+            d_v = d_v + jnp.einsum("bhqk,bhqd->bhkd", p, do_i, preferred_element_type=F32)
+            d_p = jnp.einsum("bhqd,bhkd->bhqk", do_i, v_j, preferred_element_type=F32)
+            d_s = p * (d_p - _block(delta, i, block_q, 2)[..., None])
+            d_q_i = _block(d_q, i, block_q, 2) + scale * jnp.einsum("bhqk,bhkd->bhqd", d_s, k_j,
+                                                                    preferred_element_type=F32)
+            d_q = lax.dynamic_update_slice_in_dim(d_q, d_q_i, i * block_q, axis=2)
+            d_k = d_k + scale * jnp.einsum("bhqk,bhqd->bhkd", d_s, q_i, preferred_element_type=F32)
+            if d_bias is not None:
+                d_s = jnp.sum(d_s, axis=tuple(a for a in (0, 1) if bias.shape[a] == 1), keepdims=True)
+                d_bias = lax.dynamic_update_slice(d_bias, d_s, (0, 0, i * block_q, j * block_k))
+            return d_k, d_v, d_q, d_bias
+
+        def maybe_pair(i, inner):
+            return lax.cond(needed[i, j], pair, lambda _, c: c, i, inner)
+
+        d_q, d_bias = carry
+        zeros = jnp.zeros(k_j.shape, F32)
+        d_k, d_v, d_q, d_bias = lax.fori_loop(0, num_q, maybe_pair, (zeros, zeros, d_q, d_bias))
+        return (d_q, d_bias), (d_k, d_v)
+
+    d_bias0 = None if bias is None else jnp.zeros(bias.shape, F32)
+    (d_q, d_bias), (d_k, d_v) = lax.scan(key_block, (jnp.zeros(q.shape, F32), d_bias0), jnp.arange(num_k))
+    unstack = lambda x: jnp.transpose(x, (1, 2, 0, 3, 4)).reshape(k.shape)  # [nk, B, H, bk, D] -> [B, H, Lk, D]
+    d_bias = None if bias is None else d_bias.astype(bias.dtype)
+    return (d_q.astype(q.dtype), unstack(d_k).astype(k.dtype), unstack(d_v).astype(v.dtype), None, d_bias, None)
+
+
+_flash.defvjp(_flash_fwd, _flash_bwd)

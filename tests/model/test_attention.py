@@ -1,0 +1,183 @@
+"""The blockwise attention kernel computes the einsum kernel's function: values and gradients
+(query, key, value, bias) under every mask kind, and whole models give the same loss and
+parameter gradients with either kernel."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from t5x_like.model import attention, masks, positions
+from tests.model_fixtures import init_params, random_tokens, tiny_config
+
+BATCH, HEADS, DIM = 2, 4, 8
+LENGTH = 20  # not a multiple of the blocks below: padding is exercised everywhere
+BLOCK = 8
+TOL = dict(atol=2e-5, rtol=2e-5)
+
+
+def _valid(length, real_lengths=(LENGTH, 13)):
+    return jnp.arange(length)[None, :] < jnp.asarray(real_lengths)[:, None]
+
+
+def _segments(length):
+    """Two packed examples in row 0 (split at 7), one in row 1; padding after 17 in both."""
+    positions = np.arange(length)
+    ids = np.stack([np.where(positions < 7, 1, 2), np.ones(length, int)])
+    ids[:, 17:] = 0
+    return jnp.asarray(ids)
+
+
+MASKS = {
+    "causal": lambda: masks.causal_mask(LENGTH),
+    "prefix_per_example": lambda: masks.prefix_lm_mask(jnp.arange(LENGTH)[None] < jnp.array([[5], [12]])),
+    "bidirectional": lambda: masks.bidirectional_mask(LENGTH),
+    "forward_backward_heads": lambda: masks.forward_backward_heads_mask(LENGTH, HEADS),
+    "forward_backward_layers_odd": lambda: masks.forward_backward_layer_mask(LENGTH, 1),
+    # Padding rows see nothing: fully masked rows (uniform attention in the einsum path).
+    "causal_padding": lambda: masks.combine(masks.causal_mask(LENGTH), masks.padding_mask(_valid(LENGTH),
+                                                                                          _valid(LENGTH))),
+    "causal_packing": lambda: masks.combine(masks.causal_mask(LENGTH), masks.segment_mask(_segments(LENGTH),
+                                                                                          _segments(LENGTH))),
+    "bidirectional_packing_padding": lambda: masks.combine(
+        masks.segment_mask(_segments(LENGTH), _segments(LENGTH)), masks.padding_mask(_valid(LENGTH), _valid(LENGTH))),
+}
+
+
+def _bias(kind, q_len, k_len, rng):
+    if kind is None:
+        return None
+    if kind == "relative":  # a learned table's output: one [1, H, Lq, Lk] shared by the batch
+        return jnp.asarray(rng.normal(size=(1, HEADS, q_len, k_len)), jnp.float32)
+    if kind == "per_example":
+        return jnp.asarray(rng.normal(size=(BATCH, HEADS, q_len, k_len)), jnp.float32)
+    return positions.alibi_bias(jnp.arange(q_len)[None], jnp.arange(k_len)[None], HEADS)
+
+
+def _value_and_grads(kernel, q, k, v, mask, bias, scale=0.35):
+    """Output and d/d(q, k, v, bias) of a loss that weighs every output element differently."""
+    weights = jnp.asarray(np.random.default_rng(7).normal(size=q.shape[:3] + (v.shape[-1],)), jnp.float32)
+
+    def loss(q, k, v, bias):
+        out = kernel(q, k, v, mask, bias, scale)
+        return jnp.sum(out * weights), out
+
+    argnums = (0, 1, 2) if bias is None else (0, 1, 2, 3)
+    (_, out), grads = jax.jit(jax.value_and_grad(loss, argnums=argnums, has_aux=True))(q, k, v, bias)
+    return out, grads
+
+
+def _blockwise(block_q=BLOCK, block_k=BLOCK):
+    return lambda *args: attention.blockwise_attention(*args, block_q=block_q, block_k=block_k)
+
+
+def _assert_kernels_agree(q, k, v, mask, bias, **blocks):
+    expected_out, expected_grads = _value_and_grads(attention.einsum_attention, q, k, v, mask, bias)
+    out, grads = _value_and_grads(_blockwise(**blocks), q, k, v, mask, bias)
+    np.testing.assert_allclose(out, expected_out, **TOL)
+    for name, got, want in zip(("query", "key", "value", "bias"), grads, expected_grads):
+        np.testing.assert_allclose(got, want, err_msg=f"d/d{name}", **TOL)
+
+
+def _qkv(rng, q_len=LENGTH, k_len=LENGTH):
+    normal = lambda length: jnp.asarray(rng.normal(size=(BATCH, length, HEADS, DIM)), jnp.float32)
+    return normal(q_len), normal(k_len), normal(k_len)
+
+
+@pytest.mark.parametrize("bias_kind", [None, "relative"])
+@pytest.mark.parametrize("mask_kind", sorted(MASKS))
+def test_blockwise_matches_einsum_values_and_gradients(mask_kind, bias_kind):
+    rng = np.random.default_rng(0)
+    q, k, v = _qkv(rng)
+    _assert_kernels_agree(q, k, v, MASKS[mask_kind](), _bias(bias_kind, LENGTH, LENGTH, rng))
+
+
+@pytest.mark.parametrize("bias_kind", ["alibi", "per_example"])
+def test_blockwise_matches_einsum_with_other_biases(bias_kind):
+    rng = np.random.default_rng(1)
+    q, k, v = _qkv(rng)
+    _assert_kernels_agree(q, k, v, MASKS["causal_padding"](), _bias(bias_kind, LENGTH, LENGTH, rng))
+
+
+@pytest.mark.parametrize("block_q,block_k", [(8, 16), (16, 8), (8, 64)])
+def test_blockwise_matches_einsum_for_cross_attention(block_q, block_k):
+    """Lq != Lk, unequal blocks, padded keys and queries, blocks longer than the sequence."""
+    rng = np.random.default_rng(2)
+    q_len, k_len = 12, 30
+    q, k, v = _qkv(rng, q_len, k_len)
+    mask = masks.padding_mask(_valid(q_len, (12, 9)), _valid(k_len, (30, 17)))
+    _assert_kernels_agree(q, k, v, mask, _bias("relative", q_len, k_len, rng), block_q=block_q, block_k=block_k)
+
+
+def test_fully_masked_rows_attend_uniformly_like_einsum():
+    rng = np.random.default_rng(3)
+    q, k, v = _qkv(rng)
+    mask = MASKS["causal_padding"]()
+    out, _ = _value_and_grads(_blockwise(), q, k, v, mask, None)
+    padding_rows = out[1, 13:]  # row 1 has 13 real positions
+    np.testing.assert_allclose(padding_rows, jnp.broadcast_to(jnp.mean(v[1], axis=0), padding_rows.shape), **TOL)
+
+
+def test_hidden_block_pairs_are_skipped():
+    """Values in a key block that no query block may see are never read: NaN there stays out."""
+    rng = np.random.default_rng(4)
+    q, k, v = _qkv(rng, 16, 16)
+    v = v.at[:, 8:].set(jnp.nan)  # keys 8..15: hidden from queries 0..7 by the causal mask
+    out = attention.blockwise_attention(q, k, v, masks.causal_mask(16), None, 1.0, block_q=8, block_k=8)
+    assert np.isfinite(np.asarray(out[:, :8])).all()
+    assert np.isnan(np.asarray(out[:, 8:])).all()
+    np.testing.assert_array_equal(attention.needed_block_pairs(masks.causal_mask(16), 8, 8), [[1, 0], [1, 1]])
+
+
+def test_a_pair_is_needed_if_any_row_or_head_needs_it():
+    prefix = jnp.arange(16)[None] < jnp.array([[4], [12]])  # row 1's prefix reaches into keys 8..15
+    needed = attention.needed_block_pairs(masks.prefix_lm_mask(prefix), 8, 8)
+    np.testing.assert_array_equal(needed, [[1, 1], [1, 1]])
+    np.testing.assert_array_equal(attention.needed_block_pairs(masks.prefix_lm_mask(prefix[:1]), 8, 8),
+                                  [[1, 0], [1, 1]])
+
+
+def test_kernel_choice_falls_back_to_einsum_for_decoding_steps_and_dropout():
+    assert attention.kernel_for("blockwise", decoding_step=False, dropout_active=False) == "blockwise"
+    assert attention.kernel_for("blockwise", decoding_step=True, dropout_active=False) == "einsum"
+    assert attention.kernel_for("blockwise", decoding_step=False, dropout_active=True) == "einsum"
+    assert attention.kernel_for("einsum", decoding_step=False, dropout_active=False) == "einsum"
+    with pytest.raises(ValueError, match="attention_kernel='flash'"):
+        attention.kernel_for("flash", decoding_step=False, dropout_active=False)
+
+
+# --- whole models --------------------------------------------------------------------------------
+
+def _model_batch(layout, rng, length=20):
+    """Padding in row 1 (last 6 targets), per-example prefixes for the prefix-LM."""
+    tokens = random_tokens(rng, (2, length))
+    targets = np.roll(tokens, -1, 1)
+    targets[1, length - 6:] = 0
+    batch = {"decoder_input_tokens": tokens, "decoder_target_tokens": targets,
+             "decoder_loss_weights": (targets != 0).astype(np.int32)}
+    if layout == "prefix_lm":
+        batch["decoder_causal_attention"] = (np.arange(length) < np.array([[6], [11]])).astype(np.int32)
+    if layout == "encoder_decoder":
+        inputs = random_tokens(rng, (2, length + 4))
+        inputs[0, length:] = 0
+        batch["encoder_input_tokens"] = inputs
+    return batch
+
+
+@pytest.mark.parametrize("layout", ["decoder_only", "prefix_lm", "encoder_decoder"])
+def test_whole_model_loss_and_gradients_match_einsum(layout):
+    """Relative positions: the bias table's gradient flows through the kernel's custom backward."""
+    config = tiny_config(layout, position="relative")
+    model, params = init_params(config, 2, 8, 8)
+    batch = _model_batch(layout, np.random.default_rng(5))
+    model = type(model)(config.replace(attention_kernel="einsum"))
+    blockwise = type(model)(config.replace(attention_kernel="blockwise", attention_block_q=8, attention_block_k=8))
+
+    def loss_and_grads(m):
+        return jax.jit(jax.value_and_grad(lambda p: m.loss_sums(p, batch)[0]))(params)
+
+    expected_loss, expected_grads = loss_and_grads(model)
+    loss, grads = loss_and_grads(blockwise)
+    np.testing.assert_allclose(loss, expected_loss, rtol=1e-6)
+    flat_expected = jax.tree_util.tree_leaves_with_path(expected_grads)
+    for (path, want), got in zip(flat_expected, jax.tree.leaves(grads)):
+        np.testing.assert_allclose(got, want, atol=2e-5, rtol=1e-4, err_msg=jax.tree_util.keystr(path))
