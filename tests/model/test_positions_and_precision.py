@@ -65,3 +65,13 @@ def test_bf16_compute_matches_fp32(layout):
     scale = np.abs(fp32).max()
     assert np.abs(bf16 - fp32).max() < 0.05 * scale
     assert not np.array_equal(bf16, fp32)  # the bf16 path really ran in bf16
+
+
+@pytest.mark.parametrize("embedding_init_std", [1.0, 0.02])
+def test_learned_positions_start_at_the_scale_of_the_token_embeddings(embedding_init_std):
+    config = tiny_config("decoder_only", position="learned", embedding_init_std=embedding_init_std, max_length=512)
+    _, params = init_params(config)
+    positions = np.asarray(params["decoder_position_embed"]["embedding"])
+    tokens = np.asarray(params["token_embed"]["embedding"])
+    assert np.std(positions) == pytest.approx(embedding_init_std, rel=0.1)
+    assert np.std(positions) == pytest.approx(np.std(tokens), rel=0.2)
