@@ -101,7 +101,8 @@ def test_mask_spec_heads_follow_the_encoder_mask(encoder_mask):
 
 
 # --- splash, interpreted, against einsum ----------------------------------------------------------------------
-@pytest.mark.parametrize("heads", [("causal",), ("bidirectional",), ("causal", "backward")])
+@pytest.mark.parametrize("heads", [pytest.param(("causal",), marks=pytest.mark.slow),
+                                   pytest.param(("bidirectional",), marks=pytest.mark.slow), ("causal", "backward")])
 def test_splash_matches_einsum_values_and_gradients(heads):
     q, k, v = _qkv(np.random.default_rng(0), 2, 128, 128)
     valid = _valid(2, 128, [128, 100])
@@ -117,6 +118,7 @@ def test_splash_with_packed_examples_and_skipped_blocks_matches_einsum(monkeypat
     _assert_matches_reference_on_real_queries(masks.mask_spec(("causal",), valid, valid, segments, segments), q, k, v)
 
 
+@pytest.mark.slow  # interpreted splash over 128 x 256; the fast loop keeps the per-head and packed cases
 def test_splash_cross_attention_over_a_longer_padded_encoder_matches_einsum():
     q, k, v = _qkv(np.random.default_rng(2), 2, 128, 256)
     spec = masks.mask_spec(("bidirectional",), _valid(2, 128, [128, 70]), _valid(2, 256, [256, 150]))

@@ -83,7 +83,8 @@ def _qkv(rng, q_len=LENGTH, k_len=LENGTH):
     return normal(q_len), normal(k_len), normal(k_len)
 
 
-@pytest.mark.parametrize("bias_kind", [None, "relative"])
+# Every mask kind with a bias in the fast loop (the bias's gradient too); without one in the full suite.
+@pytest.mark.parametrize("bias_kind", [pytest.param(None, marks=pytest.mark.slow), "relative"])
 @pytest.mark.parametrize("mask_kind", sorted(MASKS))
 def test_blockwise_matches_einsum_values_and_gradients(mask_kind, bias_kind):
     rng = np.random.default_rng(0)
@@ -98,7 +99,8 @@ def test_blockwise_matches_einsum_with_other_biases(bias_kind):
     _assert_kernels_agree(q, k, v, MASKS["causal_padding"](), _bias(bias_kind, LENGTH, LENGTH, rng))
 
 
-@pytest.mark.parametrize("block_q,block_k", [(8, 16), (16, 8), (8, 64)])
+@pytest.mark.parametrize("block_q,block_k", [(8, 16), pytest.param(16, 8, marks=pytest.mark.slow),
+                                             pytest.param(8, 64, marks=pytest.mark.slow)])
 def test_blockwise_matches_einsum_for_cross_attention(block_q, block_k):
     """Lq != Lk, unequal blocks, padded keys and queries, blocks longer than the sequence."""
     rng = np.random.default_rng(2)
@@ -163,7 +165,8 @@ def _model_batch(layout, rng, length=20):
     return batch
 
 
-@pytest.mark.parametrize("layout", ["decoder_only", "prefix_lm", "encoder_decoder"])
+@pytest.mark.parametrize("layout", ["prefix_lm", pytest.param("decoder_only", marks=pytest.mark.slow),
+                                    pytest.param("encoder_decoder", marks=pytest.mark.slow)])
 def test_whole_model_loss_and_gradients_match_einsum(layout):
     """Relative positions: the bias table's gradient flows through the kernel's custom backward."""
     config = tiny_config(layout, position="relative")
