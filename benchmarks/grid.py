@@ -1,12 +1,12 @@
 """Comparison-grid wall time: quick.gin with the code of another revision and with this checkout, back to back.
 
-    python benchmarks/grid.py [--before 54fd3ef] [--train_steps 300] [--out benchmarks/results/grid.json]
+    python benchmarks/grid.py [--before 54fd3ef] [--train_steps 300] [--after_first] [--out benchmarks/results/grid.json]
 
 Each side is one fresh `t5x-like compare --gin_file=gin_configs/experiments/quick.gin`
 process on a new OUTPUT_DIR (its compilation cache starts empty, as in a first
 run), timed from process start to exit. "before" runs the files of the given
 revision (`git archive`, into a temporary directory); "after" runs this
-checkout. Both use this interpreter. The report's tables (every line of
+checkout (`--after_first`: in the other order, to see load drift). Both use this interpreter. The report's tables (every line of
 report.md that starts with '|' or '-') must be identical: the benchmark fails
 otherwise. The machine's load average is recorded before and after each side:
 on a shared machine only the ratio of one invocation means much.
@@ -52,6 +52,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--before", default="54fd3ef", help="revision whose code is 'before'")
     parser.add_argument("--train_steps", type=int, default=300)
+    parser.add_argument("--after_first", action="store_true", help="time 'after' first")
     parser.add_argument("--out", default=os.path.join(REPO, "benchmarks", "results", "grid.json"))
     args = parser.parse_args()
     work = tempfile.mkdtemp(prefix="grid_bench_")
@@ -60,14 +61,16 @@ def main() -> None:
     archive = subprocess.run(["git", "-C", REPO, "archive", args.before], check=True, capture_output=True).stdout
     subprocess.run(["tar", "-x", "-C", before_code], input=archive, check=True)
     sides = {}
-    for name, code in (("before", before_code), ("after", REPO)):
+    order = [("before", before_code), ("after", REPO)]
+    for name, code in (order[::-1] if args.after_first else order):
         output_dir = os.path.join(work, f"out_{name}")
         sides[name] = timed_compare(code, output_dir, args.train_steps, os.path.join(work, f"{name}.log"))
         sides[name]["report_tables"] = report_tables(output_dir)
         print(f"{name}: {sides[name]['seconds']} s (load {sides[name]['load_before']} -> "
               f"{sides[name]['load_after']})", flush=True)
     same = sides["before"]["report_tables"] == sides["after"]["report_tables"]
-    result = {"benchmark": "quick.gin wall time, fresh OUTPUT_DIR each side, before then after",
+    result = {"benchmark": "quick.gin wall time, fresh OUTPUT_DIR each side, back to back",
+              "order": "after, before" if args.after_first else "before, after",
               "before_revision": args.before, "train_steps": args.train_steps, "host": platform.node(),
               "cpus": os.cpu_count(), "speedup": round(sides["before"]["seconds"] / sides["after"]["seconds"], 2),
               "reports_identical": same, **sides}

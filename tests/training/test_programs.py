@@ -13,7 +13,6 @@ from t5x_like.training.checkpoints import restore_params
 from t5x_like.training.trainer import LossOptions
 from tests.training_fixtures import LENGTHS, tiny_model, tiny_run
 
-
 COMPUTED = ("step", "split", "loss", "z_loss", "accuracy", "weight_sum", "grad_norm", "param_norm",
             "learning_rate", "perplexity")
 
