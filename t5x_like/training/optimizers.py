@@ -35,7 +35,7 @@ NO_DECAY_NAMES = ("bias", "scale", "norm", "layer_norm", "ln")
 class Optimizer:
     tx: optax.GradientTransformation
     learning_rate: Schedule
-    # How it was built, e.g. ('adafactor', (('decay_rate', 0.8), ...)): equal recipes give
+    # How it was built, e.g. ('adafactor', (('decay_rate', 'float', 0.8), ...)): equal recipes give
     # the same transformation. None: not known (a hand-made tx or schedule).
     recipe: tuple | None = None
 

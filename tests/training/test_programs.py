@@ -82,6 +82,10 @@ def test_anything_a_program_depends_on_changes_the_key(change):
 
 def test_equal_recipes_share_a_key_whatever_objects_built_them():
     assert _key() == _key(model=tiny_model(), optimizer=optimizers.adafactor())
+    for factory in (optimizers.adafactor, optimizers.adamw, optimizers.sgd):
+        assert factory().recipe is not None and factory().recipe == factory().recipe
+    cosine = optimizers.adamw(learning_rate=optimizers.warmup_cosine_schedule(total_steps=300))
+    assert cosine.recipe != optimizers.adamw(learning_rate=optimizers.warmup_cosine_schedule(total_steps=400)).recipe
 
 
 def test_no_key_without_a_complete_description():
