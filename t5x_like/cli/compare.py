@@ -7,9 +7,10 @@
 The experiment file binds `compare.Experiment` (experiments/grid.py); each
 cell's TrainConfig comes from its `t5x-like train` arguments, parsed here.
 Rerunning the command resumes an interrupted grid; finished runs are kept.
-Compiled programs are cached on disk (OUTPUT_DIR/jax_cache unless
---compilation_cache_dir says otherwise; '' disables it): the seeds of an arm,
-arms of the same shapes and a rerun reuse them instead of compiling again.
+Within one invocation the seeds of an arm (and arms of the same model and
+shapes) share compiled train, eval and scoring programs (experiments.grid.GridCache).
+Compiled programs are also cached on disk (OUTPUT_DIR/jax_cache unless
+--compilation_cache_dir says otherwise; '' disables it) for a rerun.
 A report states only what the runs did: finished runs made with another
 configuration (a changed TRAIN_STEPS, say) are refused, not reused; runs not
 finished yet are named in the report.

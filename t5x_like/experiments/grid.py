@@ -37,6 +37,11 @@ model/adaptation.py's); `train_steps` gives it its own length. Source arms run
 before the arms that start from them. An arm with `baseline` (a from-scratch
 arm on the same task) gets a row in the report's adaptation table: how many
 steps of the baseline its final loss is worth.
+
+Speed: the cells of one `run_grid` share a `GridCache`: compiled train, eval
+and scoring programs (training/programs.py: the seeds of an arm, and arms of
+the same model and shapes, compile once) and the shared metric's validation
+batches. The records are the same with or without it.
 """
 from __future__ import annotations
 
@@ -44,6 +49,7 @@ import dataclasses
 import itertools
 import json
 import logging
+import math
 import os
 import re
 import time
@@ -58,6 +64,7 @@ from t5x_like.experiments import report
 from t5x_like.inference import evaluation
 from t5x_like.model import sizing
 from t5x_like.model.config import TransformerConfig
+from t5x_like.training import programs
 from t5x_like.training import run as train_lib
 
 log = logging.getLogger(__name__)
@@ -277,6 +284,15 @@ def check_claims(experiment: Experiment, size_rows: dict) -> list[str]:
 
 
 # --- running ------------------------------------------------------------------------
+@dataclasses.dataclass
+class GridCache:
+    """What the cells of one grid invocation share: compiled programs, and the shared metric's
+    validation batches (the same for every arm with that eval task, lengths and layout)."""
+
+    programs: programs.ProgramCache = dataclasses.field(default_factory=programs.ProgramCache)
+    score_batches: dict = dataclasses.field(default_factory=dict)
+
+
 def plan(experiment: Experiment) -> list[Cell]:
     """Every cell, seed by seed; within a seed, an arm after the arm it starts from."""
     return [cell_of(experiment, arm, seed)
@@ -356,18 +372,18 @@ def last_logged(model_dir: str, split: str) -> dict[str, float]:
     return {k: v for k, v in rows[-1].items() if k not in ("step", "split")} if rows else {}
 
 
-def run_cell(experiment: Experiment, cell: Cell, loaders: Loaders) -> dict:
+def run_cell(experiment: Experiment, cell: Cell, loaders: Loaders, cache: GridCache | None = None) -> dict:
     """Trains (or resumes) one cell, scores it, writes and returns its record."""
     argv = train_argv(experiment, cell, loaders.model_config(experiment, cell.arm).layout)
     config = loaders.train_config(argv)
     start = time.time()
-    result = train_lib.train(config)
+    result = train_lib.train(config, cache.programs if cache else None)
     if result.stopped_by_signal:
         raise KeyboardInterrupt(f"{cell.label} stopped by a signal; rerun the same command to resume")
     eval_task = cell.arm.eval_task or experiment.eval_task
     inputs_length, targets_length = arm_lengths(experiment, cell.arm)
-    shared = (score_shared_metric(config, eval_task, inputs_length, targets_length, experiment.eval_examples)
-              if eval_task else None)
+    shared = (score_shared_metric(config, eval_task, inputs_length, targets_length, experiment.eval_examples,
+                                  cache) if eval_task else None)
     record = {
         "arm": cell.arm.name, "seed": cell.seed, "group": cell.arm.group or cell.arm.name,
         "eval_task": eval_task,
@@ -381,7 +397,7 @@ def run_cell(experiment: Experiment, cell: Cell, loaders: Loaders) -> dict:
         "final_train_metrics": result.train_metrics or last_logged(config.model_dir, "train"),
         "final_eval_metrics": result.eval_metrics or last_logged(config.model_dir, "eval"),
         "shared_nll_per_example": shared,
-        "downstream": {task: evaluate_downstream(experiment, cell, config, task)
+        "downstream": {task: evaluate_downstream(experiment, cell, config, task, cache)
                        for task in experiment.downstream_tasks},
         "train_seconds_this_invocation": time.time() - start,
         "command": as_command(argv),
@@ -393,29 +409,44 @@ def run_cell(experiment: Experiment, cell: Cell, loaders: Loaders) -> dict:
 
 
 def score_shared_metric(config, eval_task: str, inputs_length: int, targets_length: int,
-                        num_examples: int) -> list[float]:
+                        num_examples: int, cache: GridCache | None = None) -> list[float]:
     """Per-example mean NLL of the eval task's target tokens, for the first eval_examples."""
     model = config.model
     lengths = matched_feature_lengths(model.config.layout, inputs_length, targets_length,
                                       task_has_inputs=tasks.task_has_inputs(eval_task))
     params = evaluation.load_params(model, config.model_dir)
-    dataset = pipeline.get_dataset(eval_task, lengths, split="validation", layout=model.config.layout,
-                               batch_size=16, shuffle=False, seed=0, pack=False, num_epochs=1)
-    score = jax.jit(model.score)
+    score = cache.programs.score_fn(model) if cache else jax.jit(model.score)
     per_example: list[float] = []
-    for batch in dataset.as_numpy_iterator():
+    for batch in score_batches(eval_task, lengths, model.config.layout, num_examples, cache):
         log_likelihood = np.asarray(score(params, batch))
         _, weights = model.targets_and_weights(batch)
         tokens = np.maximum(np.asarray(weights).sum(-1), 1.0)
         per_example.extend((-log_likelihood / tokens).tolist())
-        if len(per_example) >= num_examples:
-            break
     if len(per_example) < num_examples:
         log.warning("%s has only %d validation examples (asked %d)", eval_task, len(per_example), num_examples)
     return per_example[:num_examples]
 
 
-def evaluate_downstream(experiment: Experiment, cell: Cell, config, task: str) -> dict[str, float]:
+SCORE_BATCH_SIZE = 16
+
+
+def score_batches(eval_task: str, lengths: dict[str, int], layout: str, num_examples: int,
+                  cache: GridCache | None = None) -> list[dict]:
+    """The first validation batches of `eval_task` that hold `num_examples` examples (all of
+    them if it has fewer), unshuffled: the same for every model of this layout and lengths."""
+    key = (eval_task, tuple(sorted(lengths.items())), layout, num_examples)
+    if cache is not None and key in cache.score_batches:
+        return cache.score_batches[key]
+    dataset = pipeline.get_dataset(eval_task, lengths, split="validation", layout=layout,
+                                   batch_size=SCORE_BATCH_SIZE, shuffle=False, seed=0, pack=False, num_epochs=1)
+    batches = list(itertools.islice(dataset.as_numpy_iterator(), math.ceil(num_examples / SCORE_BATCH_SIZE)))
+    if cache is not None:
+        cache.score_batches[key] = batches
+    return batches
+
+
+def evaluate_downstream(experiment: Experiment, cell: Cell, config, task: str,
+                        cache: GridCache | None = None) -> dict[str, float]:
     """The task's metrics for one run: finetuned (params from the run) or zero-shot."""
     model = config.model
     lengths = matched_feature_lengths(model.config.layout, *arm_lengths(experiment, cell.arm),
@@ -426,7 +457,7 @@ def evaluate_downstream(experiment: Experiment, cell: Cell, config, task: str) -
             config, model_dir=os.path.join(cell.run_dir, "downstream", task), mixture_or_task_name=task,
             task_feature_lengths=lengths, train_steps=experiment.downstream_steps,
             init_checkpoint=config.model_dir, eval_split=None, checkpoint_period=experiment.downstream_steps)
-        train_lib.train(finetune)
+        train_lib.train(finetune, cache.programs if cache else None)
         source = finetune.model_dir
     params = evaluation.load_params(model, source)
     result = evaluation.evaluate(model, params, task, "validation", lengths, batch_size=16,
@@ -449,6 +480,7 @@ def run_grid(experiment: Experiment, loaders: Loaders) -> list[dict]:
     """Runs every cell without a record (resuming any cut off), in plan order; returns all records."""
     cells = plan(experiment)
     records, durations = [], []
+    cache = GridCache()
     for index, cell in enumerate(cells, 1):
         path = os.path.join(cell.run_dir, RESULT_FILE)
         if os.path.exists(path):
@@ -460,6 +492,6 @@ def run_grid(experiment: Experiment, loaders: Loaders) -> list[dict]:
         eta = f", grid ETA {np.mean(durations) * remaining / 60:.1f} min" if durations else ""
         print(f"[run {index}/{len(cells)}] {cell.label}{eta}", flush=True)
         start = time.time()
-        records.append(run_cell(experiment, cell, loaders))
+        records.append(run_cell(experiment, cell, loaders, cache))
         durations.append(time.time() - start)
     return records

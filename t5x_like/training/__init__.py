@@ -10,5 +10,6 @@ Modules:
   trainer       TrainState, the jitted sharded steps, the loop
   run           TrainConfig and train(config): the named set-up steps
   run_dir       one run per MODEL_DIR (a lock)
+  programs      compiled steps shared by the runs of one process with the same model, shapes and optimizer
   aot           TPU slices, and compiling the train step for one on any host (`t5x-like compile`)
 """

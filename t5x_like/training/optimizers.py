@@ -7,7 +7,10 @@ scales and biases). Does not own: gradient accumulation or loss normalization
 (trainer.py), or anything about the model.
 
 Every factory returns an `Optimizer`: the optax transformation plus its
-schedule, so the trainer can log the learning rate without inspecting state.
+schedule, so the trainer can log the learning rate without inspecting state,
+plus its `recipe`: the factory's name and arguments as a hashable value (None
+when an argument is a callable this module did not build), so runs whose
+optimizers come from the same recipe can share one compiled train step.
 Plain functions; gin files select one with `TrainConfig.optimizer = @optimizers.adafactor()`
 (registered in cli/configurables.py).
 """
@@ -32,6 +35,28 @@ NO_DECAY_NAMES = ("bias", "scale", "norm", "layer_norm", "ln")
 class Optimizer:
     tx: optax.GradientTransformation
     learning_rate: Schedule
+    # How it was built, e.g. ('adafactor', (('decay_rate', 'float', 0.8), ...)): equal recipes give
+    # the same transformation. None: not known (a hand-made tx or schedule).
+    recipe: tuple | None = None
+
+
+def recipe(name: str, **arguments: Any) -> tuple | None:
+    """A factory call as a hashable value; None if an argument has no recipe (an unknown callable)."""
+    parts = []
+    for key, value in sorted(arguments.items()):
+        if callable(value):
+            value = getattr(value, "recipe", None)
+            if value is None:
+                return None
+        elif not isinstance(value, (int, float, bool, str, type(None))):
+            return None
+        parts.append((key, type(value).__name__, value))  # the type too: 1, 1.0 and True hash alike
+    return (name, tuple(parts))
+
+
+def _with_recipe(schedule: Schedule, value: tuple | None) -> Schedule:
+    schedule.recipe = value  # type: ignore[attr-defined]
+    return schedule
 
 
 def inverse_sqrt_schedule(peak_learning_rate: float = 0.01, warmup_steps: int = 10_000,
@@ -49,7 +74,8 @@ def inverse_sqrt_schedule(peak_learning_rate: float = 0.01, warmup_steps: int = 
         if linear_warmup:
             lr = lr * jnp.minimum(1.0, (step + 1.0) / warmup_steps)
         return lr
-    return schedule
+    return _with_recipe(schedule, recipe("inverse_sqrt_schedule", peak_learning_rate=peak_learning_rate,
+                                         warmup_steps=warmup_steps, linear_warmup=linear_warmup))
 
 
 def constant_schedule(value: float = 1e-3) -> Schedule:
@@ -60,9 +86,12 @@ def constant_schedule(value: float = 1e-3) -> Schedule:
 def warmup_cosine_schedule(peak_learning_rate: float = 3e-4, warmup_steps: int = 1000,
                            total_steps: int = 100_000, end_ratio: float = 0.1) -> Schedule:
     """Linear warmup to the peak, then cosine decay to peak * end_ratio at total_steps."""
-    return optax.warmup_cosine_decay_schedule(
+    schedule = optax.warmup_cosine_decay_schedule(
         init_value=0.0, peak_value=peak_learning_rate, warmup_steps=warmup_steps,
         decay_steps=max(total_steps, warmup_steps + 1), end_value=peak_learning_rate * end_ratio)
+    return _with_recipe(schedule, recipe("warmup_cosine_schedule", peak_learning_rate=peak_learning_rate,
+                                         warmup_steps=warmup_steps, total_steps=total_steps,
+                                         end_ratio=end_ratio))
 
 
 def decay_mask(params: Any) -> Any:
@@ -97,7 +126,10 @@ def adafactor(learning_rate: Schedule | float | None = None, decay_rate: float =
         min_dim_size_to_factor=min_dim_size_to_factor,
         multiply_by_parameter_scale=multiply_by_parameter_scale, momentum=momentum,
         weight_decay_rate=weight_decay_rate, weight_decay_mask=decay_mask if weight_decay_rate else None)
-    return Optimizer(_with_clipping(tx, grad_clip_norm), schedule)
+    return Optimizer(_with_clipping(tx, grad_clip_norm), schedule, recipe(
+        "adafactor", learning_rate=schedule, decay_rate=decay_rate, clipping_threshold=clipping_threshold,
+        min_dim_size_to_factor=min_dim_size_to_factor, multiply_by_parameter_scale=multiply_by_parameter_scale,
+        momentum=momentum, weight_decay_rate=weight_decay_rate, grad_clip_norm=grad_clip_norm))
 
 
 def adamw(learning_rate: Schedule | float | None = None, b1: float = 0.9, b2: float = 0.95,
@@ -107,17 +139,20 @@ def adamw(learning_rate: Schedule | float | None = None, b1: float = 0.9, b2: fl
     schedule = _as_schedule(learning_rate if learning_rate is not None else warmup_cosine_schedule())
     tx = optax.adamw(learning_rate=schedule, b1=b1, b2=b2, eps=eps,
                      weight_decay=weight_decay, mask=decay_mask)
-    return Optimizer(_with_clipping(tx, grad_clip_norm), schedule)
+    return Optimizer(_with_clipping(tx, grad_clip_norm), schedule, recipe(
+        "adamw", learning_rate=schedule, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay,
+        grad_clip_norm=grad_clip_norm))
 
 
 def sgd(learning_rate: Schedule | float = 0.1, grad_clip_norm: float | None = None) -> Optimizer:
     """Plain SGD: tests use it to compare updates exactly."""
     schedule = _as_schedule(learning_rate)
-    return Optimizer(_with_clipping(optax.sgd(schedule), grad_clip_norm), schedule)
+    return Optimizer(_with_clipping(optax.sgd(schedule), grad_clip_norm), schedule,
+                     recipe("sgd", learning_rate=schedule, grad_clip_norm=grad_clip_norm))
 
 
 def _as_schedule(learning_rate: Schedule | float) -> Schedule:
     if callable(learning_rate):
         return learning_rate
     value = float(learning_rate)
-    return lambda step: jnp.full((), value, jnp.float32)
+    return _with_recipe(lambda step: jnp.full((), value, jnp.float32), recipe("constant", value=value))

@@ -30,11 +30,12 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import itertools
 import json
 import logging
 import os
 import signal
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import jax
@@ -43,7 +44,7 @@ import numpy as np
 from t5x_like.data.sources import DataRequest, DatasetFn, check_task_name, default_dataset_fn, task_has_split
 from t5x_like.data.task_vocab import check_model_vocab_size
 from t5x_like.model import adaptation, sizing
-from t5x_like.training import optimizers, partitioning, run_dir
+from t5x_like.training import optimizers, partitioning, programs, run_dir
 from t5x_like.training.checkpoints import (
     CHECKPOINT_SUBDIR,
     STREAM_RESTORED,
@@ -147,12 +148,21 @@ class TrainResult:
 
 
 # -- named set-up steps ----------------------------------------------------------------
-def build_trainer(config: TrainConfig, mesh: jax.sharding.Mesh) -> Trainer:
+def build_trainer(config: TrainConfig, mesh: jax.sharding.Mesh,
+                  cache: programs.ProgramCache | None = None) -> Trainer:
+    """The run's Trainer; from `cache` (its compiled steps shared) when an earlier run had the same programs."""
     rules = config.logical_axis_rules
     optimizer = config.optimizer or optimizers.adafactor()
     loss = LossOptions(config.z_loss, config.label_smoothing, config.loss_normalizing_factor)
-    return Trainer(config.model, optimizer, mesh, rules, config.batch_size, config.task_feature_lengths,
-                   num_microbatches=config.num_microbatches, loss=loss, seed=config.seed)
+
+    def build() -> Trainer:
+        return Trainer(config.model, optimizer, mesh, rules, config.batch_size, config.task_feature_lengths,
+                       num_microbatches=config.num_microbatches, loss=loss, seed=config.seed)
+    if cache is None:
+        return build()
+    key = programs.trainer_key(config.model, optimizer, mesh, rules, config.batch_size,
+                               config.task_feature_lengths, config.num_microbatches, loss)
+    return cache.trainer(key, config.seed, build)
 
 
 def build_checkpointer(config: TrainConfig) -> Checkpointer:
@@ -239,6 +249,19 @@ def write_run_files(config: TrainConfig) -> None:
             f.write(config.config_text)
 
 
+def replayed(build: Callable[[], Iterator[dict]], count: int) -> Callable[[], Iterator[dict]]:
+    """A source of the first `count` batches of `build()`: drawn once (one pipeline built), then
+    replayed at every call. The evaluation stream is deterministic (unshuffled, seeded), so every
+    evaluation sees the batches a freshly built pipeline would give, without building one each time."""
+    drawn: list[list[dict]] = []
+
+    def batches() -> Iterator[dict]:
+        if not drawn:
+            drawn.append(list(itertools.islice(build(), count)))
+        return iter(drawn[0])
+    return batches
+
+
 # -- the run -------------------------------------------------------------------------
 def usable_eval_split(config: TrainConfig) -> str | None:
     """The eval split, or None with a warning when the task lacks it (e.g. a train-only corpus)."""
@@ -249,13 +272,16 @@ def usable_eval_split(config: TrainConfig) -> str | None:
     return config.eval_split
 
 
-def train(config: TrainConfig) -> TrainResult:
-    """Trains (or resumes) one run; returns the final train/eval metrics and MODEL_DIR."""
+def train(config: TrainConfig, cache: programs.ProgramCache | None = None) -> TrainResult:
+    """Trains (or resumes) one run; returns the final train/eval metrics and MODEL_DIR.
+
+    `cache`: compiled steps shared with the other runs of this process that have the same
+    model, shapes, optimizer recipe and loss (programs.py); the results are the same without it."""
     config.validate()
     check_task_name(config.mixture_or_task_name)
     eval_split = usable_eval_split(config)
     with hold_run_dir(config.model_dir):
-        return _train_in_run_dir(config, eval_split)
+        return _train_in_run_dir(config, eval_split, cache)
 
 
 @contextlib.contextmanager
@@ -280,9 +306,10 @@ def hold_run_dir(model_dir: str) -> Iterator[None]:
         yield
 
 
-def _train_in_run_dir(config: TrainConfig, eval_split: str | None) -> TrainResult:
+def _train_in_run_dir(config: TrainConfig, eval_split: str | None,
+                      cache: programs.ProgramCache | None) -> TrainResult:
     mesh = partitioning.make_mesh(config.mesh_shape)
-    trainer = build_trainer(config, mesh)
+    trainer = build_trainer(config, mesh, cache)
     checkpointer = build_checkpointer(config)
     batches = make_batches(config, "train", 0, train=True)
     start = restore_or_init_state(trainer, checkpointer, config.init_checkpoint,
@@ -294,8 +321,7 @@ def _train_in_run_dir(config: TrainConfig, eval_split: str | None) -> TrainResul
     write_run_files(config)  # after the state and the data are known good: a failed start keeps the old ones
     eval_batches = None
     if eval_split:
-        def eval_batches():
-            return make_batches(config, eval_split, 0, train=False)
+        eval_batches = replayed(lambda: make_batches(config, eval_split, 0, train=False), config.eval_steps)
     logger = make_logger(config)
 
     def save(s: TrainState, metrics: dict | None) -> None:

@@ -1,0 +1,96 @@
+"""Comparison-grid wall time: quick.gin with the code of another revision and with this checkout, back to back.
+
+    python benchmarks/grid.py [--before 54fd3ef] [--train_steps 300] [--after_first] [--out benchmarks/results/grid.json]
+
+Each side is one fresh `t5x-like compare --gin_file=gin_configs/experiments/quick.gin`
+process on a new OUTPUT_DIR (its compilation cache starts empty, as in a first
+run), timed from process start to exit. "before" runs the files of the given
+revision (`git archive`, into a temporary directory); "after" runs this
+checkout (`--after_first`: in the other order, to see load drift). Both use this interpreter. The report's tables (every line of
+report.md that starts with '|' or '-') must be identical: the benchmark fails
+otherwise. The machine's load average is recorded before and after each side:
+on a shared machine only the ratio of one invocation means much.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def load_average() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+def report_tables(output_dir: str) -> list[str]:
+    with open(os.path.join(output_dir, "report.md")) as f:
+        return [line.rstrip("\n") for line in f if line.startswith(("|", "-"))]
+
+
+def timed_compare(code_dir: str, output_dir: str, train_steps: int, log_path: str) -> dict:
+    """Runs quick.gin with the package found in `code_dir`; its wall seconds and load averages."""
+    command = [sys.executable, "-m", "t5x_like", "compare", "--gin_file=gin_configs/experiments/quick.gin",
+               f"--gin.OUTPUT_DIR={output_dir}", f"--gin.TRAIN_STEPS={train_steps}"]
+    env = dict(os.environ, PYTHONPATH=code_dir)
+    load_before = load_average()
+    cpu_before = _children_cpu_seconds()
+    start = time.perf_counter()
+    with open(log_path, "w") as log:
+        subprocess.run(command, cwd=code_dir, env=env, stdout=log, stderr=subprocess.STDOUT, check=True)
+    seconds = time.perf_counter() - start
+    return {"seconds": round(seconds, 1), "cpu_seconds": round(_children_cpu_seconds() - cpu_before, 1),
+            "load_before": load_before, "load_after": load_average(), "log": log_path}
+
+
+def _children_cpu_seconds() -> float:
+    """User + system CPU seconds of the finished child processes: the work done, which a loaded
+    machine stretches far less than the wall time."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--before", default="54fd3ef", help="revision whose code is 'before'")
+    parser.add_argument("--train_steps", type=int, default=300)
+    parser.add_argument("--after_first", action="store_true", help="time 'after' first")
+    parser.add_argument("--out", default=os.path.join(REPO, "benchmarks", "results", "grid.json"))
+    args = parser.parse_args()
+    work = tempfile.mkdtemp(prefix="grid_bench_")
+    before_code = os.path.join(work, "before_code")
+    os.makedirs(before_code)
+    archive = subprocess.run(["git", "-C", REPO, "archive", args.before], check=True, capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", before_code], input=archive, check=True)
+    sides = {}
+    order = [("before", before_code), ("after", REPO)]
+    for name, code in (order[::-1] if args.after_first else order):
+        output_dir = os.path.join(work, f"out_{name}")
+        sides[name] = timed_compare(code, output_dir, args.train_steps, os.path.join(work, f"{name}.log"))
+        sides[name]["report_tables"] = report_tables(output_dir)
+        print(f"{name}: {sides[name]['seconds']} s, {sides[name]['cpu_seconds']} CPU s (load {sides[name]['load_before']} -> "
+              f"{sides[name]['load_after']})", flush=True)
+    same = sides["before"]["report_tables"] == sides["after"]["report_tables"]
+    result = {"benchmark": "quick.gin wall time, fresh OUTPUT_DIR each side, back to back",
+              "order": "after, before" if args.after_first else "before, after",
+              "before_revision": args.before, "train_steps": args.train_steps, "host": platform.node(),
+              "cpus": os.cpu_count(), "speedup": round(sides["before"]["seconds"] / sides["after"]["seconds"], 2),
+              "cpu_ratio": round(sides["before"]["cpu_seconds"] / sides["after"]["cpu_seconds"], 2),
+              "reports_identical": same, **sides}
+    os.makedirs(os.path.dirname(args.out), exist_ok=True)
+    with open(args.out, "w") as f:
+        json.dump(result, f, indent=1)
+    print(f"speedup {result['speedup']}x (CPU seconds {result['cpu_ratio']}x), report tables identical: {same}; wrote {args.out}")
+    if not same:
+        sys.exit("the reports differ")
+
+
+if __name__ == "__main__":
+    main()
