@@ -1,15 +1,19 @@
 """Comparison-grid wall time: quick.gin with the code of another revision and with this checkout, back to back.
 
-    python benchmarks/grid.py [--before 54fd3ef] [--train_steps 300] [--after_first] [--out benchmarks/results/grid.json]
+    python benchmarks/grid.py [--before 54fd3ef] [--train_steps 300] [--after_first] [--one_cell_at_a_time]
+                              [--out benchmarks/results/grid.json]
 
 Each side is one fresh `t5x-like compare --gin_file=gin_configs/experiments/quick.gin`
 process on a new OUTPUT_DIR (its compilation cache starts empty, as in a first
 run), timed from process start to exit. "before" runs the files of the given
 revision (`git archive`, into a temporary directory); "after" runs this
-checkout (`--after_first`: in the other order, to see load drift). Both use this interpreter. The report's tables (every line of
-report.md that starts with '|' or '-') must be identical: the benchmark fails
-otherwise. The machine's load average is recorded before and after each side:
-on a shared machine only the ratio of one invocation means much.
+checkout (`--after_first`: in the other order, to see load drift). Both use this
+interpreter. `--one_cell_at_a_time` adds a third side, this checkout with
+`--cells_at_once=1`, whose report's tables (every line of report.md that starts with '|'
+or '-') must equal "after"'s: the benchmark fails otherwise. Against "before" the tables
+are compared line by line and the lines that differ are listed (changes in float rounding
+show there). The machine's load average is recorded before and after each side: on a
+shared machine only the ratio of one invocation means much.
 """
 from __future__ import annotations
 
@@ -35,10 +39,10 @@ def report_tables(output_dir: str) -> list[str]:
         return [line.rstrip("\n") for line in f if line.startswith(("|", "-"))]
 
 
-def timed_compare(code_dir: str, output_dir: str, train_steps: int, log_path: str) -> dict:
+def timed_compare(code_dir: str, output_dir: str, train_steps: int, log_path: str, extra: tuple = ()) -> dict:
     """Runs quick.gin with the package found in `code_dir`; its wall seconds and load averages."""
     command = [sys.executable, "-m", "t5x_like", "compare", "--gin_file=gin_configs/experiments/quick.gin",
-               f"--gin.OUTPUT_DIR={output_dir}", f"--gin.TRAIN_STEPS={train_steps}"]
+               f"--gin.OUTPUT_DIR={output_dir}", f"--gin.TRAIN_STEPS={train_steps}", *extra]
     env = dict(os.environ, PYTHONPATH=code_dir)
     load_before = load_average()
     cpu_before = _children_cpu_seconds()
@@ -62,6 +66,8 @@ def main() -> None:
     parser.add_argument("--before", default="54fd3ef", help="revision whose code is 'before'")
     parser.add_argument("--train_steps", type=int, default=300)
     parser.add_argument("--after_first", action="store_true", help="time 'after' first")
+    parser.add_argument("--one_cell_at_a_time", action="store_true",
+                        help="also time this checkout with --cells_at_once=1 (its report must equal 'after')")
     parser.add_argument("--out", default=os.path.join(REPO, "benchmarks", "results", "grid.json"))
     args = parser.parse_args()
     work = tempfile.mkdtemp(prefix="grid_bench_")
@@ -70,26 +76,41 @@ def main() -> None:
     archive = subprocess.run(["git", "-C", REPO, "archive", args.before], check=True, capture_output=True).stdout
     subprocess.run(["tar", "-x", "-C", before_code], input=archive, check=True)
     sides = {}
-    order = [("before", before_code), ("after", REPO)]
-    for name, code in (order[::-1] if args.after_first else order):
+    order = [("before", before_code, ()), ("after", REPO, ())]
+    if args.after_first:
+        order.reverse()
+    if args.one_cell_at_a_time:
+        order.append(("after_one_cell_at_a_time", REPO, ("--cells_at_once=1",)))
+    for name, code, extra in order:
         output_dir = os.path.join(work, f"out_{name}")
-        sides[name] = timed_compare(code, output_dir, args.train_steps, os.path.join(work, f"{name}.log"))
+        sides[name] = timed_compare(code, output_dir, args.train_steps, os.path.join(work, f"{name}.log"), extra)
         sides[name]["report_tables"] = report_tables(output_dir)
         print(f"{name}: {sides[name]['seconds']} s, {sides[name]['cpu_seconds']} CPU s (load {sides[name]['load_before']} -> "
               f"{sides[name]['load_after']})", flush=True)
-    same = sides["before"]["report_tables"] == sides["after"]["report_tables"]
+    before, after = sides["before"]["report_tables"], sides["after"]["report_tables"]
+    changed = [{"before": b, "after": a} for b, a in zip(before, after) if a != b]
     result = {"benchmark": "quick.gin wall time, fresh OUTPUT_DIR each side, back to back",
-              "order": "after, before" if args.after_first else "before, after",
+              "order": ", ".join(name for name, _, _ in order),
               "before_revision": args.before, "train_steps": args.train_steps, "host": platform.node(),
               "cpus": os.cpu_count(), "speedup": round(sides["before"]["seconds"] / sides["after"]["seconds"], 2),
               "cpu_ratio": round(sides["before"]["cpu_seconds"] / sides["after"]["cpu_seconds"], 2),
-              "reports_identical": same, **sides}
+              "report_lines_changed_since_before": changed, **sides}
+    if args.one_cell_at_a_time:
+        sequential = sides["after_one_cell_at_a_time"]
+        result["threads_speedup"] = round(sequential["seconds"] / sides["after"]["seconds"], 2)
+        result["threads_report_identical"] = sequential["report_tables"] == after
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with open(args.out, "w") as f:
         json.dump(result, f, indent=1)
-    print(f"speedup {result['speedup']}x (CPU seconds {result['cpu_ratio']}x), report tables identical: {same}; wrote {args.out}")
-    if not same:
-        sys.exit("the reports differ")
+    print(f"speedup {result['speedup']}x (CPU seconds {result['cpu_ratio']}x); "
+          f"{len(changed)} of {len(after)} report table lines differ from before; wrote {args.out}")
+    for line in changed:
+        print(f"  before: {line['before']}\n  after:  {line['after']}")
+    if args.one_cell_at_a_time:
+        print(f"cells at once vs one at a time: {result['threads_speedup']}x, "
+              f"report identical: {result['threads_report_identical']}")
+        if not result["threads_report_identical"]:
+            sys.exit("the report with cells at once differs from one cell at a time")
 
 
 if __name__ == "__main__":

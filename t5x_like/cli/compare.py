@@ -25,6 +25,8 @@ import logging
 import os
 import sys
 
+import jax
+
 from t5x_like.cli import configurables, gin_loading
 from t5x_like.cli.train import use_compilation_cache
 from t5x_like.experiments import grid, report
@@ -53,6 +55,12 @@ def _model_config(experiment: grid.Experiment, arm: grid.Arm):
 GIN_LOADERS = grid.Loaders(model_config=_model_config, train_config=_train_config)
 
 
+def default_cells_at_once() -> int:
+    """2 on a CPU host with 2 or more cores (a tiny model's step leaves part of the second
+    idle), else 1: on an accelerator, cells at once would share its memory."""
+    return 2 if jax.default_backend() == "cpu" and (os.cpu_count() or 1) >= 2 else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     files, bindings, rest = gin_loading.split_gin_args(list(sys.argv[1:] if argv is None else argv))
     parser = argparse.ArgumentParser(prog="t5x-like compare", description=__doc__,
@@ -61,6 +69,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--check_only", action="store_true", help="verify the matching claims and exit")
     parser.add_argument("--compilation_cache_dir", default=None,
                         help="persistent XLA compilation cache (default OUTPUT_DIR/jax_cache; '' disables)")
+    parser.add_argument("--cells_at_once", type=int, default=None,
+                        help="grid cells trained at a time, in threads (default: 2 on a CPU with 2 or more "
+                             "cores, else 1); the records are the same for any value")
     args = parser.parse_args(rest)
     if not files:
         parser.error("give --gin_file=gin_configs/experiments/<name>.gin")
@@ -87,7 +98,8 @@ def main(argv: list[str] | None = None) -> int:
     if not args.report_only:
         use_compilation_cache(os.path.join(experiment.output_dir, "jax_cache")
                               if args.compilation_cache_dir is None else args.compilation_cache_dir)
-    records = grid.load_records(experiment) if args.report_only else grid.run_grid(experiment, GIN_LOADERS)
+    records = (grid.load_records(experiment) if args.report_only else
+               grid.run_grid(experiment, GIN_LOADERS, args.cells_at_once or default_cells_at_once()))
     if not records:
         print(f"t5x-like compare: no finished runs under {experiment.output_dir}/runs: run without "
               "--report_only first", file=sys.stderr)

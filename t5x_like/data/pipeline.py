@@ -6,6 +6,7 @@ tf.data graph is built. The work itself is `seqio.get_dataset`.
 """
 from __future__ import annotations
 
+import threading
 from typing import Mapping
 
 import seqio
@@ -15,6 +16,11 @@ from t5x_like.data import (
     feature_converters,
     tasks,  # noqa: F401  (registers the tasks get_dataset looks up)
 )
+
+# seqio hands the objectives' random maps their seeds from a process-global counter
+# (seqio.utils.map_seed_manager) while a pipeline is built: two pipelines built at once in
+# threads (grid cells trained side by side) would interleave their seeds.
+BUILD_LOCK = threading.Lock()  # hold it around any seqio get_dataset call
 
 
 def _provider(name: str) -> seqio.Task | seqio.Mixture:
@@ -57,12 +63,14 @@ def get_dataset(mixture_or_task_name: str, task_feature_lengths: Mapping[str, in
     source (of a prepared TFDS corpus: its own contiguous 1/num_shards of the split,
     read at the source), so hosts see disjoint data. num_epochs=None repeats forever (the
     objectives draw new corruption each epoch). Incomplete last batches are dropped.
+    Safe to call from several threads: pipelines are built one at a time.
     """
     provider = _provider(mixture_or_task_name)
     _check(provider, task_feature_lengths, split, layout, batch_size, shard_id, num_shards)
     converter = feature_converters.for_layout(layout, "inputs" in provider.output_features, pack)
     shard_info = seqio.ShardInfo(index=shard_id, num_shards=num_shards) if num_shards > 1 else None
-    return seqio.get_dataset(
-        provider, task_feature_lengths=dict(task_feature_lengths), feature_converter=converter,
-        dataset_split=split, shuffle=shuffle, seed=seed, shard_info=shard_info,
-        num_epochs=num_epochs, batch_size=batch_size, verbose=False)
+    with BUILD_LOCK:
+        return seqio.get_dataset(
+            provider, task_feature_lengths=dict(task_feature_lengths), feature_converter=converter,
+            dataset_split=split, shuffle=shuffle, seed=seed, shard_info=shard_info,
+            num_epochs=num_epochs, batch_size=batch_size, verbose=False)

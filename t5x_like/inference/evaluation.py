@@ -37,7 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 import seqio
 
-from t5x_like.data import feature_converters
+from t5x_like.data import feature_converters, pipeline
 from t5x_like.data import tasks as _tasks  # noqa: F401  (registers the tasks evaluate looks up)
 from t5x_like.data.sources import check_task_name
 from t5x_like.inference import decoding
@@ -248,9 +248,10 @@ def evaluate(model: model_lib.Model, params, mixture_or_task_name: str, split: s
     tasks = check_split(mixture_or_task_name, split)
     has_inputs = "inputs" in tasks[0].output_features
     converter = feature_converters.for_layout(model.config.layout, has_inputs, pack=False)
-    evaluator = seqio.Evaluator(mixture_or_task_name, converter, eval_split=split,
-                                sequence_length=feature_lengths, num_examples=max_examples,
-                                use_memory_cache=True, async_compute_metrics=False)
+    with pipeline.BUILD_LOCK:  # the Evaluator builds its task datasets here
+        evaluator = seqio.Evaluator(mixture_or_task_name, converter, eval_split=split,
+                                    sequence_length=feature_lengths, num_examples=max_examples,
+                                    use_memory_cache=True, async_compute_metrics=False)
     metrics: dict[str, dict[str, float]] = {}
     examples: dict[str, list[dict[str, str]]] = {}
     if evaluator.eval_tasks:
@@ -307,7 +308,8 @@ def _longest(evaluator) -> dict[str, int]:
 def _model_datasets(tasks, converter, split, feature_lengths, max_examples):
     out = {}
     for task in tasks:
-        ds = task.get_dataset(sequence_length=feature_lengths, split=split, shuffle=False, num_epochs=1)
+        with pipeline.BUILD_LOCK:
+            ds = task.get_dataset(sequence_length=feature_lengths, split=split, shuffle=False, num_epochs=1)
         if max_examples:
             ds = ds.take(max_examples)
         out[task.name] = converter(ds, feature_lengths).enumerate()

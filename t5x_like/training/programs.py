@@ -18,6 +18,7 @@ Nothing is ever evicted: a grid has a handful of distinct programs.
 from __future__ import annotations
 
 import copy
+import threading
 from collections.abc import Callable, Hashable
 from typing import Any
 
@@ -55,16 +56,22 @@ class ProgramCache:
 
     def __init__(self) -> None:
         self._built: dict[Hashable, Any] = {}
+        self._key_locks: dict[Hashable, threading.Lock] = {}
+        self._lock = threading.Lock()
         self.hits = 0
 
     def get(self, key: Hashable | None, build: Callable[[], Any]) -> Any:
+        """The object built for `key`; a thread asking for a key another is building waits for it."""
         if key is None:
             return build()
-        if key in self._built:
-            self.hits += 1
-        else:
-            self._built[key] = build()
-        return self._built[key]
+        with self._lock:
+            key_lock = self._key_locks.setdefault(key, threading.Lock())
+        with key_lock:
+            if key in self._built:
+                self.hits += 1
+            else:
+                self._built[key] = build()
+            return self._built[key]
 
     def trainer(self, key: Hashable | None, seed: int, build: Callable[[], Trainer]) -> Trainer:
         """The cached Trainer for `key`, as one for `seed` (its programs shared), or a new one."""

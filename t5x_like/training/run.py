@@ -272,16 +272,19 @@ def usable_eval_split(config: TrainConfig) -> str | None:
     return config.eval_split
 
 
-def train(config: TrainConfig, cache: programs.ProgramCache | None = None) -> TrainResult:
+def train(config: TrainConfig, cache: programs.ProgramCache | None = None,
+          stop: StopRequested | None = None) -> TrainResult:
     """Trains (or resumes) one run; returns the final train/eval metrics and MODEL_DIR.
 
     `cache`: compiled steps shared with the other runs of this process that have the same
-    model, shapes, optimizer recipe and loss (programs.py); the results are the same without it."""
+    model, shapes, optimizer recipe and loss (programs.py); the results are the same without it.
+    `stop`: the stop request to obey, when the caller owns the signal handlers (runs trained in
+    threads, which cannot install them); by default the run installs its own for SIGTERM and SIGINT."""
     config.validate()
     check_task_name(config.mixture_or_task_name)
     eval_split = usable_eval_split(config)
     with hold_run_dir(config.model_dir):
-        return _train_in_run_dir(config, eval_split, cache)
+        return _train_in_run_dir(config, eval_split, cache, stop)
 
 
 @contextlib.contextmanager
@@ -307,7 +310,7 @@ def hold_run_dir(model_dir: str) -> Iterator[None]:
 
 
 def _train_in_run_dir(config: TrainConfig, eval_split: str | None,
-                      cache: programs.ProgramCache | None) -> TrainResult:
+                      cache: programs.ProgramCache | None, stop: StopRequested | None) -> TrainResult:
     mesh = partitioning.make_mesh(config.mesh_shape)
     trainer = build_trainer(config, mesh, cache)
     checkpointer = build_checkpointer(config)
@@ -330,7 +333,9 @@ def _train_in_run_dir(config: TrainConfig, eval_split: str | None,
                 "rng": np.asarray(jax.device_get(s.rng)).tolist()}
         checkpointer.save(step, s.params, s.opt_state, meta, metrics, batches=batches)
 
-    stop = StopRequested(signals=(signal.SIGTERM, signal.SIGINT))
+    own_stop = stop is None
+    if stop is None:
+        stop = StopRequested(signals=(signal.SIGTERM, signal.SIGINT))
     options = LoopOptions(config.train_steps, config.log_period, config.checkpoint_period,
                           config.eval_period, config.eval_steps)
     try:
@@ -340,7 +345,8 @@ def _train_in_run_dir(config: TrainConfig, eval_split: str | None,
         logger.message(str(e))
         raise
     finally:
-        stop.restore()
+        if own_stop:
+            stop.restore()
         checkpointer.close()
         logger.close()
     return TrainResult(config.model_dir, result.step, result.train_metrics, result.eval_metrics,

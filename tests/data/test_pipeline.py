@@ -1,6 +1,7 @@
 """get_dataset: determinism, sharding, clear errors; vocabulary layout; metrics; import cost."""
 from __future__ import annotations
 
+import concurrent.futures
 import subprocess
 import sys
 import textwrap
@@ -31,6 +32,16 @@ def test_fixed_seed_gives_identical_batches_and_other_seeds_or_shards_differ():
     assert not _same(first, _batches(seed=8))
     shard0, shard1 = _batches(seed=7, shard_id=0, num_shards=2), _batches(seed=7, shard_id=1, num_shards=2)
     assert not _same(shard0, shard1)
+
+
+def test_pipelines_built_in_threads_at_once_are_those_built_alone():
+    # The objectives' random maps take their seeds from seqio's process-global counter while
+    # a pipeline is built; grid cells build theirs in threads side by side.
+    alone = {seed: _batches(seed=seed) for seed in (1, 2, 3)}
+    with concurrent.futures.ThreadPoolExecutor(3) as pool:
+        together = dict(zip((1, 2, 3), pool.map(lambda seed: _batches(seed=seed), (1, 2, 3))))
+    for seed in alone:
+        assert _same(alone[seed], together[seed]), seed
 
 
 def test_shards_hold_disjoint_documents():

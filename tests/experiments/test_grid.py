@@ -1,5 +1,7 @@
-"""Comparison grids: every shipped experiment's matching claims, grids that expand to arms."""
+"""Comparison grids: every shipped experiment's matching claims, grids that expand to arms, cells in threads."""
+import concurrent.futures
 import glob
+import io
 import os
 
 import pytest
@@ -134,3 +136,50 @@ def test_mixed_attention_arms_differ_only_in_the_encoder_mask():
         steps = (0, 50, 100, 599)
         assert ([float(config.optimizer.learning_rate(s)) for s in steps]
                 == [float(reference.optimizer.learning_rate(s)) for s in steps]), name
+
+
+def _small_grid(output_dir) -> compare.Experiment:
+    """Two from-scratch arms and one adapted from the first: a cell that must wait for another."""
+    tiny = "gin_configs/models/{}/tiny.gin"
+    return compare.Experiment(
+        name="threads", output_dir=str(output_dir), seeds=(0,), train_steps=3, eval_period=3, eval_examples=16,
+        run_bindings=("PACK = False", "EVAL_STEPS = 1"),
+        arms=[{"name": "causal", "model": tiny.format("decoder_only"), "task": "shakespeare_causal_lm"},
+              {"name": "prefix", "model": tiny.format("prefix_lm")},
+              {"name": "adapted", "model": tiny.format("prefix_lm"), "init_from": "causal", "train_steps": 2}])
+
+
+def _what_the_cells_computed(records: list[dict]) -> list[dict]:
+    skip = ("train_seconds_this_invocation", "command")
+    return [{k: v for k, v in record.items() if k not in skip} for record in records]
+
+
+@pytest.mark.slow
+def test_cells_trained_at_once_in_threads_give_the_records_of_one_at_a_time(tmp_path, capsys):
+    one_at_a_time = compare.run_grid(_small_grid(tmp_path / "one"), GIN_LOADERS, cells_at_once=1)
+    capsys.readouterr()
+    at_once = compare.run_grid(_small_grid(tmp_path / "two"), GIN_LOADERS, cells_at_once=2)
+    assert [r["arm"] for r in at_once] == ["causal", "prefix", "adapted"]
+    assert _what_the_cells_computed(at_once) == _what_the_cells_computed(one_at_a_time)
+    out = capsys.readouterr().out
+    finished = [line for line in out.splitlines() if " finished in " in line]
+    assert len(finished) == 3 and all(line.startswith(("[causal seed 0] ", "[prefix seed 0] ", "[adapted seed 0] "))
+                                      for line in finished)
+    assert out.index("[causal seed 0] [run 1/3] causal seed 0 finished") < out.index("adapted seed 0 started")
+
+
+def test_lines_printed_from_threads_come_out_whole_and_labelled():
+    stream = io.StringIO()
+    lines = compare._LabelledLines(stream)
+
+    def speak(label):
+        lines.label(label)
+        for i in range(200):
+            lines.write(f"{label} line")
+            lines.write(f" {i}\n")
+
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        list(pool.map(speak, ("a", "b")))
+    out = stream.getvalue().splitlines()
+    assert len(out) == 400
+    assert all(line in {f"[{x}] {x} line {i}" for x in "ab" for i in range(200)} for line in out)

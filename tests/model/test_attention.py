@@ -119,6 +119,29 @@ def test_fully_masked_rows_attend_uniformly_like_einsum():
     np.testing.assert_allclose(padding_rows, jnp.broadcast_to(jnp.mean(v[1], axis=0), padding_rows.shape), **TOL)
 
 
+@pytest.mark.parametrize("bias_shape", [(1, 4, 16, 24), (1, 1, 16, 24), (3, 1, 16, 24), (3, 4, 16, 24)])
+def test_add_bias_gradient_sums_the_broadcast_axes(bias_shape):
+    rng = np.random.default_rng(5)
+    logits = jnp.asarray(rng.normal(size=(3, 4, 16, 24)), jnp.float32)
+    bias = jnp.asarray(rng.normal(size=bias_shape), jnp.float32)
+    weights = jnp.asarray(rng.normal(size=logits.shape), jnp.float32)
+    loss = lambda add: lambda x, b: jnp.sum(jnp.tanh(add(x, b)) * weights)
+    ours = jax.grad(loss(attention.add_bias), argnums=(0, 1))(logits, bias)
+    plain = jax.grad(loss(jnp.add), argnums=(0, 1))(logits, bias)
+    for a, b in zip(ours, plain):
+        assert a.shape == b.shape
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_sum_to_shape_adds_leading_rows_in_order():
+    rows = jnp.asarray(np.random.default_rng(6).normal(size=(16, 2, 8, 8)) * 1e-3, jnp.float32)
+    in_order = rows[0]
+    for row in rows[1:]:
+        in_order = in_order + row
+    np.testing.assert_array_equal(jax.jit(attention.sum_to_shape, static_argnums=1)(rows, (1, 2, 8, 8))[0],
+                                  in_order)
+
+
 def test_hidden_block_pairs_are_skipped():
     """Values in a key block that no query block may see are never read: NaN there stays out."""
     rng = np.random.default_rng(4)

@@ -1,6 +1,8 @@
 """Compiled programs shared between runs (training/programs.py): same answers, complete keys."""
+import concurrent.futures
 import dataclasses
 import json
+import time
 
 import jax
 import numpy as np
@@ -121,3 +123,16 @@ def test_replayed_batches_are_the_first_ones_of_one_build():
     source = train.replayed(build, 3)
     first, second = list(source()), list(source())
     assert [b["x"][0] for b in first] == [0, 1, 2] and first == second and len(builds) == 1
+
+
+def test_a_key_asked_for_by_two_threads_at_once_is_built_once():
+    cache, builds = programs.ProgramCache(), []
+
+    def build():
+        builds.append(1)
+        time.sleep(0.2)  # the other thread asks while this one builds
+        return object()
+
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        first, second = pool.map(lambda _: cache.get("key", build), range(2))
+    assert first is second and len(builds) == 1 and cache.hits == 1
