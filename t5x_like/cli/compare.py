@@ -56,8 +56,8 @@ GIN_LOADERS = grid.Loaders(model_config=_model_config, train_config=_train_confi
 
 
 def default_cells_at_once() -> int:
-    """2 on a CPU host with 2 or more cores (a tiny model's step leaves part of the second
-    idle), else 1: on an accelerator, cells at once would share its memory."""
+    """2 on a CPU host with 2 or more cores (what one cell does between its steps leaves a
+    core idle), else 1: on an accelerator, cells at once would share its memory."""
     return 2 if jax.default_backend() == "cpu" and (os.cpu_count() or 1) >= 2 else 1
 
 
