@@ -89,7 +89,8 @@ def checksums(tree: Any) -> list[int | None]:
     (sub-byte, complex, keys)."""
     leaves = _array_leaves(tree)
     readable = [_readable(x) for x in leaves]
-    sums = iter(jax.device_get([_word_sums(x) for x, ok in zip(leaves, readable) if ok]))
+    sums = iter(jax.device_get([_one_at_a_time_across_processes(_word_sums(x))
+                                for x, ok in zip(leaves, readable) if ok]))
     return [_join_halves(*next(sums)) if ok else None for ok in readable]
 
 
@@ -121,6 +122,14 @@ def _readable(x: Any) -> bool:
     if jnp.issubdtype(dtype, jnp.floating):
         return jnp.finfo(dtype).bits == 8 * dtype.itemsize  # not float4
     return False
+
+
+def _one_at_a_time_across_processes(result: Any) -> Any:
+    """With several processes, waits for a program's result before the next is dispatched.
+    A sum over an array sharded across processes is a collective; two such programs in flight
+    at once may run in different orders in two processes, and each then waits for the other
+    forever (seen with gloo on CPU: a 2-process run hung at its first checkpoint)."""
+    return jax.block_until_ready(result) if jax.process_count() > 1 else result
 
 
 @jax.jit

@@ -126,11 +126,15 @@ def test_two_processes_with_two_devices_each_match_one_device(tmp_path, cache_di
     procs = [subprocess.Popen([sys.executable, "-c", SETUP + textwrap.dedent(code), str(i)],
                               env=env(cache_dir, devices=2), cwd=REPO, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True) for i in range(2)]
-    single = run_python(f"""
-        train.train(tiny_run({str(tmp_path / 'single')!r}, mesh_shape=(1, 1, 1)))
-        print("RESULT", json.dumps(losses({str(tmp_path / 'single')!r})))
-    """, env(cache_dir, devices=1))
-    outputs = [p.communicate(timeout=300) for p in procs]
+    try:
+        single = run_python(f"""
+            train.train(tiny_run({str(tmp_path / 'single')!r}, mesh_shape=(1, 1, 1)))
+            print("RESULT", json.dumps(losses({str(tmp_path / 'single')!r})))
+        """, env(cache_dir, devices=1))
+        outputs = [p.communicate(timeout=300) for p in procs]
+    finally:  # a hung pair must not outlive the test (it would hold its cores for the rest of the suite)
+        for p in procs:
+            p.kill()
     for p, (_, err) in zip(procs, outputs):
         assert p.returncode == 0, err[-4000:]
     multi = json.loads(outputs[0][0].split("RESULT", 1)[1])
