@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 
 import jax
@@ -98,8 +99,12 @@ def main(argv: list[str] | None = None) -> int:
     if not args.report_only:
         use_compilation_cache(os.path.join(experiment.output_dir, "jax_cache")
                               if args.compilation_cache_dir is None else args.compilation_cache_dir)
-    records = (grid.load_records(experiment) if args.report_only else
-               grid.run_grid(experiment, GIN_LOADERS, args.cells_at_once or default_cells_at_once()))
+    try:
+        records = (grid.load_records(experiment) if args.report_only else
+                   grid.run_grid(experiment, GIN_LOADERS, args.cells_at_once or default_cells_at_once()))
+    except grid.GridStopped as e:
+        print(f"t5x-like compare: {e}", file=sys.stderr)
+        return 128 + (e.signal_number or signal.SIGINT)
     if not records:
         print(f"t5x-like compare: no finished runs under {experiment.output_dir}/runs: run without "
               "--report_only first", file=sys.stderr)

@@ -81,6 +81,15 @@ RESULT_FILE = "result.json"
 _LOADERS_LOCK = threading.Lock()
 
 
+class GridStopped(KeyboardInterrupt):
+    """A SIGTERM or SIGINT stopped the grid; every running cell saved a checkpoint first, and
+    the same command resumes. `signal_number`: the signal (None if a failing cell stopped it)."""
+
+    def __init__(self, message: str, signal_number: int | None):
+        super().__init__(message)
+        self.signal_number = signal_number
+
+
 @dataclasses.dataclass
 class Experiment:
     """One comparison: arms × seeds on one task, with matched sizes and lengths.
@@ -391,7 +400,8 @@ def run_cell(experiment: Experiment, cell: Cell, loaders: Loaders, cache: GridCa
     start = time.time()
     result = train_lib.train(config, cache.programs if cache else None, stop)
     if result.stopped_by_signal:
-        raise KeyboardInterrupt(f"{cell.label} stopped by a signal; rerun the same command to resume")
+        raise GridStopped(f"{cell.label} stopped by a signal; rerun the same command to resume",
+                          result.signal_number)
     eval_task = cell.arm.eval_task or experiment.eval_task
     inputs_length, targets_length = arm_lengths(experiment, cell.arm)
     shared = (score_shared_metric(config, eval_task, inputs_length, targets_length, experiment.eval_examples,
@@ -534,7 +544,7 @@ def _run_in_threads(experiment: Experiment, cells: list[Cell], todo: list[Cell],
         if source is not None:
             source.result()  # started earlier (submitted first): running or done, never queued
         if stop.requested:
-            raise KeyboardInterrupt(f"{cell.label} not started: the grid is stopping")
+            raise GridStopped(f"{cell.label} not started: the grid is stopping", stop.signal_number)
         stdout.label(cell.label)
         print(f"[run {index}/{len(cells)}] {cell.label} started", flush=True)
         start = time.time()
