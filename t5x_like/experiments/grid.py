@@ -321,6 +321,13 @@ def cell_of(experiment: Experiment, arm: Arm, seed: int) -> Cell:
     return Cell(arm, seed, os.path.join(experiment.output_dir, "runs", f"{arm.name}_seed{seed}"))
 
 
+def source_cell(experiment: Experiment, cell: Cell) -> Cell | None:
+    """The cell whose final checkpoint `cell` starts from (its arm's init_from, same seed), if any."""
+    if not cell.arm.init_from:
+        return None
+    return cell_of(experiment, next(a for a in experiment.arms if a.name == cell.arm.init_from), cell.seed)
+
+
 def _in_dependency_order(arms: list[Arm]) -> list[Arm]:
     """The arms, each after its init_from arm (otherwise in the given order)."""
     by_name = {arm.name: arm for arm in arms}
@@ -352,8 +359,8 @@ def train_argv(experiment: Experiment, cell: Cell, layout: str) -> list[str]:
                 f"SEED={cell.seed}", f"BATCH_SIZE={experiment.batch_size}",
                 f"EVAL_PERIOD={experiment.eval_period}",
                 f"CHECKPOINT_PERIOD={experiment.eval_period}"]
-    if cell.arm.init_from:
-        source = cell_of(experiment, next(a for a in experiment.arms if a.name == cell.arm.init_from), cell.seed)
+    source = source_cell(experiment, cell)
+    if source is not None:
         bindings.append(f"TrainConfig.init_checkpoint='{source.run_dir}'")
     return [f"--gin_file={cell.arm.model}", f"--gin_file={PRETRAIN_GIN}"] + [f"--gin.{b}" for b in bindings]
 
@@ -560,9 +567,9 @@ def _run_in_threads(experiment: Experiment, cells: list[Cell], todo: list[Cell],
         with contextlib.redirect_stdout(stdout), \
                 concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="cell") as pool:
             for cell in todo:
-                source = (cell_of(experiment, _arm_named(experiment, cell.arm.init_from), cell.seed).label
-                          if cell.arm.init_from else None)
-                futures[cell.label] = pool.submit(run, cell, cells.index(cell) + 1, futures.get(source))
+                source = source_cell(experiment, cell)
+                futures[cell.label] = pool.submit(run, cell, cells.index(cell) + 1,
+                                                  futures.get(source.label) if source else None)
             concurrent.futures.wait(futures.values())
     finally:
         stop.restore()
@@ -571,10 +578,6 @@ def _run_in_threads(experiment: Experiment, cells: list[Cell], todo: list[Cell],
     if first is not None:
         raise first
     return {label: future.result() for label, future in futures.items()}
-
-
-def _arm_named(experiment: Experiment, name: str) -> Arm:
-    return next(arm for arm in experiment.arms if arm.name == name)
 
 
 class _LabelledLines(io.TextIOBase):
