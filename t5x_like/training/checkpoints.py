@@ -29,6 +29,11 @@ step again). When every step is damaged, `restore_latest` raises
 A save that fails (a full disk, a lost mount) raises `CheckpointSaveError`
 at the first step that notices it (`check_for_errors`, every step).
 
+Several Checkpointers in one process (a grid's cells trained in threads) save
+one at a time: orbax keeps the id of the save in flight in process-global
+state (`OperationIdGenerator`), and two saves in flight at once mix up each
+other's temporary directories (seen: "Directory not empty", "File exists").
+
 Finetuning reads the `params` item only (`restore_params`), so the
 optimizer starts fresh.
 """
@@ -40,7 +45,9 @@ import errno
 import logging
 import os
 import shutil
+import threading
 import time
+import weakref
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -130,6 +137,11 @@ def _one_at_a_time_across_processes(result: Any) -> Any:
     at once may run in different orders in two processes, and each then waits for the other
     forever (seen with gloo on CPU: a 2-process run hung at its first checkpoint)."""
     return jax.block_until_ready(result) if jax.process_count() > 1 else result
+
+
+# Every Checkpointer that saves; `_SAVE_START` is held while one waits for the others' saves.
+_SAVERS: weakref.WeakSet = weakref.WeakSet()
+_SAVE_START = threading.Lock()
 
 
 @jax.jit
@@ -293,6 +305,8 @@ class Checkpointer:
                 cleanup_tmp_directories=not read_only, create=not read_only, read_only=read_only)
             self._manager = ocp.CheckpointManager(self.directory, options=options)
         self._last_save_step: int | None = None  # the newest save started, for error messages
+        if not read_only:
+            _SAVERS.add(self)
 
     # -- saving -----------------------------------------------------------
     def save(self, step: int, params: Any, opt_state: Any, meta: Mapping[str, Any],
@@ -314,12 +328,20 @@ class Checkpointer:
             items[DATA_ITEM] = DataStateSave(batches)
         args = ocp.args.Composite(**items)
         try:
-            started = self._manager.save(step, args=args, metrics=dict(metrics) if metrics else None,
-                                         force=True)
+            with _SAVE_START:
+                self._wait_for_other_savers()
+                started = self._manager.save(step, args=args, metrics=dict(metrics) if metrics else None,
+                                             force=True)
         except Exception as e:  # noqa: BLE001  (orbax wraps I/O errors in several types)
             raise self._save_error(e) from e
         self._last_save_step = step
         return started
+
+    def _wait_for_other_savers(self) -> None:
+        """Returns once no other Checkpointer of this process has a save in flight (see the
+        module docstring). Their own threads finish those saves; nothing here waits on them."""
+        while any(other is not self and other._manager.is_saving_in_progress() for other in list(_SAVERS)):
+            time.sleep(0.005)
 
     def check_for_errors(self) -> None:
         """Raises CheckpointSaveError if a background save has failed (cheap; call every step).
@@ -349,6 +371,7 @@ class Checkpointer:
 
     def close(self) -> None:
         self.wait()
+        _SAVERS.discard(self)
         self._manager.close()
 
     def _save_error(self, error: Exception) -> CheckpointSaveError:

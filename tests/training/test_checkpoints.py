@@ -4,6 +4,7 @@ import glob
 import os
 import shutil
 import subprocess
+import threading
 
 import jax
 import jax.numpy as jnp
@@ -120,3 +121,37 @@ def test_reading_params_cleans_up_nothing_and_verifies_through_a_dtype_cast(tmp_
     restored = checkpoints.restore_params(str(tmp_path), as_bf16)
     assert restored["w"].dtype == jnp.bfloat16
     assert (tmp_path / "2.orbax-checkpoint-tmp-7").exists()
+
+
+def test_checkpointers_in_two_threads_saving_the_same_steps_at_once_all_succeed(tmp_path):
+    # A grid's cells train in threads of one process and often save the same step at the
+    # same moment. Without one save at a time per process, orbax's process-global operation
+    # id mixed the two saves' temporary directories up at the first step ("File exists").
+    tree = {"w": jnp.arange(64.0).reshape(8, 8), "b": jnp.ones((8,))}
+    steps = (1, 2, 3, 4)
+    barrier = threading.Barrier(2)
+    failures = []
+
+    def save_all(name: str) -> None:
+        ckpt = checkpoints.Checkpointer(str(tmp_path / name), keep=None)
+        try:
+            for step in steps:
+                barrier.wait()
+                ckpt.save(step, tree, {"m": tree["w"]}, {"seed": 0})
+                ckpt.check_for_errors()
+            ckpt.close()
+        except Exception as e:  # noqa: BLE001  (reported below, with the other thread's)
+            failures.append(f"{name}: {type(e).__name__}: {e}")
+            barrier.abort()
+
+    threads = [threading.Thread(target=save_all, args=(name,)) for name in ("a", "b")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not failures
+    for name in ("a", "b"):
+        reader = checkpoints.Checkpointer(str(tmp_path / name), read_only=True)
+        assert reader._manager.all_steps() == list(steps)
+        params = checkpoints.restore_params(str(tmp_path / name), jax.tree.map(jnp.zeros_like, tree))
+        np.testing.assert_array_equal(params["w"], tree["w"])
