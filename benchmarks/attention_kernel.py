@@ -35,6 +35,14 @@ def cases(batch: int, heads: int):
         "prefix_lm_512": (512, prefix(512, 256), False),
         "bidirectional_256": (256, masks.bidirectional_mask(256), False),
         "causal_256_relbias": (256, masks.causal_mask(256), True),
+        # Lengths just past a block: padded to the next multiple of it.
+        "prefix_lm_134": (134, prefix(134, 128), False),
+        "causal_200": (200, masks.causal_mask(200), False),
+        "causal_320": (320, masks.causal_mask(320), False),
+        "prefix_lm_400": (400, prefix(400, 200), False),
+        "causal_256": (256, masks.causal_mask(256), False),
+        "causal_384": (384, masks.causal_mask(384), False),
+        "causal_1000": (1000, masks.causal_mask(1000), False),
     }
 
 
@@ -56,6 +64,7 @@ def main(argv=None) -> int:
     p.add_argument("--block-sizes", default="64,128,256")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--cases", default="", help="comma-separated case names (default: all)")
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
     import functools
@@ -69,7 +78,10 @@ def main(argv=None) -> int:
     batch, heads, dim = args.batch_size, 8, 64
     rng = np.random.default_rng(0)
     results = {"load_average": os.getloadavg(), "batch": batch, "heads": heads, "head_dim": dim, "cases": []}
+    chosen = args.cases.split(",") if args.cases else None
     for name, (length, mask, with_bias) in cases(batch, heads).items():
+        if chosen and name not in chosen:
+            continue
         q, k, v, cotangent = (jnp.asarray(rng.normal(size=(batch, length, heads, dim)), jnp.float32) for _ in range(4))
         bias = jnp.asarray(rng.normal(size=(1, heads, length, length)), jnp.float32) if with_bias else None
         argnums = (0, 1, 2, 3) if with_bias else (0, 1, 2)

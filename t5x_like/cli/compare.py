@@ -30,7 +30,7 @@ import jax
 
 from t5x_like.cli import configurables, gin_loading
 from t5x_like.cli.train import use_compilation_cache
-from t5x_like.experiments import grid, report
+from t5x_like.experiments import grid, report, threaded
 
 
 def load_experiment(gin_files: list[str], bindings: list[str]) -> grid.Experiment:
@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         records = (grid.load_records(experiment) if args.report_only else
                    grid.run_grid(experiment, GIN_LOADERS, args.cells_at_once or default_cells_at_once()))
-    except grid.GridStopped as e:
+    except threaded.GridStopped as e:
         print(f"t5x-like compare: {e}", file=sys.stderr)
         return 128 + (e.signal_number or signal.SIGINT)
     if not records:

@@ -46,18 +46,14 @@ records are the same with or without either.
 """
 from __future__ import annotations
 
-import concurrent.futures
-import contextlib
 import dataclasses
-import io
+import functools
 import itertools
 import json
 import logging
 import math
 import os
 import re
-import signal
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -67,7 +63,7 @@ import numpy as np
 
 from t5x_like.data import pipeline, tasks
 from t5x_like.data.objectives import matched_feature_lengths
-from t5x_like.experiments import report
+from t5x_like.experiments import report, threaded
 from t5x_like.inference import evaluation
 from t5x_like.model import sizing
 from t5x_like.model.config import TransformerConfig
@@ -79,15 +75,6 @@ log = logging.getLogger(__name__)
 PRETRAIN_GIN = "gin_configs/runs/pretrain.gin"
 RESULT_FILE = "result.json"
 _LOADERS_LOCK = threading.Lock()
-
-
-class GridStopped(KeyboardInterrupt):
-    """A SIGTERM or SIGINT stopped the grid; every running cell saved a checkpoint first, and
-    the same command resumes. `signal_number`: the signal (None if a failing cell stopped it)."""
-
-    def __init__(self, message: str, signal_number: int | None):
-        super().__init__(message)
-        self.signal_number = signal_number
 
 
 @dataclasses.dataclass
@@ -407,7 +394,7 @@ def run_cell(experiment: Experiment, cell: Cell, loaders: Loaders, cache: GridCa
     start = time.time()
     result = train_lib.train(config, cache.programs if cache else None, stop)
     if result.stopped_by_signal:
-        raise GridStopped(f"{cell.label} stopped by a signal; rerun the same command to resume",
+        raise threaded.GridStopped(f"{cell.label} stopped by a signal; rerun the same command to resume",
                           result.signal_number)
     eval_task = cell.arm.eval_task or experiment.eval_task
     inputs_length, targets_length = arm_lengths(experiment, cell.arm)
@@ -505,8 +492,8 @@ def run_grid(experiment: Experiment, loaders: Loaders, cells_at_once: int = 1) -
     cells_at_once > 1 trains that many cells at a time, each in a thread of this process (they
     share the GridCache; a cell starts after the cell it starts from has finished). Compiling,
     building input pipelines, scoring and saving keep one core busy; a second cell uses the
-    other (quick.gin on 2 cores: 1.34x, docs/performance.md). Each cell's output lines start
-    with its label. The records are the same as one at a time: XLA:CPU splits a program's work
+    other (quick.gin on 2 cores: 1.34x, docs/performance.md). threaded.run_jobs runs them: each
+    cell's output lines start with its label, and a SIGTERM/SIGINT saves every running cell. The records are the same as one at a time: XLA:CPU splits a program's work
     over its thread pool the same way however busy the pool is (a test compares them).
     """
     cells = plan(experiment)
@@ -526,7 +513,11 @@ def run_grid(experiment: Experiment, loaders: Loaders, cells_at_once: int = 1) -
             done[cell.label] = run_cell(experiment, cell, loaders, cache)
             durations.append(time.time() - start)
     else:
-        done.update(_run_in_threads(experiment, cells, todo, loaders, cache, cells_at_once))
+        jobs = [threaded.Job(cell.label, f"[run {cells.index(cell) + 1}/{len(cells)}] {cell.label}",
+                             functools.partial(run_cell, experiment, cell, loaders, cache),
+                             after=source.label if (source := source_cell(experiment, cell)) else None)
+                for cell in todo]
+        done.update(threaded.run_jobs(jobs, cells_at_once))
     return [done[cell.label] for cell in cells]
 
 
@@ -536,71 +527,3 @@ def _read_record(cell: Cell) -> dict | None:
         return None
     with open(path) as f:
         return json.load(f)
-
-
-def _run_in_threads(experiment: Experiment, cells: list[Cell], todo: list[Cell], loaders: Loaders,
-                    cache: GridCache, workers: int) -> dict[str, dict]:
-    """run_cell for each of `todo` on `workers` threads, sources before the cells that start
-    from them. SIGTERM/SIGINT (or a failing cell) asks every running cell to save and stop; the
-    first error is raised once all have."""
-    stop = StopRequested(signals=(signal.SIGTERM, signal.SIGINT))
-    stdout = _LabelledLines(sys.stdout)
-    futures: dict[str, concurrent.futures.Future] = {}
-
-    def run(cell: Cell, index: int, source: concurrent.futures.Future | None) -> dict:
-        if source is not None:
-            source.result()  # started earlier (submitted first): running or done, never queued
-        if stop.requested:
-            raise GridStopped(f"{cell.label} not started: the grid is stopping", stop.signal_number)
-        stdout.label(cell.label)
-        print(f"[run {index}/{len(cells)}] {cell.label} started", flush=True)
-        start = time.time()
-        try:
-            record = run_cell(experiment, cell, loaders, cache, stop)
-        except BaseException:
-            stop.requested = True
-            raise
-        print(f"[run {index}/{len(cells)}] {cell.label} finished in {time.time() - start:.0f} s", flush=True)
-        return record
-
-    try:
-        with contextlib.redirect_stdout(stdout), \
-                concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="cell") as pool:
-            for cell in todo:
-                source = source_cell(experiment, cell)
-                futures[cell.label] = pool.submit(run, cell, cells.index(cell) + 1,
-                                                  futures.get(source.label) if source else None)
-            concurrent.futures.wait(futures.values())
-    finally:
-        stop.restore()
-    errors = [f.exception() for f in futures.values() if f.exception() is not None]
-    first = next((e for e in errors if not isinstance(e, KeyboardInterrupt)), errors[0] if errors else None)
-    if first is not None:
-        raise first
-    return {label: future.result() for label, future in futures.items()}
-
-
-class _LabelledLines(io.TextIOBase):
-    """A text stream for cells printing from several threads: each whole line goes out at once,
-    prefixed with the label of the cell the printing thread runs (set by `label`)."""
-
-    def __init__(self, stream) -> None:
-        self._stream = stream
-        self._local = threading.local()
-        self._lock = threading.Lock()
-
-    def label(self, text: str) -> None:
-        self._local.label = text
-
-    def write(self, text: str) -> int:
-        pending = getattr(self._local, "pending", "") + text
-        *lines, self._local.pending = pending.split("\n")
-        if lines:
-            prefix = f"[{self._local.label}] " if getattr(self._local, "label", None) else ""
-            with self._lock:
-                self._stream.write("".join(f"{prefix}{line}\n" for line in lines))
-                self._stream.flush()
-        return len(text)
-
-    def flush(self) -> None:
-        self._stream.flush()

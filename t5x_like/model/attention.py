@@ -13,7 +13,9 @@ Owns:
                        log-sum-exp per query and recomputes each pair's weights, so neither pass
                        holds [B, H, Lq, Lk] floats; it returns gradients for query, key, value
                        and bias (a learned relative-position table trains through it).
-  kernel_for           which kernel a MultiHeadAttention call runs, from the configured name.
+  kernel_for           which kernel a MultiHeadAttention call runs, from the configured name
+                       and the call's lengths (`blockwise_pays`: blocks lose to einsum on short
+                       or badly padded lengths, e.g. 4x on a prefix-LM over 134 positions).
   add_bias             logits + a bias that broadcasts over batch (and heads), whose gradient sums
                        the broadcast rows as a matrix product with ones: XLA:CPU's reduce over a
                        leading axis ran ~80x slower (a third of a tiny model's train step), and the
@@ -57,10 +59,12 @@ def _log_once(message: str) -> None:
         _log.warning(message)
 
 
-def kernel_for(configured: str, *, decoding_step: bool, dropout_active: bool) -> str:
+def kernel_for(configured: str, *, decoding_step: bool, dropout_active: bool,
+               lengths: tuple[int, int] | None = None, blocks: tuple[int, int] = (128, 128)) -> str:
     """The kernel a call runs: the configured one, except that a decoding step (one query over
-    the heads-major cache) runs einsum under blockwise and accelerated, and training with
-    attention dropout runs einsum under blockwise (accelerated decides that itself)."""
+    the heads-major cache) runs einsum under blockwise and accelerated, and under blockwise,
+    training with attention dropout and (query, key) `lengths` too short for blocks to pay
+    (`blockwise_pays`) run einsum (accelerated decides those itself)."""
     if configured not in KERNELS:
         raise ValueError(f"attention_kernel={configured!r}, expected one of {KERNELS}")
     if configured in ("blockwise", "accelerated") and decoding_step:
@@ -71,7 +75,21 @@ def kernel_for(configured: str, *, decoding_step: bool, dropout_active: bool) ->
         _log_once("attention_kernel='blockwise' has no attention dropout: training with dropout_rate > 0 "
                   "runs the einsum kernel")
         return "einsum"
+    if lengths is not None and not blockwise_pays(*lengths, *blocks):
+        return "einsum"
     return "blockwise"
+
+
+def blockwise_pays(q_len: int, k_len: int, block_q: int, block_k: int) -> bool:
+    """Whether blocks can beat the einsum kernel at these lengths: even when the mask hides
+    every pair above the diagonal (causal, its best case), blockwise computes whole padded
+    pairs, so it pays only if those cover under 3/4 of einsum's Lq x Lk. On 2 CPU cores
+    (benchmarks/attention_kernel.py, blocks of 128, einsum ms / blockwise ms): causal 512
+    1.63, 384 1.32, 1000 1.56 pay; causal 256 0.88, 320 0.71, 200 0.64 and a prefix-LM
+    over 134 positions 0.25 (its pairs cover 3.6x einsum's products) do not."""
+    n_q, n_k = -(-q_len // block_q), -(-k_len // block_k)
+    pairs = sum(min(n_k, -(-(i + 1) * n_k // n_q)) for i in range(n_q))
+    return pairs * block_q * block_k < 0.75 * q_len * k_len
 
 
 # --- the reference -----------------------------------------------------------------------------

@@ -177,8 +177,9 @@ class MultiHeadAttention(nn.Module):
                           unwritten ones); cross-attention reuses the stored
                           encoder keys/values and ignores inputs_kv.
     The kernel is `config.attention_kernel` as `attention.kernel_for` resolves it:
-    a decoding step (one query over the heads-major cache) and training with
-    attention dropout always run einsum, the kernel that sows the weights.
+    a decoding step (one query over the heads-major cache), training with
+    attention dropout, and lengths too short for blocks to pay always run
+    einsum, the kernel that sows the weights.
     Keys are cached after RoPE, so a cached key never needs re-rotating. The
     cache is heads-major, [B, H, slots, head_dim] (CACHE_AXES): a step's
     q·k and weights·v then contract it as it lies in memory, where a
@@ -211,8 +212,12 @@ class MultiHeadAttention(nn.Module):
                 key, value = self._extend_cache(key, value, query_positions)
         kv_axes = CACHE_EINSUM if kv_cache == "step" else "bkhd"
         scale = cfg.head_dim ** -0.5 if cfg.scale_attention_by_head_dim else 1.0
-        kernel = attention_lib.kernel_for(cfg.attention_kernel, decoding_step=kv_cache == "step",
-                                          dropout_active=cfg.dropout_rate > 0 and is_training(self))
+        choose_kernel = functools.partial(
+            attention_lib.kernel_for, decoding_step=kv_cache == "step",
+            dropout_active=cfg.dropout_rate > 0 and is_training(self),
+            lengths=None if kv_cache == "step" else (query.shape[1], key.shape[1]),
+            blocks=(cfg.attention_block_q, cfg.attention_block_k))
+        kernel = choose_kernel(cfg.attention_kernel)
         out = None
         if kernel == "accelerated":
             out = accelerator_attention.accelerated_attention(
@@ -220,8 +225,7 @@ class MultiHeadAttention(nn.Module):
                 attention_dropout=is_training(self) and cfg.dropout_rate > 0,
                 interpret=cfg.attention_implementation == "interpret")
             if out is None:  # what no accelerator kernel takes runs the portable kernel
-                kernel = attention_lib.kernel_for("blockwise", decoding_step=False,
-                                                  dropout_active=cfg.dropout_rate > 0 and is_training(self))
+                kernel = choose_kernel("blockwise")
         if kernel == "dot_product_attention":
             # Lets XLA / cuDNN pick a fused kernel; it has no attention-probability dropout.
             if kv_axes == CACHE_EINSUM:  # the kernel takes [B, L, H, D]

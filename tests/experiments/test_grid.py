@@ -8,6 +8,7 @@ import pytest
 
 from t5x_like.cli.compare import GIN_LOADERS, load_experiment
 from t5x_like.experiments import grid as compare
+from t5x_like.experiments import threaded
 from tests import REPO_ROOT as REPO
 
 EXPERIMENTS = sorted(glob.glob(os.path.join(REPO, "gin_configs/experiments/*.gin")))
@@ -170,7 +171,7 @@ def test_cells_trained_at_once_in_threads_give_the_records_of_one_at_a_time(tmp_
 
 def test_lines_printed_from_threads_come_out_whole_and_labelled():
     stream = io.StringIO()
-    lines = compare._LabelledLines(stream)
+    lines = threaded.LabelledLines(stream)
 
     def speak(label):
         lines.label(label)

@@ -108,7 +108,7 @@ CASES = [
     ("encoder_decoder", "relative", {}), ("encoder_decoder", "rope", {}), ("encoder_decoder", "learned", {}),
     ("encoder_decoder", "sinusoidal", {"attention_kernel": "dot_product_attention", "share_encoder_decoder": True}),
     # blockwise prefill and passes, einsum steps over the cache
-    ("prefix_lm", "alibi", {"attention_kernel": "blockwise", "attention_block_q": 4, "attention_block_k": 4}),
+    ("prefix_lm", "alibi", {"attention_kernel": "blockwise", "attention_block_q": 2, "attention_block_k": 2}),
 ]
 
 

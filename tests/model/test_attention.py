@@ -170,6 +170,15 @@ def test_kernel_choice_falls_back_to_einsum_for_decoding_steps_and_dropout():
         attention.kernel_for("flash", decoding_step=False, dropout_active=False)
 
 
+@pytest.mark.parametrize("length,pays", [(512, True), (384, True), (1000, True), (256, False), (320, False),
+                                         (134, False), (128, False)])
+def test_blockwise_runs_only_at_lengths_where_its_blocks_can_beat_einsum(length, pays):
+    # Blocks of 128, as benchmarks/attention_kernel.py measured them on CPU (see blockwise_pays).
+    chosen = attention.kernel_for("blockwise", decoding_step=False, dropout_active=False,
+                                  lengths=(length, length), blocks=(128, 128))
+    assert chosen == ("blockwise" if pays else "einsum")
+
+
 # --- whole models --------------------------------------------------------------------------------
 
 def _model_batch(layout, rng, length=20):
@@ -190,19 +199,26 @@ def _model_batch(layout, rng, length=20):
 
 @pytest.mark.parametrize("layout", ["prefix_lm", pytest.param("decoder_only", marks=pytest.mark.slow),
                                     pytest.param("encoder_decoder", marks=pytest.mark.slow)])
-def test_whole_model_loss_and_gradients_match_einsum(layout):
+def test_whole_model_loss_and_gradients_match_einsum(layout, monkeypatch):
     """Relative positions: the bias table's gradient flows through the kernel's custom backward."""
     config = tiny_config(layout, position="relative")
     model, params = init_params(config, 2, 8, 8)
     batch = _model_batch(layout, np.random.default_rng(5))
     model = type(model)(config.replace(attention_kernel="einsum"))
-    blockwise = type(model)(config.replace(attention_kernel="blockwise", attention_block_q=8, attention_block_k=8))
+    # Blocks of 4 over 20-24 positions: small enough that every attention runs blockwise.
+    blockwise = type(model)(config.replace(attention_kernel="blockwise", attention_block_q=4, attention_block_k=4))
 
     def loss_and_grads(m):
         return jax.jit(jax.value_and_grad(lambda p: m.loss_sums(p, batch)[0]))(params)
 
     expected_loss, expected_grads = loss_and_grads(model)
+    calls, run_blockwise = [], attention.blockwise_attention
+    monkeypatch.setattr(attention, "blockwise_attention",
+                        lambda *args, **kwargs: calls.append(1) or run_blockwise(*args, **kwargs))
     loss, grads = loss_and_grads(blockwise)
+    # Every self-attention, and the decoder's cross-attention, ran the blocks (traced once each).
+    cross = config.num_decoder_layers if layout == "encoder_decoder" else 0
+    assert len(calls) == config.num_encoder_layers + config.num_decoder_layers + cross
     np.testing.assert_allclose(loss, expected_loss, rtol=1e-6)
     flat_expected = jax.tree_util.tree_leaves_with_path(expected_grads)
     for (path, want), got in zip(flat_expected, jax.tree.leaves(grads)):
