@@ -84,9 +84,11 @@ def blockwise_pays(q_len: int, k_len: int, block_q: int, block_k: int) -> bool:
     """Whether blocks can beat the einsum kernel at these lengths: even when the mask hides
     every pair above the diagonal (causal, its best case), blockwise computes whole padded
     pairs, so it pays only if those cover under 3/4 of einsum's Lq x Lk. On 2 CPU cores
-    (benchmarks/attention_kernel.py, blocks of 128, einsum ms / blockwise ms): causal 512
-    1.63, 384 1.32, 1000 1.56 pay; causal 256 0.88, 320 0.71, 200 0.64 and a prefix-LM
-    over 134 positions 0.25 (its pairs cover 3.6x einsum's products) do not."""
+    (benchmarks/attention_kernel.py, blocks of 128, einsum ms / blockwise ms, two runs;
+    benchmarks/results/attention_lengths.json): causal 512 (1.63, 1.48), 384 (1.32, 1.36)
+    and 1000 (1.56, 1.88) pay; 320 (0.71, 0.82), 200 (0.64, 0.64) and a prefix-LM over 134
+    positions (0.25, 0.24: its pairs cover 3.6x einsum's products) do not; causal 256
+    (0.88, 1.13) is a toss-up and runs einsum."""
     n_q, n_k = -(-q_len // block_q), -(-k_len // block_k)
     pairs = sum(min(n_k, -(-(i + 1) * n_k // n_q)) for i in range(n_q))
     return pairs * block_q * block_k < 0.75 * q_len * k_len
