@@ -333,6 +333,7 @@ class Checkpointer:
                 started = self._manager.save(step, args=args, metrics=dict(metrics) if metrics else None,
                                              force=True)
         except Exception as e:  # noqa: BLE001  (orbax wraps I/O errors in several types)
+            _SAVERS.discard(self)  # its manager may still say "saving": nobody waits on it now
             raise self._save_error(e) from e
         self._last_save_step = step
         return started
