@@ -1,14 +1,11 @@
 """Comparison grids: every shipped experiment's matching claims, grids that expand to arms, cells in threads."""
-import concurrent.futures
 import glob
-import io
 import os
 
 import pytest
 
 from t5x_like.cli.compare import GIN_LOADERS, load_experiment
 from t5x_like.experiments import grid as compare
-from t5x_like.experiments import threaded
 from tests import REPO_ROOT as REPO
 
 EXPERIMENTS = sorted(glob.glob(os.path.join(REPO, "gin_configs/experiments/*.gin")))
@@ -167,20 +164,3 @@ def test_cells_trained_at_once_in_threads_give_the_records_of_one_at_a_time(tmp_
     assert len(finished) == 3 and all(line.startswith(("[causal seed 0] ", "[prefix seed 0] ", "[adapted seed 0] "))
                                       for line in finished)
     assert out.index("[causal seed 0] [run 1/3] causal seed 0 finished") < out.index("adapted seed 0 started")
-
-
-def test_lines_printed_from_threads_come_out_whole_and_labelled():
-    stream = io.StringIO()
-    lines = threaded.LabelledLines(stream)
-
-    def speak(label):
-        lines.label(label)
-        for i in range(200):
-            lines.write(f"{label} line")
-            lines.write(f" {i}\n")
-
-    with concurrent.futures.ThreadPoolExecutor(2) as pool:
-        list(pool.map(speak, ("a", "b")))
-    out = stream.getvalue().splitlines()
-    assert len(out) == 400
-    assert all(line in {f"[{x}] {x} line {i}" for x in "ab" for i in range(200)} for line in out)
