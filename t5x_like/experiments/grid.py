@@ -107,6 +107,9 @@ class Experiment:
     # with its seqio metrics (evaluation.evaluate) on eval_examples examples.
     downstream_tasks: tuple = ()
     downstream_steps: int = 0
+    # More shared-metric differences for the report, beside each arm's against its reference:
+    # (arm, other) pairs of arms with the same eval task, e.g. one objective on two layouts.
+    comparisons: tuple = ()
     description: str = ""
     # Another pretraining corpus for every arm: each <corpus>_<objective> task (and eval
     # task) becomes <this>_<objective>, e.g. 'bible' or a register_text_files_task name.
@@ -129,6 +132,17 @@ class Experiment:
                     raise ValueError(f"experiment {self.name}: arm {arm.name}'s {field} {other!r} is not "
                                      f"another arm; arms: {names}")
         _in_dependency_order(self.arms)  # raises on a cycle of init_from
+        self._check_comparisons()
+
+    def _check_comparisons(self) -> None:
+        eval_tasks = {arm.name: arm.eval_task or self.eval_task for arm in self.arms}
+        for pair in self.comparisons:
+            if len(pair) != 2 or any(name not in eval_tasks for name in pair):
+                raise ValueError(f"experiment {self.name}: comparison {pair!r} is not a pair of arms; "
+                                 f"arms: {list(eval_tasks)}")
+            if eval_tasks[pair[0]] != eval_tasks[pair[1]]:
+                raise ValueError(f"experiment {self.name}: comparison {pair!r} joins arms scored on different "
+                                 f"eval tasks ({eval_tasks[pair[0]]}, {eval_tasks[pair[1]]})")
 
 
     def _move_to_corpus(self, corpus: str) -> None:

@@ -129,18 +129,19 @@ def reference_arms(experiment) -> dict[str, str]:
 
 
 def _differences(experiment, records: list[dict]) -> list[dict]:
+    """Each arm against the reference of its eval task, then the experiment's `comparisons`."""
     references = reference_arms(experiment)
+    pairs = [(arm.name, references[arm.eval_task or experiment.eval_task]) for arm in experiment.arms]
     out = []
-    for arm in experiment.arms:
-        reference = references[arm.eval_task or experiment.eval_task]
-        ref, other = _shared_matrix(records, reference), _shared_matrix(records, arm.name)
-        if arm.name == reference or ref is None or other is None:
+    for arm, reference in [pair for pair in pairs if pair[0] != pair[1]] + list(experiment.comparisons):
+        ref, other = _shared_matrix(records, reference), _shared_matrix(records, arm)
+        if ref is None or other is None:
             continue
         n = min(ref.shape[1], other.shape[1])
         interval = stats.paired_difference_ci(other[:, :n], ref[:, :n])
-        out.append({"arm": arm.name, "reference": reference, **interval.as_dict(),
+        out.append({"arm": arm, "reference": reference, **interval.as_dict(),
                     "within_noise": interval.contains(0.0),
-                    "sentence": stats.describe_difference(arm.name, reference, interval)})
+                    "sentence": stats.describe_difference(arm, reference, interval)})
     return out
 
 
@@ -273,7 +274,7 @@ def render_markdown(results: dict) -> str:
         for arm, task, metrics in downstream:
             shown = ", ".join(f"{name} {value:.4g}" for name, value in sorted(metrics.items()))
             lines.append(f"| {arm} | {task} | {shown} |")
-    lines += ["", "## Differences (arm − reference of its eval task, shared metric)", ""]
+    lines += ["", "## Differences (arm − reference of its eval task, then the experiment's comparisons; shared metric)", ""]
     lines += [f"- {d['sentence']}" for d in results["differences"]] or ["- (no shared-metric scores)"]
     if results.get("adaptation"):
         lines += ["", "## Adaptation (eval loss of the run's own task; steps of the from-scratch baseline it is worth)",

@@ -2,6 +2,8 @@
 import json
 import os
 
+import pytest
+
 from t5x_like.experiments import grid, report
 
 
@@ -35,3 +37,24 @@ def test_ranking_reports_when_the_order_settles_and_which_pairs_crossed(tmp_path
     assert pair["resolved_from"] == 300
     rendered = "\n".join(report._render_ranking([group]))
     assert "holds from step 300 of 400" in rendered and "| slow_start vs fast_start |" in rendered
+
+
+def test_comparisons_add_the_named_pairs_to_the_differences(tmp_path):
+    arms = [{"name": name, "model": "m.gin"} for name in ("reference", "a", "b")]
+    experiment = grid.Experiment(name="e", output_dir=str(tmp_path), arms=arms, seeds=(0, 1),
+                                 comparisons=(("a", "b"),))
+    shift = {"reference": 0.0, "a": 1.0, "b": 1.5}
+    records = [{"arm": arm, "seed": seed, "shared_nll_per_example": [2.0 + shift[arm] + 0.01 * i for i in range(8)]}
+               for arm in shift for seed in experiment.seeds]
+    differences = {(d["arm"], d["reference"]): d for d in report._differences(experiment, records)}
+    assert set(differences) == {("a", "reference"), ("b", "reference"), ("a", "b")}
+    assert abs(differences[("a", "b")]["estimate"] + 0.5) < 1e-9
+    assert differences[("a", "b")]["sentence"].startswith("a has lower loss than b by 0.5")
+
+
+def test_a_comparison_of_arms_scored_on_different_tasks_is_one_clear_error(tmp_path):
+    arms = [{"name": "a", "model": "m.gin"}, {"name": "b", "model": "m.gin", "eval_task": "elsewhere"}]
+    with pytest.raises(ValueError, match="different eval tasks"):
+        grid.Experiment(name="e", output_dir=str(tmp_path), arms=arms, comparisons=(("a", "b"),))
+    with pytest.raises(ValueError, match="is not a pair of arms"):
+        grid.Experiment(name="e", output_dir=str(tmp_path), arms=arms, comparisons=(("a", "c"),))
