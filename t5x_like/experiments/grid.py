@@ -385,11 +385,21 @@ def stale_cells(experiment: Experiment, loaders: Loaders) -> list[str]:
             continue
         with open(path) as f:
             recorded = json.load(f).get("command", "")
-        now = cell_command(experiment, cell, loaders)
+        recorded, now = _comparable(recorded), _comparable(cell_command(experiment, cell, loaders))
         if recorded != now:
-            changed = sorted(set(now.split()) - set(recorded.split()))
+            changed = sorted(set(now) - set(recorded))
             stale.append(f"{cell.label} ({', '.join(changed[:3]) or 'order of flags'})")
     return stale
+
+
+_RUN_DIR_FLAG = re.compile(r"^(--gin\.(?:MODEL_DIR|TrainConfig\.init_checkpoint)=)'(.*)'$")
+
+
+def _comparable(command: str) -> list[str]:
+    """A cell command's words, its run directories made absolute: an OUTPUT_DIR given once
+    relative and once absolute names the same runs."""
+    return [m.group(1) + repr(os.path.abspath(m.group(2))) if (m := _RUN_DIR_FLAG.match(word)) else word
+            for word in command.split()]
 
 
 def last_logged(model_dir: str, split: str) -> dict[str, float]:

@@ -1,5 +1,6 @@
 """Comparison grids: every shipped experiment's matching claims, grids that expand to arms, cells in threads."""
 import glob
+import json
 import os
 
 import pytest
@@ -164,3 +165,18 @@ def test_cells_trained_at_once_in_threads_give_the_records_of_one_at_a_time(tmp_
     assert len(finished) == 3 and all(line.startswith(("[causal seed 0] ", "[prefix seed 0] ", "[adapted seed 0] "))
                                       for line in finished)
     assert out.index("[causal seed 0] [run 1/3] causal seed 0 finished") < out.index("adapted seed 0 started")
+
+
+def test_a_relative_and_an_absolute_output_dir_name_the_same_finished_runs(tmp_path):
+    def experiment(output_dir, steps=3):
+        return compare.Experiment(name="e", output_dir=output_dir, seeds=(0,), train_steps=steps,
+                                  arms=[{"name": "causal", "model": "gin_configs/models/decoder_only/tiny.gin"}])
+
+    finished = experiment(str(tmp_path))
+    (cell,) = compare.plan(finished)
+    os.makedirs(cell.run_dir)
+    with open(os.path.join(cell.run_dir, compare.RESULT_FILE), "w") as f:
+        json.dump({"arm": "causal", "seed": 0, "command": compare.cell_command(finished, cell, GIN_LOADERS)}, f)
+    assert compare.stale_cells(experiment(os.path.relpath(tmp_path)), GIN_LOADERS) == []
+    (stale,) = compare.stale_cells(experiment(os.path.relpath(tmp_path), steps=4), GIN_LOADERS)
+    assert "TRAIN_STEPS=4" in stale
