@@ -15,6 +15,7 @@ import os
 import shutil
 
 import numpy as np
+import scipy.stats
 
 from t5x_like.experiments import stats
 from t5x_like.training.metrics_log import read_jsonl
@@ -86,7 +87,8 @@ def build_results(experiment, size_rows: dict, records: list[dict]) -> dict:
             "missing_runs": missing_runs(experiment, records),
             "adaptation": _adaptation(experiment, records),
             "ranking": _ranking(experiment, records),
-            "scaling": _scaling(experiment, arms, records) if experiment.scaling_fit else None}
+            "scaling": _scaling(experiment, arms, records) if experiment.scaling_fit else None,
+            "protocols": protocol_agreement(arms)}
 
 
 def missing_runs(experiment, records: list[dict]) -> list[str]:
@@ -105,6 +107,45 @@ def _downstream_means(runs: list[dict]) -> dict[str, dict[str, float]]:
                 if isinstance(value, (int, float)):
                     values[task][name].append(float(value))
     return {task: {name: float(np.mean(v)) for name, v in metrics.items()} for task, metrics in values.items()}
+
+
+LOWER_IS_BETTER = ("loss",)
+NOT_RANKED = ("examples", "target_tokens", "perplexity")  # counts, and loss's order again
+
+
+def protocol_agreement(arms: list[dict]) -> list[dict]:
+    """Do pretraining loss and a downstream metric rank the arms alike (T5 ranked by finetuning,
+    Su by pretraining loss)? Pretraining loss is each arm's own eval loss among arms trained on
+    the same task, and the shared metric among arms with the same eval task; each set of >= 3
+    finetuned arms gets Kendall's tau per downstream metric (1: the same order; -1: reversed),
+    on means over seeds, with the p-value of tau = 0 over the orders of those arms."""
+    def tagged(key: str, loss) -> dict:
+        sets = collections.defaultdict(list)
+        for arm in arms:
+            if arm.get("downstream") and loss(arm) is not None:
+                sets[arm[key]].append(arm)
+        return sets
+
+    candidates = [(f"own eval loss ({task})", members, lambda a: a.get("own_objective_eval_loss"))
+                  for task, members in tagged("task", lambda a: a.get("own_objective_eval_loss")).items()]
+    shared = lambda a: (a.get("shared_nll") or {}).get("estimate")
+    candidates += [(f"shared metric ({task})", members, shared) for task, members in tagged("eval_task", shared).items()]
+    rows = []
+    for label, members, loss in candidates:
+        if len(members) < 3:
+            continue
+        metrics = sorted({(task, name) for a in members for task, values in a["downstream"].items()
+                          for name in values if name not in NOT_RANKED})
+        for task, name in metrics:
+            values = [a["downstream"].get(task, {}).get(name) for a in members]
+            if None in values:
+                continue
+            goodness = [-v if name in LOWER_IS_BETTER else v for v in values]
+            tau, p_value = (None, None) if len(set(goodness)) == 1 else map(
+                float, scipy.stats.kendalltau([-loss(a) for a in members], goodness))
+            rows.append({"pretraining": label, "arms": [a["arm"] for a in members], "task": task, "metric": name,
+                         "kendall_tau": tau, "p_value": p_value})
+    return rows
 
 
 def _shared_matrix(records: list[dict], arm: str) -> np.ndarray | None:
@@ -274,6 +315,16 @@ def render_markdown(results: dict) -> str:
         for arm, task, metrics in downstream:
             shown = ", ".join(f"{name} {value:.4g}" for name, value in sorted(metrics.items()))
             lines.append(f"| {arm} | {task} | {shown} |")
+    if results.get("protocols"):
+        lines += ["", "## Pretraining loss vs downstream: do they rank the arms alike?", "",
+                  "Kendall's τ between the order by pretraining loss (lower first) and by the downstream metric "
+                  "(better first), on means over seeds: 1 = the same order, −1 = reversed; p: of τ = 0 over the "
+                  "orders of these arms (seed noise is not in it).", "",
+                  "| pretraining loss | arms | downstream task | metric | τ | p |", "|---|---|---|---|---|---|"]
+        for row in results["protocols"]:
+            tau = ("— (equal for every arm) | —" if row["kendall_tau"] is None
+                   else f"{row['kendall_tau']:+.2f} | {row['p_value']:.2f}")
+            lines.append(f"| {row['pretraining']} | {len(row['arms'])} | {row['task']} | {row['metric']} | {tau} |")
     lines += ["", "## Differences (arm − reference of its eval task, then the experiment's comparisons; shared metric)", ""]
     lines += [f"- {d['sentence']}" for d in results["differences"]] or ["- (no shared-metric scores)"]
     if results.get("adaptation"):

@@ -58,3 +58,25 @@ def test_a_comparison_of_arms_scored_on_different_tasks_is_one_clear_error(tmp_p
         grid.Experiment(name="e", output_dir=str(tmp_path), arms=arms, comparisons=(("a", "b"),))
     with pytest.raises(ValueError, match="is not a pair of arms"):
         grid.Experiment(name="e", output_dir=str(tmp_path), arms=arms, comparisons=(("a", "c"),))
+
+
+def test_protocol_agreement_is_kendall_tau_between_pretraining_loss_and_each_downstream_metric():
+    # Four arms on one task: accuracy follows their pretraining loss exactly, the downstream
+    # loss reverses it; two arms on another task are too few to rank.
+    def arm(name, task, own, accuracy, loss):
+        return {"arm": name, "task": task, "eval_task": "shared", "own_objective_eval_loss": own,
+                "shared_nll": {"estimate": own}, "downstream": {"d": {"accuracy": accuracy, "loss": loss,
+                                                                       "examples": 256}}}
+    arms = [arm("a", "t", 2.0, 80.0, 3.0), arm("b", "t", 2.5, 70.0, 2.0), arm("c", "t", 3.0, 60.0, 1.0),
+            arm("d", "t", 3.5, 50.0, 0.5), arm("x", "u", 1.0, 10.0, 9.0), arm("y", "u", 1.5, 20.0, 8.0)]
+    rows = {(r["pretraining"], r["metric"]): r for r in report.protocol_agreement(arms)}
+    assert set(rows) == {("own eval loss (t)", "accuracy"), ("own eval loss (t)", "loss"),
+                         ("shared metric (shared)", "accuracy"), ("shared metric (shared)", "loss")}
+    assert rows[("own eval loss (t)", "accuracy")]["kendall_tau"] == 1.0
+    assert rows[("own eval loss (t)", "loss")]["kendall_tau"] == -1.0
+    assert rows[("own eval loss (t)", "accuracy")]["arms"] == ["a", "b", "c", "d"]
+    assert len(rows[("shared metric (shared)", "accuracy")]["arms"]) == 6
+    for a in arms:
+        a["downstream"]["d"]["accuracy"] = 0.0
+    equal = {(r["pretraining"], r["metric"]): r for r in report.protocol_agreement(arms)}
+    assert equal[("own eval loss (t)", "accuracy")]["kendall_tau"] is None
