@@ -58,8 +58,10 @@ GIN_LOADERS = grid.Loaders(model_config=_model_config, train_config=_train_confi
 
 def default_cells_at_once() -> int:
     """2 on a CPU host with 2 or more cores (what one cell does between its steps leaves a
-    core idle), else 1: on an accelerator, cells at once would share its memory."""
-    return 2 if jax.default_backend() == "cpu" and (os.cpu_count() or 1) >= 2 else 1
+    core idle), else 1: on an accelerator, cells at once would share its memory, and with
+    several processes cells in threads could enter collectives in different orders."""
+    single_cpu_process = jax.default_backend() == "cpu" and jax.process_count() == 1
+    return 2 if single_cpu_process and (os.cpu_count() or 1) >= 2 else 1
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -95,6 +97,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"t5x-like compare: {len(stale)} finished run(s) were made with another configuration than this "
               f"command gives: {'; '.join(stale)}. Delete them under {experiment.output_dir}/runs/ to rerun, "
               "or use another OUTPUT_DIR", file=sys.stderr)
+        return 2
+    if (args.cells_at_once or 1) > 1 and jax.process_count() > 1:
+        print(f"t5x-like compare: --cells_at_once={args.cells_at_once} trains cells in threads of one process; "
+              f"with {jax.process_count()} processes use --cells_at_once=1", file=sys.stderr)
         return 2
     if not args.report_only:
         use_compilation_cache(os.path.join(experiment.output_dir, "jax_cache")

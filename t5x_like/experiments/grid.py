@@ -137,7 +137,7 @@ class Experiment:
     def _check_comparisons(self) -> None:
         eval_tasks = {arm.name: arm.eval_task or self.eval_task for arm in self.arms}
         for pair in self.comparisons:
-            if len(pair) != 2 or any(name not in eval_tasks for name in pair):
+            if len(pair) != 2 or pair[0] == pair[1] or any(name not in eval_tasks for name in pair):
                 raise ValueError(f"experiment {self.name}: comparison {pair!r} is not a pair of arms; "
                                  f"arms: {list(eval_tasks)}")
             if eval_tasks[pair[0]] != eval_tasks[pair[1]]:
@@ -520,6 +520,9 @@ def run_grid(experiment: Experiment, loaders: Loaders, cells_at_once: int = 1) -
     cell's output lines start with its label, and a SIGTERM/SIGINT saves every running cell. The records are the same as one at a time: XLA:CPU splits a program's work
     over its thread pool the same way however busy the pool is (a test compares them).
     """
+    if cells_at_once > 1 and jax.process_count() > 1:
+        raise ValueError(f"cells_at_once={cells_at_once} trains cells in threads of one process; with "
+                         f"{jax.process_count()} processes use --cells_at_once=1")
     cells = plan(experiment)
     done = {cell.label: _read_record(cell) for cell in cells}
     todo = [cell for cell in cells if done[cell.label] is None]

@@ -117,8 +117,9 @@ def protocol_agreement(arms: list[dict]) -> list[dict]:
     """Do pretraining loss and a downstream metric rank the arms alike (T5 ranked by finetuning,
     Su by pretraining loss)? Pretraining loss is each arm's own eval loss among arms trained on
     the same task, and the shared metric among arms with the same eval task; each set of >= 3
-    finetuned arms gets Kendall's tau per downstream metric (1: the same order; -1: reversed),
-    on means over seeds, with the p-value of tau = 0 over the orders of those arms."""
+    arms scored downstream (finetuned, or zero-shot) gets Kendall's tau per downstream metric
+    (1: the same order; -1: reversed), on means over seeds, with the p-value of tau = 0 over the
+    orders of those arms; None where either side is the same for every arm or not finite."""
     def tagged(key: str, loss) -> dict:
         sets = collections.defaultdict(list)
         for arm in arms:
@@ -141,8 +142,9 @@ def protocol_agreement(arms: list[dict]) -> list[dict]:
             if None in values:
                 continue
             goodness = [-v if name in LOWER_IS_BETTER else v for v in values]
-            tau, p_value = (None, None) if len(set(goodness)) == 1 else map(
-                float, scipy.stats.kendalltau([-loss(a) for a in members], goodness))
+            pretraining = [-loss(a) for a in members]
+            rankable = all(np.isfinite(goodness + pretraining)) and len(set(goodness)) > 1 and len(set(pretraining)) > 1
+            tau, p_value = map(float, scipy.stats.kendalltau(pretraining, goodness)) if rankable else (None, None)
             rows.append({"pretraining": label, "arms": [a["arm"] for a in members], "task": task, "metric": name,
                          "kendall_tau": tau, "p_value": p_value})
     return rows
@@ -322,7 +324,7 @@ def render_markdown(results: dict) -> str:
                   "orders of these arms (seed noise is not in it).", "",
                   "| pretraining loss | arms | downstream task | metric | τ | p |", "|---|---|---|---|---|---|"]
         for row in results["protocols"]:
-            tau = ("— (equal for every arm) | —" if row["kendall_tau"] is None
+            tau = ("— (equal for every arm, or not finite) | —" if row["kendall_tau"] is None
                    else f"{row['kendall_tau']:+.2f} | {row['p_value']:.2f}")
             lines.append(f"| {row['pretraining']} | {len(row['arms'])} | {row['task']} | {row['metric']} | {tau} |")
     lines += ["", "## Differences (arm − reference of its eval task, then the experiment's comparisons; shared metric)", ""]

@@ -40,7 +40,12 @@ class Job:
 
 def run_jobs(jobs: list[Job], workers: int) -> dict[str, dict]:
     """Runs `jobs` on `workers` threads, each after the job it names; returns {label: result}.
-    The first error is raised once every running job has stopped (a stop raises GridStopped)."""
+    The first error is raised once every running job has stopped (a stop raises GridStopped).
+    A job's `after` must name a job earlier in the list (ValueError otherwise)."""
+    labels = [job.label for job in jobs]
+    for index, job in enumerate(jobs):
+        if job.after is not None and job.after not in labels[:index]:
+            raise ValueError(f"job {job.label} is to start after {job.after!r}, which is not a job before it")
     stop = StopRequested(signals=(signal.SIGTERM, signal.SIGINT))
     stdout = LabelledLines(sys.stdout)
     futures: dict[str, concurrent.futures.Future] = {}

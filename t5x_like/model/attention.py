@@ -80,6 +80,10 @@ def kernel_for(configured: str, *, decoding_step: bool, dropout_active: bool,
     return "blockwise"
 
 
+# Above this many logits per (row, head) blockwise runs whatever the lengths: it never holds them.
+EINSUM_MAX_LOGITS = 1024 * 1024
+
+
 def blockwise_pays(q_len: int, k_len: int, block_q: int, block_k: int) -> bool:
     """Whether blocks can beat the einsum kernel at these lengths: even when the mask hides
     every pair above the diagonal (causal, its best case), blockwise computes whole padded
@@ -88,7 +92,11 @@ def blockwise_pays(q_len: int, k_len: int, block_q: int, block_k: int) -> bool:
     benchmarks/results/attention_lengths.json): causal 512 (1.63, 1.48), 384 (1.32, 1.36)
     and 1000 (1.56, 1.88) pay; 320 (0.71, 0.82), 200 (0.64, 0.64) and a prefix-LM over 134
     positions (0.25, 0.24: its pairs cover 3.6x einsum's products) do not; causal 256
-    (0.88, 1.13) is a toss-up and runs einsum."""
+    (0.88, 1.13) is a toss-up and runs einsum. Beyond EINSUM_MAX_LOGITS (e.g. large blocks
+    on an accelerator over 2 x 1024 positions) blocks always pay, in memory."""
+    if q_len * k_len > EINSUM_MAX_LOGITS:  # einsum's [B, H, Lq, Lk] would be too big to hold
+        return True
+    block_q, block_k = min(block_q, q_len), min(block_k, k_len)  # as blockwise_attention shrinks them
     n_q, n_k = -(-q_len // block_q), -(-k_len // block_k)
     pairs = sum(min(n_k, -(-(i + 1) * n_k // n_q)) for i in range(n_q))
     return pairs * block_q * block_k < 0.75 * q_len * k_len

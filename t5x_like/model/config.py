@@ -73,8 +73,9 @@ class TransformerConfig:
     # "einsum": explicit softmax(QKᵀ + bias); "dot_product_attention":
     # jax.nn.dot_product_attention with implementation=attention_implementation
     # (None, "xla" or "cudnn"). "blockwise": model/attention.py's online-softmax
-    # kernel, which skips the key blocks a mask hides (decoding steps and
-    # attention dropout run einsum); the default: faster than einsum in every
+    # kernel, which skips the key blocks a mask hides (decoding steps, attention
+    # dropout and lengths too short for blocks to pay run einsum:
+    # attention.blockwise_pays); the default: faster than einsum in every
     # layout's train step on the CPU (docs/performance.md), and the same function
     # (tests/model/test_attention.py). "accelerated": the fused kernel of the
     # platform being compiled for (model/accelerator_attention.py): splash

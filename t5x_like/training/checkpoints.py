@@ -139,9 +139,20 @@ def _one_at_a_time_across_processes(result: Any) -> Any:
     return jax.block_until_ready(result) if jax.process_count() > 1 else result
 
 
-# Every Checkpointer that saves; `_SAVE_START` is held while one waits for the others' saves.
+# Every Checkpointer of this process that saves (changed and read under `_SAVERS_LOCK`);
+# `_SAVE_START` is held while one waits for the others' saves and starts its own.
 _SAVERS: weakref.WeakSet = weakref.WeakSet()
+_SAVERS_LOCK = threading.Lock()
 _SAVE_START = threading.Lock()
+_SAVE_WAIT_WARNING_SECONDS = 300
+
+
+def _register_saver(checkpointer: "Checkpointer", saving: bool) -> None:
+    with _SAVERS_LOCK:
+        if saving:
+            _SAVERS.add(checkpointer)
+        else:
+            _SAVERS.discard(checkpointer)
 
 
 @jax.jit
@@ -306,7 +317,7 @@ class Checkpointer:
             self._manager = ocp.CheckpointManager(self.directory, options=options)
         self._last_save_step: int | None = None  # the newest save started, for error messages
         if not read_only:
-            _SAVERS.add(self)
+            _register_saver(self, True)
 
     # -- saving -----------------------------------------------------------
     def save(self, step: int, params: Any, opt_state: Any, meta: Mapping[str, Any],
@@ -330,18 +341,31 @@ class Checkpointer:
         try:
             with _SAVE_START:
                 self._wait_for_other_savers()
+                _register_saver(self, True)  # again, if an earlier save of this one failed
                 started = self._manager.save(step, args=args, metrics=dict(metrics) if metrics else None,
                                              force=True)
-        except Exception as e:  # noqa: BLE001  (orbax wraps I/O errors in several types)
-            _SAVERS.discard(self)  # its manager may still say "saving": nobody waits on it now
-            raise self._save_error(e) from e
+        except BaseException as e:
+            _register_saver(self, False)  # its manager may still say "saving": nobody waits on it now
+            if not isinstance(e, Exception):
+                raise
+            raise self._save_error(e) from e  # orbax wraps I/O errors in several types
         self._last_save_step = step
         return started
 
     def _wait_for_other_savers(self) -> None:
         """Returns once no other Checkpointer of this process has a save in flight (see the
         module docstring). Their own threads finish those saves; nothing here waits on them."""
-        while any(other is not self and other._manager.is_saving_in_progress() for other in list(_SAVERS)):
+        start = time.time()
+        while True:
+            with _SAVERS_LOCK:
+                others = [other for other in _SAVERS if other is not self]
+            saving = [other for other in others if other._manager.is_saving_in_progress()]
+            if not saving:
+                return
+            if time.time() - start > _SAVE_WAIT_WARNING_SECONDS:
+                log.warning("saving to %s: waited %d s for a save to %s; saving now", self.directory,
+                            _SAVE_WAIT_WARNING_SECONDS, saving[0].directory)
+                return
             time.sleep(0.005)
 
     def check_for_errors(self) -> None:
@@ -371,9 +395,11 @@ class Checkpointer:
             raise self._save_error(e) from e
 
     def close(self) -> None:
-        self.wait()
-        _SAVERS.discard(self)
-        self._manager.close()
+        try:
+            self.wait()
+        finally:
+            _register_saver(self, False)
+            self._manager.close()
 
     def _save_error(self, error: Exception) -> CheckpointSaveError:
         cause = _root_cause(error)

@@ -80,3 +80,5 @@ def test_protocol_agreement_is_kendall_tau_between_pretraining_loss_and_each_dow
         a["downstream"]["d"]["accuracy"] = 0.0
     equal = {(r["pretraining"], r["metric"]): r for r in report.protocol_agreement(arms)}
     assert equal[("own eval loss (t)", "accuracy")]["kendall_tau"] is None
+    arms[0]["downstream"]["d"]["loss"] = float("nan")  # a diverged finetune
+    assert all(r["kendall_tau"] is None for r in report.protocol_agreement(arms) if r["metric"] == "loss")

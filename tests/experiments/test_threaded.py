@@ -71,3 +71,9 @@ def test_sigterm_stops_every_running_job_and_starts_no_other(capsys):
     assert sorted(seen_stop) == sorted(started) == ["a", "b"]
     assert signal.getsignal(signal.SIGTERM) == previous_handler
     assert "[a] a started" in capsys.readouterr().out
+
+
+def test_a_job_to_start_after_one_that_is_not_before_it_is_one_clear_error():
+    jobs = [threaded.Job("a", "a", lambda stop: {}, after="b"), threaded.Job("b", "b", lambda stop: {})]
+    with pytest.raises(ValueError, match="job a is to start after 'b', which is not a job before it"):
+        threaded.run_jobs(jobs, workers=2)

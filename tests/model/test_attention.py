@@ -179,6 +179,11 @@ def test_blockwise_runs_only_at_lengths_where_its_blocks_can_beat_einsum(length,
     assert chosen == ("blockwise" if pays else "einsum")
 
 
+def test_blocks_too_large_to_pay_still_run_blockwise_where_einsum_logits_would_not_fit():
+    assert not attention.blockwise_pays(1024, 1024, 512, 512)
+    assert attention.blockwise_pays(2048, 2048, 1024, 1024)  # 3 of 4 pairs, but 4M logits per head
+
+
 # --- whole models --------------------------------------------------------------------------------
 
 def _model_batch(layout, rng, length=20):
