@@ -139,7 +139,7 @@ def _one_at_a_time_across_processes(result: Any) -> Any:
     return jax.block_until_ready(result) if jax.process_count() > 1 else result
 
 
-# Every Checkpointer of this process that saves (changed and read under `_SAVERS_LOCK`);
+# Every Checkpointer of this process that has started a save (changed and read under `_SAVERS_LOCK`);
 # `_SAVE_START` is held while one waits for the others' saves and starts its own.
 _SAVERS: weakref.WeakSet = weakref.WeakSet()
 _SAVERS_LOCK = threading.Lock()
@@ -316,8 +316,6 @@ class Checkpointer:
                 cleanup_tmp_directories=not read_only, create=not read_only, read_only=read_only)
             self._manager = ocp.CheckpointManager(self.directory, options=options)
         self._last_save_step: int | None = None  # the newest save started, for error messages
-        if not read_only:
-            _register_saver(self, True)
 
     # -- saving -----------------------------------------------------------
     def save(self, step: int, params: Any, opt_state: Any, meta: Mapping[str, Any],
@@ -341,14 +339,12 @@ class Checkpointer:
         try:
             with _SAVE_START:
                 self._wait_for_other_savers()
-                _register_saver(self, True)  # again, if an earlier save of this one failed
+                _register_saver(self, True)
                 started = self._manager.save(step, args=args, metrics=dict(metrics) if metrics else None,
                                              force=True)
-        except BaseException as e:
+        except Exception as e:  # noqa: BLE001  (orbax wraps I/O errors in several types)
             _register_saver(self, False)  # its manager may still say "saving": nobody waits on it now
-            if not isinstance(e, Exception):
-                raise
-            raise self._save_error(e) from e  # orbax wraps I/O errors in several types
+            raise self._save_error(e) from e
         self._last_save_step = step
         return started
 
