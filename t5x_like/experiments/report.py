@@ -267,7 +267,10 @@ def _scaling(experiment, arms: list[dict], records: list[dict]) -> dict:
     for group, (n, losses) in sorted(groups.items()):
         try:
             fit = stats.fit_scaling_law(n, losses)
-            fits[group] = {"E": fit.E, "A": fit.A, "alpha": fit.alpha_interval.as_dict(), "points": list(zip(n, losses))}
+            kaplan = stats.fit_scaling_law(n, losses, irreducible_loss=False)
+            fits[group] = {"E": fit.E, "A": fit.A, "alpha": fit.alpha_interval.as_dict(),
+                           "kaplan": {"A": kaplan.A, "alpha": kaplan.alpha_interval.as_dict()},
+                           "points": list(zip(n, losses))}
         except (ValueError, RuntimeError) as e:
             fits[group] = {"error": str(e), "points": list(zip(n, losses))}
     return fits
@@ -350,12 +353,17 @@ def render_markdown(results: dict) -> str:
                   "equal compute."]
     lines += _render_ranking(results.get("ranking") or [])
     if results.get("scaling"):
-        lines += ["", "## Scaling fits L(N) = E + A·N^(−α)", "", "| group | α [95% CI] | E | A |", "|---|---|---|---|"]
+        lines += ["", "## Scaling fits L(N) = E + A·N^(−α), and Kaplan's form A·N^(−α)", "",
+                  "N: non-embedding parameters; loss: the shared metric, one point per run. Intervals resample "
+                  "the seeds of each size.", "",
+                  "| group | α [95% CI] | E | A | α, Kaplan's form [95% CI] |", "|---|---|---|---|---|"]
         for group, fit in results["scaling"].items():
             if "error" in fit:
-                lines.append(f"| {group} | {fit['error']} | | |")
+                lines.append(f"| {group} | {fit['error']} | | | |")
             else:
-                lines.append(f"| {group} | {_fmt_interval(fit['alpha'])} | {fit['E']:.3f} | {fit['A']:.3g} |")
+                kaplan = _fmt_interval(fit["kaplan"]["alpha"]) if "kaplan" in fit else "—"
+                lines.append(f"| {group} | {_fmt_interval(fit['alpha'])} | {fit['E']:.3f} | {fit['A']:.3g} | "
+                             f"{kaplan} |")
     lines += ["", "Files: results.json and results.csv (every number above), loss_curves.png, metrics/ "
               "(each run's JSONL log). Each run's exact command is in its result.json."]
     return "\n".join(lines) + "\n"

@@ -85,7 +85,7 @@ def describe_difference(name_a: str, name_b: str, interval: Interval) -> str:
 # --- scaling law -------------------------------------------------------------------
 @dataclasses.dataclass(frozen=True)
 class ScalingFit:
-    """L(N) = E + A · N^(−alpha), with a bootstrap interval on alpha."""
+    """L(N) = E + A · N^(−alpha), with a bootstrap interval on alpha (E = 0 in Kaplan's form)."""
 
     E: float
     A: float
@@ -107,25 +107,35 @@ def _fit_power_law(n: np.ndarray, loss: np.ndarray) -> tuple[float, float, float
     return float(E), float(A_scaled * scale ** alpha), float(alpha)
 
 
-def fit_scaling_law(num_params, losses, num_replicates: int = 500, seed: int = 0) -> ScalingFit:
+def _fit_pure_power_law(n: np.ndarray, loss: np.ndarray) -> tuple[float, float, float]:
+    """Kaplan's L = A · N^(−alpha): a straight line in log-log."""
+    slope, intercept = np.polyfit(np.log(n), np.log(loss), 1)
+    return 0.0, float(np.exp(intercept)), float(-slope)
+
+
+def fit_scaling_law(num_params, losses, num_replicates: int = 500, seed: int = 0,
+                    irreducible_loss: bool = True) -> ScalingFit:
     """Least-squares fit over (N, loss) points, several seeds per N allowed.
 
-    The interval on alpha resamples points within each size (keeping every size
-    present), so it reflects seed noise, not the choice of sizes.
+    With `irreducible_loss` (Hoffmann et al.'s form) E is fitted; without it E = 0 and the
+    fit is Kaplan et al.'s pure power law, whose alpha is the log-log slope. The interval on
+    alpha resamples points within each size (keeping every size present), so it reflects
+    seed noise, not the choice of sizes.
     """
+    fit = _fit_power_law if irreducible_loss else _fit_pure_power_law
     n = np.asarray(num_params, np.float64)
     loss = np.asarray(losses, np.float64)
     sizes = np.unique(n)
     if len(sizes) < 3:
         raise ValueError(f"a scaling fit needs at least 3 model sizes, got {len(sizes)}")
-    E, A, alpha = _fit_power_law(n, loss)
+    E, A, alpha = fit(n, loss)
     rng = np.random.default_rng(seed)
     groups = [np.flatnonzero(n == size) for size in sizes]
     alphas = []
     for _ in range(num_replicates):
         idx = np.concatenate([rng.choice(g, size=len(g)) for g in groups])
         try:
-            alphas.append(_fit_power_law(n[idx], loss[idx])[2])
+            alphas.append(fit(n[idx], loss[idx])[2])
         except RuntimeError:  # a degenerate resample that does not converge
             continue
     low, high = np.percentile(alphas, [2.5, 97.5]) if alphas else (np.nan, np.nan)

@@ -48,6 +48,18 @@ def test_scaling_fit_recovers_planted_exponent():
     assert fit.alpha_interval.contains(0.35)
 
 
+def test_kaplan_form_recovers_a_planted_pure_power_law_and_has_no_irreducible_loss():
+    n = np.repeat([1e5, 3e5, 1e6, 3e6, 1e7], 4)
+    rng = np.random.default_rng(5)
+    loss = 20.0 * n ** -0.076 * np.exp(rng.normal(0, 0.01, size=n.shape))
+    fit = stats.fit_scaling_law(n, loss, num_replicates=200, irreducible_loss=False)
+    assert fit.E == 0.0
+    assert fit.alpha == pytest.approx(0.076, abs=0.003)
+    interval = fit.alpha_interval
+    assert interval.low < fit.alpha < interval.high and interval.high - interval.low < 0.01
+    assert fit.predict(1e6) == pytest.approx(20.0 * 1e6 ** -0.076, rel=0.01)
+
+
 def test_scaling_fit_needs_three_sizes():
     with pytest.raises(ValueError, match="at least 3"):
         stats.fit_scaling_law([1e5, 1e5, 1e6], [3.0, 3.1, 2.5])
