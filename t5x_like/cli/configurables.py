@@ -14,9 +14,9 @@ under stable gin names that do not move when a Python module does:
     compare.Experiment           experiments.grid.Experiment
     t5x_like.data.vocab.sentencepiece_vocabulary, t5x_like.data.tasks.register_text_files_task
     t5x_like.data.tasks.tfds_data_dir, t5x_like.data.tasks.ul2_mixing_rates,
-    t5x_like.data.tasks.vocabulary, t5x_like.data.tasks.embedding_rows
-                                 data settings: where TFDS data lives, UL2 rates, and
-                                 the vocabulary of every task (`vocabulary.sentencepiece_model`:
+    t5x_like.data.tasks.mlm_rate, t5x_like.data.tasks.vocabulary, t5x_like.data.tasks.embedding_rows
+                                 data settings: where TFDS data lives, UL2 rates, the
+                                 MLM masking rate, and the vocabulary of every task (`vocabulary.sentencepiece_model`:
                                  a .model file; unset: bytes); `apply_data_settings`
                                  hands them to data.tasks.configure
 
@@ -72,6 +72,12 @@ def ul2_mixing_rates(rates: Sequence[float] = objectives.UL2_DEFAULT_RATES) -> t
 
 
 @gin.configurable(module="t5x_like.data.tasks")
+def mlm_rate(rate: float = objectives.MLM_DEFAULT_RATE) -> float:
+    """Fraction of positions every *_mlm task selects for prediction (BERT: 0.15)."""
+    return rate
+
+
+@gin.configurable(module="t5x_like.data.tasks")
 def vocabulary(sentencepiece_model: str | None = None, extra_ids: int = vocab.NUM_EXTRA_IDS):
     """The vocabulary of every pretraining and downstream task: bytes (no model file), or the
     SentencePiece model file `sentencepiece_model` (T5's cc_all.32000, or `t5x-like vocab`'s)
@@ -94,7 +100,8 @@ def embedding_rows() -> int:
 def apply_data_settings() -> None:
     """Hands the parsed data settings to the data package (defaults where unbound); a changed
     vocabulary re-registers the tasks with it."""
-    tasks.configure(tfds_data_dir=tfds_data_dir(), ul2_mixing_rates=ul2_mixing_rates(), vocabulary=vocabulary())
+    tasks.configure(tfds_data_dir=tfds_data_dir(), ul2_mixing_rates=ul2_mixing_rates(), vocabulary=vocabulary(),
+                    mlm_rate=mlm_rate())
 
 
 @gin.configurable(module="t5x_like.cli")

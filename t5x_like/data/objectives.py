@@ -389,11 +389,23 @@ def bert_mask(tokens: tf.Tensor, seeds: Sequence[tf.Tensor], rate: float, mask_t
     return corrupted, selected
 
 
-def mlm(rate: float = 0.15, vocabulary: seqio.Vocabulary | None = None) -> list[Preprocessor]:
-    """BERT MLM: inputs = corrupted text, targets = original text (aligned, both with EOS),
-    and MLM_WEIGHTS_KEY marking the selected positions for EncoderOnlyMLMFeatureConverter."""
+MLM_DEFAULT_RATE = 0.15  # BERT's
+
+
+def check_mlm_rate(rate: float) -> float:
     if not 0.0 < rate < 1.0:
         raise ValueError(f"MLM rate must be in (0, 1), got {rate}")
+    return float(rate)
+
+
+def mlm(rate: float | Callable[[], float] = MLM_DEFAULT_RATE, vocabulary: seqio.Vocabulary | None = None) -> list[Preprocessor]:
+    """BERT MLM: inputs = corrupted text, targets = original text (aligned, both with EOS),
+    and MLM_WEIGHTS_KEY marking the selected positions for EncoderOnlyMLMFeatureConverter.
+
+    rate: the fraction of positions selected, or a function that returns it when the
+    dataset is built (how data.tasks follows its configured rate)."""
+    if not callable(rate):
+        check_mlm_rate(rate)
     vocabulary = vocabulary or vocab_lib.default_vocabulary()
     mask_token = vocab_lib.mask_id(vocabulary)
     low, high = vocab_lib.regular_id_range(vocabulary)
@@ -402,7 +414,8 @@ def mlm(rate: float = 0.15, vocabulary: seqio.Vocabulary | None = None) -> list[
     @seqio.map_over_dataset(num_seeds=3)
     def corrupt(x, seeds):
         tokens = x["targets"]
-        corrupted, selected = bert_mask(tokens, seeds, rate, mask_token, low, high, eos_id)
+        current_rate = check_mlm_rate(rate()) if callable(rate) else rate
+        corrupted, selected = bert_mask(tokens, seeds, current_rate, mask_token, low, high, eos_id)
         return {"inputs": corrupted, "targets": tokens,
                 MLM_WEIGHTS_KEY: 1 + tf.cast(selected, tf.int32)}
 

@@ -83,12 +83,14 @@ class TfdsDataMissingError(FileNotFoundError):
     """A TFDS dataset is not prepared on disk; the message says where we looked and what to do."""
 
 
-# Settings. tfds_data_dir and ul2_mixing_rates are read when a dataset is built;
-# the vocabulary when a task is registered (so `configure` re-registers the tasks
-# that follow it). Python callers use `configure`; the command line sets them from
-# gin (`t5x_like.data.tasks.tfds_data_dir.data_dir`, `...ul2_mixing_rates.rates`,
-# `...vocabulary.sentencepiece_model`, registered in cli/configurables.py).
-_SETTINGS: dict = {"tfds_data_dir": None, "ul2_mixing_rates": objectives.UL2_DEFAULT_RATES, "vocabulary": None}
+# Settings. tfds_data_dir, ul2_mixing_rates and mlm_rate are read when a dataset is
+# built; the vocabulary when a task is registered (so `configure` re-registers the
+# tasks that follow it). Python callers use `configure`; the command line sets them
+# from gin (`t5x_like.data.tasks.tfds_data_dir.data_dir`, `...ul2_mixing_rates.rates`,
+# `...mlm_rate.rate`, `...vocabulary.sentencepiece_model`, registered in
+# cli/configurables.py).
+_SETTINGS: dict = {"tfds_data_dir": None, "ul2_mixing_rates": objectives.UL2_DEFAULT_RATES,
+                   "mlm_rate": objectives.MLM_DEFAULT_RATE, "vocabulary": None}
 # Registrations made without an explicit vocabulary, replayed (in order) when it changes:
 # key -> function of no arguments that registers again with configured_vocabulary().
 _FOLLOWING: dict[str, Callable[[], object]] = {}
@@ -96,17 +98,20 @@ _FOLLOWING: dict[str, Callable[[], object]] = {}
 
 def configure(tfds_data_dir: str | None = None,
               ul2_mixing_rates: Sequence[float] = objectives.UL2_DEFAULT_RATES,
-              vocabulary: seqio.Vocabulary | None = None) -> None:
+              vocabulary: seqio.Vocabulary | None = None,
+              mlm_rate: float = objectives.MLM_DEFAULT_RATE) -> None:
     """Sets where prepared TFDS datasets live (None: $TFDS_DATA_DIR, else
-    ~/tensorflow_datasets), the UL2 mixture's rates, and the vocabulary of every task
-    registered without one (None: the byte vocabulary); ValueError if the rates are
-    malformed or the vocabulary lacks the objectives' extra ids. A changed vocabulary
-    re-registers those tasks (nothing is read)."""
+    ~/tensorflow_datasets), the UL2 mixture's rates, the fraction of positions every
+    *_mlm task selects, and the vocabulary of every task registered without one (None:
+    the byte vocabulary); ValueError if the rates are malformed or the vocabulary lacks
+    the objectives' extra ids. A changed vocabulary re-registers those tasks (nothing is
+    read)."""
     rates = check_ul2_mixing_rates(ul2_mixing_rates)
+    mlm_rate = objectives.check_mlm_rate(mlm_rate)
     vocabulary = vocabulary or vocab_lib.default_vocabulary()
     vocab_lib.check_extra_ids(vocabulary)
     changed = vocabulary != configured_vocabulary()
-    _SETTINGS.update(tfds_data_dir=tfds_data_dir, ul2_mixing_rates=rates, vocabulary=vocabulary)
+    _SETTINGS.update(tfds_data_dir=tfds_data_dir, ul2_mixing_rates=rates, mlm_rate=mlm_rate, vocabulary=vocabulary)
     if changed:
         log.info("vocabulary is now %s: registering the tasks again", vocab_lib.describe(vocabulary))
         for register in list(_FOLLOWING.values()):
@@ -225,6 +230,13 @@ def check_ul2_mixing_rates(rates: Sequence[float]) -> tuple[float, ...]:
     return tuple(float(r) for r in rates)
 
 
+def _objective(objective: str, vocabulary: seqio.Vocabulary) -> list:
+    """The preprocessors of a pretraining objective; MLM's rate follows `configure`."""
+    if objective == "mlm":
+        return objectives.mlm(rate=lambda: _SETTINGS["mlm_rate"], vocabulary=vocabulary)
+    return objectives.OBJECTIVES[objective](vocabulary=vocabulary)
+
+
 def _ul2_rate(index: int, task: seqio.Task) -> float:
     del task
     return _SETTINGS["ul2_mixing_rates"][index]
@@ -253,7 +265,7 @@ def register_pretraining_tasks(corpus: str, make_source: Callable[[str], seqio.D
         elif objective in objectives.OBJECTIVES:
             _add_task(name, source=make_source(name),
                       preprocessors=[_TEXT_TO_TARGETS, _TOKENIZE,
-                                     *objectives.OBJECTIVES[objective](vocabulary=vocabulary)],
+                                     *_objective(objective, vocabulary)],
                       output_features=_features(vocabulary, objective in objectives.OBJECTIVES_WITH_INPUTS),
                       metric_fns=[], shuffle_buffer_size=SHUFFLE_BUFFER)
         else:
@@ -333,7 +345,7 @@ def _register_text_files_task(name: str, patterns: Mapping[str, str], objective:
         register_ul2_mixture(name, make_source, vocabulary)
         return [name]
     _add_task(name, source=make_source(name),
-              preprocessors=[_TEXT_TO_TARGETS, _TOKENIZE, *objectives.OBJECTIVES[objective](vocabulary=vocabulary)],
+              preprocessors=[_TEXT_TO_TARGETS, _TOKENIZE, *_objective(objective, vocabulary)],
               output_features=_features(vocabulary, objective in objectives.OBJECTIVES_WITH_INPUTS),
               metric_fns=[], shuffle_buffer_size=SHUFFLE_BUFFER)
     return [name]

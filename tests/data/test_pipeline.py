@@ -12,7 +12,7 @@ import seqio
 
 import tests.data_fixtures  # noqa: F401  (registers the tasks)
 from t5x_like.cli import vocab as vocab_cli
-from t5x_like.data import metrics, pipeline, vocab_training
+from t5x_like.data import metrics, pipeline, tasks, vocab_training
 from t5x_like.data import vocab as vocab_lib
 
 
@@ -76,6 +76,21 @@ def test_encoder_only_pipeline_gives_mlm_features_with_about_15_percent_loss():
                           "encoder_segment_ids", "encoder_positions"}
     real = batch["encoder_segment_ids"] > 0
     assert batch["encoder_loss_weights"].sum() / real.sum() == pytest.approx(0.15, abs=0.03)
+
+
+def test_configured_mlm_rate_is_read_when_the_dataset_is_built():
+    def masked_fraction():
+        ds = pipeline.get_dataset("shakespeare_mlm", {"inputs": 128, "targets": 128}, "validation",
+                                  "encoder_only", batch_size=8, seed=0)
+        batch = next(ds.as_numpy_iterator())
+        return batch["encoder_loss_weights"].sum() / (batch["encoder_segment_ids"] > 0).sum()
+
+    tasks.configure(mlm_rate=0.4)  # the task was registered at 0.15, before this
+    assert masked_fraction() == pytest.approx(0.4, abs=0.03)
+    tasks.configure()
+    assert masked_fraction() == pytest.approx(0.15, abs=0.03)
+    with pytest.raises(ValueError, match=r"MLM rate must be in \(0, 1\)"):
+        tasks.configure(mlm_rate=1.5)
 
 
 def test_downstream_tasks_build_text_to_text_examples():
