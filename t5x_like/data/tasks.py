@@ -91,6 +91,7 @@ class TfdsDataMissingError(FileNotFoundError):
 # cli/configurables.py).
 _SETTINGS: dict = {"tfds_data_dir": None, "ul2_mixing_rates": objectives.UL2_DEFAULT_RATES,
                    "mlm_rate": objectives.MLM_DEFAULT_RATE, "vocabulary": None}
+SETTING_NAMES = tuple(_SETTINGS)  # also the names of their gin configurables
 # Registrations made without an explicit vocabulary, replayed (in order) when it changes:
 # key -> function of no arguments that registers again with configured_vocabulary().
 _FOLLOWING: dict[str, Callable[[], object]] = {}

@@ -133,6 +133,7 @@ class Experiment:
                                      f"another arm; arms: {names}")
         _in_dependency_order(self.arms)  # raises on a cycle of init_from
         self._check_comparisons()
+        self._check_no_arm_binds_a_data_setting()
 
     def _check_comparisons(self) -> None:
         eval_tasks = {arm.name: arm.eval_task or self.eval_task for arm in self.arms}
@@ -144,6 +145,20 @@ class Experiment:
                 raise ValueError(f"experiment {self.name}: comparison {pair!r} joins arms scored on different "
                                  f"eval tasks ({eval_tasks[pair[0]]}, {eval_tasks[pair[1]]})")
 
+
+    def _check_no_arm_binds_a_data_setting(self) -> None:
+        """Data settings (data.tasks.configure: the vocabulary, UL2 and MLM rates, ...) are
+        process-wide, and every cell of a grid runs in one process: one arm's would reach the
+        others' data and the shared metric's batches."""
+        for arm in self.arms:
+            for binding in arm.bindings:
+                configurable = binding.split("=", 1)[0].strip().rsplit(".", 1)[0]
+                if configurable.rsplit(".", 1)[-1] in tasks.SETTING_NAMES and (
+                        "." not in configurable or configurable.startswith("t5x_like.data.tasks.")):
+                    raise ValueError(
+                        f"experiment {self.name}: arm {arm.name} binds the data setting {binding!r}; data "
+                        "settings are shared by every cell of the grid: put it in run_bindings (every arm) "
+                        "or run another experiment")
 
     def _move_to_corpus(self, corpus: str) -> None:
         move = lambda name: name and tasks.on_corpus(name, corpus)

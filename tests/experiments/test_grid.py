@@ -106,6 +106,16 @@ def test_bad_adaptation_arms_are_one_clear_error(arms, message):
         compare.Experiment(name="x", output_dir="/tmp/x", arms=arms)
 
 
+@pytest.mark.parametrize("binding", ["t5x_like.data.tasks.mlm_rate.rate = 0.3", "mlm_rate.rate=0.3",
+                                     "vocabulary.sentencepiece_model = 'x.model'"])
+def test_an_arm_binding_a_process_wide_data_setting_is_refused(binding):
+    arms = [{"name": "a", "model": "m"}, {"name": "b", "model": "m", "bindings": [binding]}]
+    with pytest.raises(ValueError, match=r"arm b binds the data setting .* put it in run_bindings"):
+        compare.Experiment(name="x", output_dir="/tmp/x", arms=arms)
+    other = [{"name": "a", "model": "m"}, {"name": "b", "model": "m", "bindings": ["TransformerConfig.vocab_size = 512"]}]
+    compare.Experiment(name="x", output_dir="/tmp/x", arms=other, run_bindings=(binding,))  # every arm: fine
+
+
 def test_one_binding_moves_every_pretraining_task_to_another_corpus():
     experiment = load_experiment([os.path.join(REPO, "gin_configs/experiments/adaptation.gin")],
                                  ["OUTPUT_DIR = '/tmp/out'", "compare.Experiment.corpus = 'bible'"])
