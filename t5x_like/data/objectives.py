@@ -398,7 +398,8 @@ def check_mlm_rate(rate: float) -> float:
     return float(rate)
 
 
-def mlm(rate: float | Callable[[], float] = MLM_DEFAULT_RATE, vocabulary: seqio.Vocabulary | None = None) -> list[Preprocessor]:
+def mlm(rate: float | Callable[[], float] = MLM_DEFAULT_RATE,
+        vocabulary: seqio.Vocabulary | None = None) -> list[Preprocessor]:
     """BERT MLM: inputs = corrupted text, targets = original text (aligned, both with EOS),
     and MLM_WEIGHTS_KEY marking the selected positions for EncoderOnlyMLMFeatureConverter.
 
