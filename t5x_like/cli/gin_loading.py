@@ -111,7 +111,8 @@ def load_config(files: list[str], bindings: list[str], finalize: bool = True) ->
     try:
         configurables.apply_data_settings()
     except (ValueError, TypeError, FileNotFoundError) as e:  # gin appends "In call to configurable ..."
-        raise GinConfigError(f"gin config error: {str(e).strip().splitlines()[0] if str(e).strip() else e!r}") from e
+        message = str(e).strip().splitlines()[0] if str(e).strip() else repr(e)  # (a `!r` here quoted every message)
+        raise GinConfigError(f"gin config error: {message}") from e
 
 
 _MACRO_BINDING = re.compile(r"^\s*([A-Za-z_]\w*)\s*=")

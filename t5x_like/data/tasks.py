@@ -3,7 +3,9 @@
 Owns: the data sources (in-memory lists from `corpora.py`, prepared TFDS
 directories, local text/JSONL files), the registration of pretraining tasks
 (one per objective, plus the UL2 mixture) and of the downstream tasks with
-their metrics. Importing this module registers:
+their metrics, and the process-wide data settings (`configure`, `settings`:
+TFDS directory, UL2 rates, MLM masking rate, vocabulary). Importing this
+module registers:
 
   shakespeare_{causal_lm,prefix_lm,span_corruption,mlm}, shakespeare_ul2 (mixture)
   bible_{causal_lm,prefix_lm,span_corruption,mlm}, bible_ul2 (English KJV; SWORD modules)
@@ -91,7 +93,6 @@ class TfdsDataMissingError(FileNotFoundError):
 # cli/configurables.py).
 _SETTINGS: dict = {"tfds_data_dir": None, "ul2_mixing_rates": objectives.UL2_DEFAULT_RATES,
                    "mlm_rate": objectives.MLM_DEFAULT_RATE, "vocabulary": None}
-SETTING_NAMES = tuple(_SETTINGS)  # also the names of their gin configurables
 # Registrations made without an explicit vocabulary, replayed (in order) when it changes:
 # key -> function of no arguments that registers again with configured_vocabulary().
 _FOLLOWING: dict[str, Callable[[], object]] = {}
@@ -117,6 +118,11 @@ def configure(tfds_data_dir: str | None = None,
         log.info("vocabulary is now %s: registering the tasks again", vocab_lib.describe(vocabulary))
         for register in list(_FOLLOWING.values()):
             register()
+
+
+def settings() -> dict:
+    """The current settings (a copy), as `configure` left them."""
+    return dict(_SETTINGS)
 
 
 def configured_vocabulary() -> seqio.Vocabulary:

@@ -74,8 +74,8 @@ def _sentencepiece_vocabulary(path: str, extra_ids: int) -> seqio.SentencePieceV
     try:
         vocabulary.vocab_size  # loads the model: a file that is not one fails here, not mid-run
     except Exception as e:  # sentencepiece raises RuntimeError / google.protobuf DecodeError
-        raise ValueError(f"{path!r} is not a SentencePiece model: {str(e).splitlines()[0] if str(e) else e!r}") \
-            from None
+        reason = str(e).splitlines()[0] if str(e) else repr(e)
+        raise ValueError(f"{path!r} is not a SentencePiece model: {reason}") from None
     return vocabulary
 
 

@@ -42,7 +42,10 @@ Speed: the cells of one `run_grid` share a `GridCache`: compiled train, eval
 and scoring programs (training/programs.py: the seeds of an arm, and arms of
 the same model and shapes, compile once) and the shared metric's validation
 batches; `cells_at_once` trains several cells at a time in threads. The
-records are the same with or without either.
+records are the same with or without either. Since every cell runs in one
+process, the data settings (data.tasks.configure: vocabulary, UL2 and MLM
+rates) are the experiment's, not an arm's: `run_grid` refuses arms whose runs
+would set them differently, before training.
 """
 from __future__ import annotations
 
@@ -133,7 +136,6 @@ class Experiment:
                                      f"another arm; arms: {names}")
         _in_dependency_order(self.arms)  # raises on a cycle of init_from
         self._check_comparisons()
-        self._check_no_arm_binds_a_data_setting()
 
     def _check_comparisons(self) -> None:
         eval_tasks = {arm.name: arm.eval_task or self.eval_task for arm in self.arms}
@@ -144,21 +146,6 @@ class Experiment:
             if eval_tasks[pair[0]] != eval_tasks[pair[1]]:
                 raise ValueError(f"experiment {self.name}: comparison {pair!r} joins arms scored on different "
                                  f"eval tasks ({eval_tasks[pair[0]]}, {eval_tasks[pair[1]]})")
-
-
-    def _check_no_arm_binds_a_data_setting(self) -> None:
-        """Data settings (data.tasks.configure: the vocabulary, UL2 and MLM rates, ...) are
-        process-wide, and every cell of a grid runs in one process: one arm's would reach the
-        others' data and the shared metric's batches."""
-        for arm in self.arms:
-            for binding in arm.bindings:
-                configurable = binding.split("=", 1)[0].strip().rsplit(".", 1)[0]
-                if configurable.rsplit(".", 1)[-1] in tasks.SETTING_NAMES and (
-                        "." not in configurable or configurable.startswith("t5x_like.data.tasks.")):
-                    raise ValueError(
-                        f"experiment {self.name}: arm {arm.name} binds the data setting {binding!r}; data "
-                        "settings are shared by every cell of the grid: put it in run_bindings (every arm) "
-                        "or run another experiment")
 
     def _move_to_corpus(self, corpus: str) -> None:
         move = lambda name: name and tasks.on_corpus(name, corpus)
@@ -539,6 +526,7 @@ def run_grid(experiment: Experiment, loaders: Loaders, cells_at_once: int = 1) -
         raise ValueError(f"cells_at_once={cells_at_once} trains cells in threads of one process; with "
                          f"{jax.process_count()} processes use --cells_at_once=1")
     cells = plan(experiment)
+    _check_one_set_of_data_settings(experiment, cells, loaders)
     done = {cell.label: _read_record(cell) for cell in cells}
     todo = [cell for cell in cells if done[cell.label] is None]
     for index, cell in enumerate(cells, 1):
@@ -561,6 +549,26 @@ def run_grid(experiment: Experiment, loaders: Loaders, cells_at_once: int = 1) -
                 for cell in todo]
         done.update(threaded.run_jobs(jobs, cells_at_once))
     return [done[cell.label] for cell in cells]
+
+
+def _check_one_set_of_data_settings(experiment: Experiment, cells: list[Cell], loaders: Loaders) -> None:
+    """Raises ValueError if two arms' runs would set the data settings (data.tasks.configure:
+    vocabulary, UL2 and MLM rates, TFDS dir) differently. They are process-wide, and every
+    cell of a grid runs in this process: one arm's would reach the others' data and the
+    shared metric's batches. Checked on what each arm's run config applies, however bound."""
+    first_arm, first = None, None
+    for arm in experiment.arms:
+        cell = next(c for c in cells if c.arm is arm)
+        with _LOADERS_LOCK:
+            loaders.train_config(train_argv(experiment, cell, loaders.model_config(experiment, arm).layout))
+            settings = tasks.settings()
+        if first is None:
+            first_arm, first = arm, settings
+        elif settings != first:
+            differ = sorted(key for key in settings if settings[key] != first[key])
+            raise ValueError(f"experiment {experiment.name}: arms {first_arm.name} and {arm.name} set the data "
+                             f"settings {differ} differently; they are shared by every cell of a grid (one "
+                             "process): bind them in run_bindings (every arm), or run another experiment")
 
 
 def _read_record(cell: Cell) -> dict | None:

@@ -265,15 +265,18 @@ def _scaling(experiment, arms: list[dict], records: list[dict]) -> dict:
             losses.append(float(np.mean(record["shared_nll_per_example"])))
     fits = {}
     for group, (n, losses) in sorted(groups.items()):
-        try:
-            fit = stats.fit_scaling_law(n, losses)
-            kaplan = stats.fit_scaling_law(n, losses, irreducible_loss=False)
-            fits[group] = {"E": fit.E, "A": fit.A, "alpha": fit.alpha_interval.as_dict(),
-                           "kaplan": {"A": kaplan.A, "alpha": kaplan.alpha_interval.as_dict()},
-                           "points": list(zip(n, losses))}
-        except (ValueError, RuntimeError) as e:
-            fits[group] = {"error": str(e), "points": list(zip(n, losses))}
+        fits[group] = {**_fit(n, losses, irreducible_loss=True), "points": list(zip(n, losses)),
+                       "kaplan": _fit(n, losses, irreducible_loss=False)}
     return fits
+
+
+def _fit(n: list, losses: list, irreducible_loss: bool) -> dict:
+    """One scaling fit as the report keeps it: E, A and alpha's interval, or the error."""
+    try:
+        fit = stats.fit_scaling_law(n, losses, irreducible_loss=irreducible_loss)
+    except (ValueError, RuntimeError) as e:
+        return {"error": str(e)}
+    return {"E": fit.E, "A": fit.A, "alpha": fit.alpha_interval.as_dict()}
 
 
 def _fmt_interval(d: dict | None) -> str:
@@ -358,12 +361,13 @@ def render_markdown(results: dict) -> str:
                   "the seeds of each size.", "",
                   "| group | α [95% CI] | E | A | α, Kaplan's form [95% CI] |", "|---|---|---|---|---|"]
         for group, fit in results["scaling"].items():
+            kaplan = fit.get("kaplan", {})
+            kaplan_alpha = kaplan.get("error") or _fmt_interval(kaplan.get("alpha"))
             if "error" in fit:
-                lines.append(f"| {group} | {fit['error']} | | | |")
+                lines.append(f"| {group} | {fit['error']} | | | {kaplan_alpha} |")
             else:
-                kaplan = _fmt_interval(fit["kaplan"]["alpha"]) if "kaplan" in fit else "—"
                 lines.append(f"| {group} | {_fmt_interval(fit['alpha'])} | {fit['E']:.3f} | {fit['A']:.3g} | "
-                             f"{kaplan} |")
+                             f"{kaplan_alpha} |")
     lines += ["", "Files: results.json and results.csv (every number above), loss_curves.png, metrics/ "
               "(each run's JSONL log). Each run's exact command is in its result.json."]
     return "\n".join(lines) + "\n"

@@ -109,6 +109,8 @@ def _fit_power_law(n: np.ndarray, loss: np.ndarray) -> tuple[float, float, float
 
 def _fit_pure_power_law(n: np.ndarray, loss: np.ndarray) -> tuple[float, float, float]:
     """Kaplan's L = A · N^(−alpha): a straight line in log-log."""
+    if not (np.all(np.isfinite(loss)) and np.all(loss > 0) and np.all(n > 0)):
+        raise ValueError("a pure power-law fit needs positive, finite sizes and losses")
     slope, intercept = np.polyfit(np.log(n), np.log(loss), 1)
     return 0.0, float(np.exp(intercept)), float(-slope)
 

@@ -35,6 +35,17 @@ def test_misspelled_binding_is_one_line_error(capsys):
     assert rc == 2 and err.count("\n") == 1 and "batch_sise" in err
 
 
+def test_the_mlm_rate_binding_reaches_the_data_settings_and_a_bad_one_is_one_line():
+    from t5x_like.data import tasks
+
+    gin_loading.load_config([], ["t5x_like.data.tasks.mlm_rate.rate = 0.3"], finalize=False)
+    assert tasks.settings()["mlm_rate"] == 0.3
+    gin_loading.load_config([], [], finalize=False)
+    assert tasks.settings()["mlm_rate"] == 0.15
+    with pytest.raises(gin_loading.GinConfigError, match=r"^gin config error: MLM rate must be in \(0, 1\), got 1.5$"):
+        gin_loading.load_config([], ["t5x_like.data.tasks.mlm_rate.rate = 1.5"], finalize=False)
+
+
 def test_unknown_task_is_one_line_with_close_matches(capsys):
     rc, _, err = run_main([MODEL_GIN, RUN_GIN, "--gin.MODEL_DIR=/tmp/x", "--gin.TRAIN_STEPS=1",
                            "--gin.MIXTURE_OR_TASK_NAME=shakespeare_casual_lm",

@@ -122,7 +122,6 @@ def test_decode_with_special_tokens_names_sentinels_and_modes():
 
 def test_vocab_command_trains_once_then_reuses(tmp_path, capsys):
     (tmp_path / "corpus.txt").write_text("\n\n".join(f"line {i} of the tiny corpus" for i in range(300)))
-    import t5x_like.data.tasks as tasks
     tasks.register_text_files_task("test_vocab_corpus", str(tmp_path / "corpus.txt"))
     argv = ["--task", "test_vocab_corpus", "--size", "300", "--out", str(tmp_path / "vocab")]
     assert vocab_cli.main(argv) == 0
@@ -136,7 +135,6 @@ def test_vocab_command_trains_once_then_reuses(tmp_path, capsys):
 
 
 def test_vocab_command_trains_on_several_tasks(tmp_path):
-    import t5x_like.data.tasks as tasks
     for name, line in (("a", "line {i} of the tiny corpus"), ("b", "café número {i} del corpus")):
         (tmp_path / f"{name}.txt").write_text("\n\n".join(line.format(i=i) for i in range(300)))
         tasks.register_text_files_task(f"test_vocab_{name}", str(tmp_path / f"{name}.txt"))
@@ -152,7 +150,6 @@ def test_vocab_command_trains_on_several_tasks(tmp_path):
 
 
 def test_downstream_tasks_registered_with_a_suffix_use_that_vocabulary_beside_the_byte_ones(tmp_path):
-    import t5x_like.data.tasks as tasks
     (tmp_path / "corpus.txt").write_text("\n\n".join(f"a great review number {i}" for i in range(300)))
     tasks.register_text_files_task("test_suffix_corpus", str(tmp_path / "corpus.txt"))
     sp = vocab_lib.sentencepiece_vocabulary(vocab_training.train_sentencepiece("test_suffix_corpus", 300, str(tmp_path / "vocab")))

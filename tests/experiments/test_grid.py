@@ -106,14 +106,16 @@ def test_bad_adaptation_arms_are_one_clear_error(arms, message):
         compare.Experiment(name="x", output_dir="/tmp/x", arms=arms)
 
 
-@pytest.mark.parametrize("binding", ["t5x_like.data.tasks.mlm_rate.rate = 0.3", "mlm_rate.rate=0.3",
-                                     "vocabulary.sentencepiece_model = 'x.model'"])
-def test_an_arm_binding_a_process_wide_data_setting_is_refused(binding):
-    arms = [{"name": "a", "model": "m"}, {"name": "b", "model": "m", "bindings": [binding]}]
-    with pytest.raises(ValueError, match=r"arm b binds the data setting .* put it in run_bindings"):
-        compare.Experiment(name="x", output_dir="/tmp/x", arms=arms)
-    other = [{"name": "a", "model": "m"}, {"name": "b", "model": "m", "bindings": ["TransformerConfig.vocab_size = 512"]}]
-    compare.Experiment(name="x", output_dir="/tmp/x", arms=other, run_bindings=(binding,))  # every arm: fine
+@pytest.mark.parametrize("binding", ["t5x_like.data.tasks.mlm_rate.rate = 0.3", "tasks.mlm_rate.rate=0.3",
+                                     "D_MODEL = 64\nmlm_rate.rate = 0.3"])
+def test_arms_whose_runs_set_the_data_settings_differently_are_refused_before_training(tmp_path, binding):
+    model = os.path.join(REPO, "gin_configs/models/encoder_only/tiny.gin")
+    arms = [{"name": "a", "model": model}, {"name": "b", "model": model, "bindings": [binding]}]
+    experiment = compare.Experiment(name="x", output_dir=str(tmp_path), arms=arms, task="shakespeare_mlm",
+                                    eval_task="shakespeare_mlm", seeds=(0,))
+    with pytest.raises(ValueError, match=r"arms a and b set the data settings \['mlm_rate'\] differently"):
+        compare.run_grid(experiment, GIN_LOADERS)
+    assert not os.path.exists(os.path.join(tmp_path, "runs"))  # refused before any run started
 
 
 def test_one_binding_moves_every_pretraining_task_to_another_corpus():

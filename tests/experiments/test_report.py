@@ -1,4 +1,4 @@
-"""The report's ranking-over-time section, from planted eval curves."""
+"""Report sections from planted records: ranking over time, comparisons, protocol agreement, scaling fits."""
 import json
 import os
 
@@ -82,3 +82,24 @@ def test_protocol_agreement_is_kendall_tau_between_pretraining_loss_and_each_dow
     assert equal[("own eval loss (t)", "accuracy")]["kendall_tau"] is None
     arms[0]["downstream"]["d"]["loss"] = float("nan")  # a diverged finetune
     assert all(r["kendall_tau"] is None for r in report.protocol_agreement(arms) if r["metric"] == "loss")
+
+
+def test_scaling_section_fits_each_group_both_ways_and_keeps_one_fit_when_the_other_fails(tmp_path):
+    arms = [{"name": f"{group}_{n}", "model": "m.gin", "group": group} for group in ("a", "b") for n in (1, 2, 3, 4)]
+    experiment = grid.Experiment(name="e", output_dir=str(tmp_path), arms=arms, seeds=(0, 1), scaling_fit=True)
+    sizes = {1: 1e5, 2: 3e5, 3: 1e6, 4: 3e6}
+    records = []
+    for arm in experiment.arms:
+        group, size = arm.name.split("_")
+        loss = 20.0 * sizes[int(size)] ** -0.1 if group == "a" else 0.0  # b: no positive loss to take a log of
+        records += [{"arm": arm.name, "group": group, "seed": seed, "non_embedding_params": sizes[int(size)],
+                     "shared_nll_per_example": [loss * (1 + 0.001 * seed)] * 4} for seed in experiment.seeds]
+    fits = report._scaling(experiment, experiment.arms, records)
+    assert fits["a"]["kaplan"]["alpha"]["estimate"] == pytest.approx(0.1, abs=0.002)
+    assert "alpha" in fits["a"] and "error" not in fits["a"]
+    assert "positive, finite" in fits["b"]["kaplan"]["error"]
+    rendered = report.render_markdown({"experiment": "e", "description": "", "task": "t", "train_steps": 1,
+                                       "batch_size": 1, "seeds": [0, 1], "eval_task": "t", "reference_arm": "a_1",
+                                       "arms": [], "differences": [], "scaling": fits})
+    row_a = next(line for line in rendered.splitlines() if line.startswith("| a |"))
+    assert row_a.count("[") == 2  # both intervals

@@ -57,7 +57,19 @@ def test_kaplan_form_recovers_a_planted_pure_power_law_and_has_no_irreducible_lo
     assert fit.alpha == pytest.approx(0.076, abs=0.003)
     interval = fit.alpha_interval
     assert interval.low < fit.alpha < interval.high and interval.high - interval.low < 0.01
+    assert fit.alpha == pytest.approx(-np.polyfit(np.log(n), np.log(loss), 1)[0], rel=1e-9)  # the log-log slope
     assert fit.predict(1e6) == pytest.approx(20.0 * 1e6 ** -0.076, rel=0.01)
+    with pytest.raises(ValueError, match="positive, finite"):
+        stats.fit_scaling_law(n, np.where(n == 1e5, np.nan, loss), irreducible_loss=False)
+
+
+def test_the_two_forms_differ_when_the_loss_has_a_floor():
+    n = np.repeat([1e5, 3e5, 1e6, 3e6, 1e7], 2)
+    loss = 1.7 + 400.0 * n ** -0.35
+    with_floor = stats.fit_scaling_law(n, loss, num_replicates=50)
+    kaplan = stats.fit_scaling_law(n, loss, num_replicates=50, irreducible_loss=False)
+    assert with_floor.alpha == pytest.approx(0.35, abs=0.01)
+    assert kaplan.alpha < 0.3  # a floor flattens the log-log line: Kaplan's form reads a smaller exponent
 
 
 def test_scaling_fit_needs_three_sizes():
