@@ -526,7 +526,7 @@ def run_grid(experiment: Experiment, loaders: Loaders, cells_at_once: int = 1) -
         raise ValueError(f"cells_at_once={cells_at_once} trains cells in threads of one process; with "
                          f"{jax.process_count()} processes use --cells_at_once=1")
     cells = plan(experiment)
-    _check_one_set_of_data_settings(experiment, cells, loaders)
+    _check_one_set_of_data_settings(experiment, loaders)
     done = {cell.label: _read_record(cell) for cell in cells}
     todo = [cell for cell in cells if done[cell.label] is None]
     for index, cell in enumerate(cells, 1):
@@ -551,16 +551,16 @@ def run_grid(experiment: Experiment, loaders: Loaders, cells_at_once: int = 1) -
     return [done[cell.label] for cell in cells]
 
 
-def _check_one_set_of_data_settings(experiment: Experiment, cells: list[Cell], loaders: Loaders) -> None:
+def _check_one_set_of_data_settings(experiment: Experiment, loaders: Loaders) -> None:
     """Raises ValueError if two arms' runs would set the data settings (data.tasks.configure:
     vocabulary, UL2 and MLM rates, TFDS dir) differently. They are process-wide, and every
     cell of a grid runs in this process: one arm's would reach the others' data and the
-    shared metric's batches. Checked on what each arm's run config applies, however bound."""
+    shared metric's batches. Checked on what loading each arm's files and bindings (its
+    runs' gin, less the per-cell flags) applies, however they are written."""
     first_arm, first = None, None
     for arm in experiment.arms:
-        cell = next(c for c in cells if c.arm is arm)
         with _LOADERS_LOCK:
-            loaders.train_config(train_argv(experiment, cell, loaders.model_config(experiment, arm).layout))
+            loaders.model_config(experiment, arm)
             settings = tasks.settings()
         if first is None:
             first_arm, first = arm, settings

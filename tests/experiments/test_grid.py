@@ -118,6 +118,13 @@ def test_arms_whose_runs_set_the_data_settings_differently_are_refused_before_tr
     assert not os.path.exists(os.path.join(tmp_path, "runs"))  # refused before any run started
 
 
+def test_arms_that_start_from_another_arm_pass_the_data_settings_check_before_any_checkpoint_exists(tmp_path):
+    experiment = load_experiment([os.path.join(REPO, "gin_configs/experiments/adaptation.gin")],
+                                 [f"OUTPUT_DIR = '{tmp_path}'"])
+    assert any(arm.init_from for arm in experiment.arms)
+    compare._check_one_set_of_data_settings(experiment, GIN_LOADERS)  # no run directory or checkpoint needed
+
+
 def test_one_binding_moves_every_pretraining_task_to_another_corpus():
     experiment = load_experiment([os.path.join(REPO, "gin_configs/experiments/adaptation.gin")],
                                  ["OUTPUT_DIR = '/tmp/out'", "compare.Experiment.corpus = 'bible'"])
