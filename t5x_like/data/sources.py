@@ -16,7 +16,9 @@ every batch already consumed. seqio batches save the tf.data iterator
 (`tf.train.Checkpoint`: the positions in the sources, shuffle and packing
 buffers, prefetched elements), one state per process; synthetic batches save
 the next global batch index. Any other iterator is accepted too: a run resumed
-from it skips `start_batch` batches instead.
+from it skips `start_batch` batches instead. `release(batches)` ends a stream
+the caller is done with (seqio batches give up their tf.data iterator on a
+thread of its own).
 
 `model` is only used through `model.config` (layout, vocab_size) and
 `model.dummy_batch` (the feature names and shapes), so this module does not
@@ -31,6 +33,7 @@ import glob
 import json
 import os
 import re
+import threading
 from collections.abc import Callable, Iterator
 from typing import Any, Protocol, runtime_checkable
 
@@ -136,10 +139,22 @@ class TfDataBatches:
         return self
 
     def __next__(self) -> dict[str, np.ndarray]:
+        if self._iterator is None:
+            raise ValueError("this stream of batches was released (close()); build another")
         return {k: v.numpy() for k, v in next(self._iterator).items()}
 
     def save_state(self, directory: str) -> None:
         self._checkpoint.write(os.path.join(directory, self._name))
+
+    def close(self) -> None:
+        """Gives up the tf.data iterator, deleted on a thread of its own. Deleting one stops
+        and waits for its background work (prefetching, parallel maps); with the cores busy
+        with another run's steps (grid cells trained side by side) that wait took 0.5-37 s,
+        all of it lost to the caller's run (docs/performance.md). The interpreter waits for
+        the thread at exit."""
+        held = [self._iterator]  # the only reference left: dropped by held.clear(), on the thread
+        self._iterator = self._checkpoint = None
+        threading.Thread(target=held.clear, name="tf.data iterator release").start()
 
     def restore_state(self, directory: str) -> None:
         counts = _saved_process_counts(directory)
@@ -149,6 +164,14 @@ class TfDataBatches:
                 f"{self._num_shards}: each process continues its own shard of the stream, so resume with "
                 f"{counts[0]} process(es), or start a new MODEL_DIR (init_checkpoint) to change the count")
         self._checkpoint.read(os.path.join(directory, self._name)).assert_consumed()
+
+
+def release(batches: Iterator) -> None:
+    """Ends a stream of batches the caller is done with: its `close()` if it has one
+    (TfDataBatches, generators), without waiting for what that releases."""
+    close = getattr(batches, "close", None)
+    if close is not None:
+        close()
 
 
 def synthetic_batches(request: DataRequest, model: Any) -> SyntheticBatches:

@@ -481,7 +481,8 @@ def score_batches(eval_task: str, lengths: dict[str, int], layout: str, num_exam
         return cache.score_batches[key]
     dataset = pipeline.get_dataset(eval_task, lengths, split="validation", layout=layout,
                                    batch_size=SCORE_BATCH_SIZE, shuffle=False, seed=0, pack=False, num_epochs=1)
-    batches = list(itertools.islice(dataset.as_numpy_iterator(), math.ceil(num_examples / SCORE_BATCH_SIZE)))
+    # Read to its end (take): deleting an iterator cut off mid-stream waits for its prefetching (sources.release).
+    batches = list(dataset.take(math.ceil(num_examples / SCORE_BATCH_SIZE)).as_numpy_iterator())
     if cache is not None:
         cache.score_batches[key] = batches
     return batches

@@ -41,7 +41,14 @@ from typing import Any
 import jax
 import numpy as np
 
-from t5x_like.data.sources import DataRequest, DatasetFn, check_task_name, default_dataset_fn, task_has_split
+from t5x_like.data.sources import (
+    DataRequest,
+    DatasetFn,
+    check_task_name,
+    default_dataset_fn,
+    release,
+    task_has_split,
+)
 from t5x_like.data.task_vocab import check_model_vocab_size
 from t5x_like.model import adaptation, sizing
 from t5x_like.training import optimizers, partitioning, programs, run_dir
@@ -257,7 +264,9 @@ def replayed(build: Callable[[], Iterator[dict]], count: int) -> Callable[[], It
 
     def batches() -> Iterator[dict]:
         if not drawn:
-            drawn.append(list(itertools.islice(build(), count)))
+            source = build()
+            drawn.append(list(itertools.islice(source, count)))
+            release(source)
         return iter(drawn[0])
     return batches
 
@@ -320,6 +329,7 @@ def _train_in_run_dir(config: TrainConfig, eval_split: str | None,
     state, consumed = start.state, start.batches_consumed
     start_step = int(jax.device_get(state.step))
     if start.stream_needs_rebuild():
+        release(batches)
         batches = make_batches(config, "train", consumed, train=True)
     write_run_files(config)  # after the state and the data are known good: a failed start keeps the old ones
     eval_batches = None
@@ -348,6 +358,7 @@ def _train_in_run_dir(config: TrainConfig, eval_split: str | None,
         if own_stop:
             stop.restore()
         checkpointer.close()
+        release(batches)  # after close: a pending save may still write its position
         logger.close()
     return TrainResult(config.model_dir, result.step, result.train_metrics, result.eval_metrics,
                        result.stopped_by_signal, stop.signal_number)

@@ -6,6 +6,8 @@ index (synthetic), saved per process in each checkpoint's `data` item.
 from __future__ import annotations
 
 import os
+import threading
+import weakref
 
 import numpy as np
 import pytest
@@ -47,6 +49,21 @@ def test_a_restored_stream_continues_where_the_saved_one_was(tmp_path, task):
     # and not simply the start of the stream
     fresh = next(sources.default_dataset_fn(request(task=task), model))
     assert any(not np.array_equal(fresh[k], expected[0][k]) for k in fresh)
+
+
+def test_a_released_stream_deletes_its_tf_data_iterator_on_another_thread():
+    # Deleting an iterator cut off mid-stream waits for its prefetching: up to 37 s lost to a
+    # grid cell while another cell trained (docs/performance.md). The caller must not wait.
+    batches = sources.default_dataset_fn(request(), tiny_model(vocab_size=384))
+    next(batches)
+    deleted_on, deleted = [], threading.Event()
+    weakref.finalize(batches._iterator, lambda: (deleted_on.append(threading.current_thread().name),
+                                                 deleted.set()))
+    sources.release(batches)
+    assert deleted.wait(timeout=60), "the iterator was never deleted: a reference to it is still held"
+    assert deleted_on == ["tf.data iterator release"]
+    with pytest.raises(ValueError, match="released"):
+        next(batches)  # no silent restart of the stream
 
 
 def test_a_tf_data_position_saved_by_other_process_count_is_refused_in_one_line(tmp_path):
