@@ -29,9 +29,21 @@ def _fresh_gin_config():
     gin.clear_config()
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _session_compilation_cache(tmp_path_factory):
+    """Tests in many modules compile the same tiny programs (init, train, eval, score): every
+    program is cached on disk for the session, so a repeat loads instead of compiling."""
+    yield from _compilation_cache_in(tmp_path_factory)
+
+
 @pytest.fixture(scope="module")
 def persistent_compilation_cache(tmp_path_factory):
-    """Runs in this module compile the same programs again and again: cache them."""
+    """Runs in this module compile the same programs again and again: cache them (again, if a
+    test before this module moved the cache elsewhere)."""
+    yield from _compilation_cache_in(tmp_path_factory)
+
+
+def _compilation_cache_in(tmp_path_factory):
     # private API: the cache is set up once per process; reset it to take effect
     from jax._src import compilation_cache
     names = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
