@@ -151,7 +151,9 @@ class TfDataBatches:
         and waits for its background work (prefetching, parallel maps); with the cores busy
         with another run's steps (grid cells trained side by side) that wait took 0.5-37 s,
         all of it lost to the caller's run (docs/performance.md). The interpreter waits for
-        the thread at exit."""
+        the thread at exit. A second call does nothing."""
+        if self._iterator is None:
+            return
         held = [self._iterator]  # the only reference left: dropped by held.clear(), on the thread
         self._iterator = self._checkpoint = None
         threading.Thread(target=held.clear, name="tf.data iterator release").start()
