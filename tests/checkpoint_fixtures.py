@@ -1,4 +1,4 @@
-"""Model dirs as `t5x-like train` leaves them (config.gin + a checkpoint), without training."""
+"""Model dirs as `t5x-like train` leaves them (model_config.json, config.gin, a checkpoint), without training."""
 from __future__ import annotations
 
 import os
@@ -33,12 +33,17 @@ def tiny(layout: str, d_model: int = 32) -> TransformerConfig:
                              d_ff=64, num_decoder_layers=2)
 
 
-def write_run(model_dir: str, config: TransformerConfig, step: int = 7, claimed: TransformerConfig | None = None):
-    """A model dir as `t5x-like train` leaves it: config.gin + checkpoints/<step>/{params,...}."""
+def write_run(model_dir: str, config: TransformerConfig, step: int = 7, claimed: TransformerConfig | None = None,
+              older: bool = False):
+    """A model dir as `t5x-like train` leaves it: model_config.json, config.gin and
+    checkpoints/<step>/{params,...}; `older`: as runs left it before model_config.json (no such file).
+    `claimed`: the config the files state, when it should differ from the checkpoint's."""
     claimed = claimed or config
     os.makedirs(model_dir, exist_ok=True)
     with open(os.path.join(model_dir, "config.gin"), "w") as f:
         f.write(CONFIG_GIN.format(lengths=LENGTHS, layout=claimed.layout, d_model=claimed.d_model))
+    if not older:
+        checkpoints.write_model_config(model_dir, checkpoints.SavedModelConfig(claimed, LENGTHS))
     model = models.Model(config)
     init = jax.jit(lambda rng: nn.unbox(model.init(rng, model.dummy_batch(1, LENGTHS)))["params"])
     params = init(jax.random.key(0))

@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     rows, steps, head_dims = [], {}, set()
     try:
         for checkpoint, task in zip(args.checkpoint, task_per_checkpoint):
-            loaded = gin_loading.load_checkpoint(checkpoint)
+            loaded = gin_loading.load_checkpoint_with_overrides(checkpoint)
             steps[checkpoint] = loaded.step
             head_dims.add(loaded.model.config.head_dim)
             for input_length in input_lengths:

@@ -15,7 +15,8 @@ under stable gin names that do not move when a Python module does:
     t5x_like.data.vocab.sentencepiece_vocabulary, t5x_like.data.tasks.register_text_files_task
     t5x_like.data.tasks.tfds_data_dir, t5x_like.data.tasks.ul2_mixing_rates,
     t5x_like.data.tasks.mlm_rate, t5x_like.data.tasks.vocabulary, t5x_like.data.tasks.embedding_rows
-                                 data settings: where TFDS data lives, UL2 rates, the
+                                 data settings (`*_binding` below: the gin name is the
+                                 part before it): where TFDS data lives, UL2 rates, the
                                  MLM masking rate, and the vocabulary of every task (`vocabulary.sentencepiece_model`:
                                  a .model file; unset: bytes); `apply_data_settings`
                                  hands them to data.tasks.configure
@@ -59,26 +60,26 @@ def run_mode(mode: str = "train") -> str:
     return mode
 
 
-@gin.configurable(module="t5x_like.data.tasks")
-def tfds_data_dir(data_dir: str | None = None) -> str | None:
+@gin.configurable("tfds_data_dir", module="t5x_like.data.tasks")
+def tfds_data_dir_binding(data_dir: str | None = None) -> str | None:
     """Where prepared TFDS datasets live (None: $TFDS_DATA_DIR, else ~/tensorflow_datasets)."""
     return data_dir
 
 
-@gin.configurable(module="t5x_like.data.tasks")
-def ul2_mixing_rates(rates: Sequence[float] = objectives.UL2_DEFAULT_RATES) -> tuple[float, ...]:
+@gin.configurable("ul2_mixing_rates", module="t5x_like.data.tasks")
+def ul2_mixing_rates_binding(rates: Sequence[float] = objectives.UL2_DEFAULT_RATES) -> tuple[float, ...]:
     """Rate of each UL2 denoiser, in the order of objectives.UL2_DENOISERS."""
     return tuple(rates)
 
 
-@gin.configurable(module="t5x_like.data.tasks")
-def mlm_rate(rate: float = objectives.MLM_DEFAULT_RATE) -> float:
+@gin.configurable("mlm_rate", module="t5x_like.data.tasks")
+def mlm_rate_binding(rate: float = objectives.MLM_DEFAULT_RATE) -> float:
     """Fraction of positions every *_mlm task selects for prediction (BERT: 0.15)."""
     return rate
 
 
-@gin.configurable(module="t5x_like.data.tasks")
-def vocabulary(sentencepiece_model: str | None = None, extra_ids: int = vocab.NUM_EXTRA_IDS):
+@gin.configurable("vocabulary", module="t5x_like.data.tasks")
+def vocabulary_binding(sentencepiece_model: str | None = None, extra_ids: int = vocab.NUM_EXTRA_IDS):
     """The vocabulary of every pretraining and downstream task: bytes (no model file), or the
     SentencePiece model file `sentencepiece_model` (T5's cc_all.32000, or `t5x-like vocab`'s)
     with `extra_ids` extra ids after its pieces (at least 104: sentinels, UL2 modes, [MASK])."""
@@ -90,18 +91,18 @@ def vocabulary(sentencepiece_model: str | None = None, extra_ids: int = vocab.NU
     return vocab.sentencepiece_vocabulary(sentencepiece_model, extra_ids)
 
 
-@gin.configurable(module="t5x_like.data.tasks")
-def embedding_rows() -> int:
+@gin.configurable("embedding_rows", module="t5x_like.data.tasks")
+def embedding_rows_binding() -> int:
     """A model's vocab_size that follows the configured vocabulary (its size rounded up to
     128): `--gin.VOCAB_SIZE=@t5x_like.data.tasks.embedding_rows()`."""
-    return vocab.embedding_rows(vocabulary())
+    return vocab.embedding_rows(vocabulary_binding())
 
 
 def apply_data_settings() -> None:
     """Hands the parsed data settings to the data package (defaults where unbound); a changed
     vocabulary re-registers the tasks with it."""
-    tasks.configure(tfds_data_dir=tfds_data_dir(), ul2_mixing_rates=ul2_mixing_rates(), vocabulary=vocabulary(),
-                    mlm_rate=mlm_rate())
+    tasks.configure(tfds_data_dir=tfds_data_dir_binding(), ul2_mixing_rates=ul2_mixing_rates_binding(),
+                    vocabulary=vocabulary_binding(), mlm_rate=mlm_rate_binding())
 
 
 @gin.configurable(module="t5x_like.cli")

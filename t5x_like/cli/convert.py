@@ -8,11 +8,13 @@ Exit codes: 0 done, 1 the directory cannot be converted (one line says why), 2 b
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from t5x_like.cli import gin_loading
 from t5x_like.interop import convert
 from t5x_like.interop.common import ConversionError
+from t5x_like.training import checkpoints
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -24,7 +26,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--from", dest="from_", metavar="MODEL_DIR", help="export this MODEL_DIR")
     parser.add_argument("--to-hf", dest="to_hf", metavar="HF_DIR", help="HF directory to write (with --from)")
     parser.add_argument("--gin_file", default=None,
-                        help="with --from: the model gin file (default MODEL_DIR/model.gin)")
+                        help="with --from: a model gin file overriding the model saved in MODEL_DIR "
+                             "(its model_config.json, written by train and convert)")
     args = parser.parse_args(argv)
     importing = bool(args.from_hf or args.to)
     exporting = bool(args.from_ or args.to_hf)
@@ -40,10 +43,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"wrote {args.to}: {config.layout}, {config.num_encoder_layers}+{config.num_decoder_layers} "
                   f"layers, d_model {config.d_model}, vocab {config.vocab_size}")
         else:
-            config = gin_loading.model_config_from_file(args.gin_file, []) if args.gin_file else None
+            gin_file = args.gin_file or _model_gin_of_an_older_conversion(args.from_)
+            config = gin_loading.model_config_from_file(gin_file, []) if gin_file else None
             config = convert.export_hf(args.from_, args.to_hf, config)
             print(f"wrote {args.to_hf}: {convert.EXPORTERS[config.layout].ARCHITECTURE}")
-    except (ConversionError, gin_loading.GinConfigError) as e:
+    except (ConversionError, gin_loading.GinConfigError, checkpoints.CheckpointError) as e:
         print(f"t5x-like convert: {e}", file=sys.stderr)
         return 1
     return 0
@@ -51,3 +55,11 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def _model_gin_of_an_older_conversion(model_dir: str) -> str | None:
+    """MODEL_DIR/model.gin of a directory converted before model_config.json was written, else None."""
+    path = os.path.join(model_dir, gin_loading.CONVERTED_MODEL_GIN)
+    if os.path.exists(os.path.join(model_dir, checkpoints.MODEL_CONFIG_FILE)) or not os.path.exists(path):
+        return None
+    return path

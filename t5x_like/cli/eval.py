@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     name = flags.task or flags.mixture
     try:
         evaluation.check_split(name, flags.split)
-        loaded = gin_loading.load_checkpoint(flags.checkpoint, gin_files, gin_bindings)
+        loaded = gin_loading.load_checkpoint_with_overrides(flags.checkpoint, gin_files, gin_bindings)
         check_model_vocab_size(name, loaded.model.config.vocab_size)
     except (ValueError, FileNotFoundError) as e:
         print(f"t5x-like eval: {e}", file=sys.stderr)

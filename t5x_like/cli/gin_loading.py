@@ -10,10 +10,13 @@ its own files); the loaders on top of it turn gin files into the library's
 plain objects:
   model_config_from_file   a model gin file -> TransformerConfig  (`t5x-like size`, compare)
   train_config_from_args   `t5x-like train` arguments -> TrainConfig (train, compile, compare cells)
-  load_saved_model         MODEL_DIR/config.gin -> Model + task lengths (eval, analyze-attention)
+  load_saved_model         MODEL_DIR's saved config + gin overrides -> Model + task lengths
+                           (eval, analyze-attention; without overrides they read
+                           model_config.json directly: inference.evaluation.load_checkpoint)
 """
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import logging
 import os
@@ -26,12 +29,14 @@ from t5x_like.cli import configurables
 from t5x_like.inference import evaluation
 from t5x_like.model.config import TransformerConfig
 from t5x_like.model.model import Model
+from t5x_like.training import checkpoints
 from t5x_like.training.run import TrainConfig
 
 # Directories searched for relative --gin_file paths, after the working directory.
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 REQUIRED_TRAIN_MACROS = ("MODEL", "MODEL_DIR", "MIXTURE_OR_TASK_NAME", "TASK_FEATURE_LENGTHS", "TRAIN_STEPS")
 SAVED_CONFIG_FILES = ("config.gin", "operative_config.gin")  # written by `t5x-like train`
+CONVERTED_MODEL_GIN = "model.gin"  # `t5x-like convert` writes it; the only config of older converted dirs
 DEFAULT_SEARCH_PATHS = (os.getcwd(), REPO_ROOT)
 
 
@@ -200,19 +205,43 @@ def train_config_from_args(argv: list[str], defaults: dict[str, str] | None = No
 
 
 def load_saved_model(model_dir: str, gin_files=(), gin_bindings=()) -> tuple[Model, dict[str, int]]:
-    """The Model (and training task lengths) from MODEL_DIR/config.gin, then extra gin files/bindings."""
-    saved = [os.path.join(model_dir, name) for name in SAVED_CONFIG_FILES
-             if os.path.exists(os.path.join(model_dir, name))]
-    if not saved and not gin_files:
+    """The Model (and training task lengths) saved in MODEL_DIR, with extra gin files/bindings on
+    top: its model_config.json rendered as gin bindings, or, for a run older than that file,
+    its config.gin (a converted model's model.gin)."""
+    saved = checkpoints.read_model_config(model_dir)
+    legacy = [os.path.join(model_dir, name) for name in (*SAVED_CONFIG_FILES, CONVERTED_MODEL_GIN)
+              if os.path.exists(os.path.join(model_dir, name))]
+    if saved is None and not legacy and not gin_files:
         raise evaluation.CheckpointError(
-            f"no model config in {model_dir!r}: expected {' or '.join(SAVED_CONFIG_FILES)} (written by "
-            "`t5x-like train`), or pass the model's gin file with --gin_file")
+            f"no model config in {model_dir!r}: expected {checkpoints.MODEL_CONFIG_FILE} (written by "
+            "`t5x-like train` and `t5x-like convert`), or pass the model's gin file with --gin_file")
     with tempfile.TemporaryDirectory() as tmp:
-        files = [_without_legacy_imports(saved[0], tmp)] if saved else []
+        if saved is not None:
+            files = [os.path.join(tmp, "model_config.gin")]
+            with open(files[0], "w") as f:
+                f.write(saved_config_as_gin(saved))
+        else:
+            files = [_without_legacy_imports(legacy[0], tmp)] if legacy else []
         load_config(files + list(gin_files), list(gin_bindings), finalize=False)
     model = configurables.configured_model()  # gin supplies the config bound in the files
     lengths = query_macro("TASK_FEATURE_LENGTHS", required=False, default={}) or {}
     return model, dict(lengths)
+
+
+def saved_config_as_gin(saved: checkpoints.SavedModelConfig) -> str:
+    """A MODEL_DIR's model_config.json as gin bindings (MODEL, TASK_FEATURE_LENGTHS, the data
+    settings), for commands that let gin files and bindings override it."""
+    lines = ["import t5x_like.cli.configurables", "MODEL = @models.Model()",
+             "models.Model.config = @config.TransformerConfig()"]
+    lines += [f"config.TransformerConfig.{name} = {value!r}" for name, value in
+              ((f.name, getattr(saved.model, f.name)) for f in dataclasses.fields(saved.model))]
+    lines.append(f"TASK_FEATURE_LENGTHS = {dict(saved.task_feature_lengths)!r}")
+    data = saved.data
+    bindings = {"tfds_data_dir.data_dir": data.tfds_data_dir, "ul2_mixing_rates.rates": data.ul2_mixing_rates,
+                "mlm_rate.rate": data.mlm_rate, "vocabulary.sentencepiece_model": data.sentencepiece_model,
+                "vocabulary.extra_ids": data.extra_ids}
+    lines += [f"t5x_like.data.tasks.{name} = {value!r}" for name, value in bindings.items() if value is not None]
+    return "\n".join(lines) + "\n"
 
 
 # Modules that config.gin files saved before the layered packages import; the
@@ -233,9 +262,12 @@ def _without_legacy_imports(path: str, tmp_dir: str) -> str:
     return copy
 
 
-def load_checkpoint(path: str, gin_files=(), gin_bindings=()) -> evaluation.LoadedCheckpoint:
-    """The checkpoint at `path` (MODEL_DIR, its checkpoints/ or a step folder) with the
-    model rebuilt from the config saved in its MODEL_DIR."""
-    model_dir = evaluation.locate_checkpoint(path)[2]
-    model, lengths = load_saved_model(model_dir, gin_files, gin_bindings)
+def load_checkpoint_with_overrides(path: str, gin_files=(), gin_bindings=()) -> evaluation.LoadedCheckpoint:
+    """The checkpoint at `path` (MODEL_DIR, its checkpoints/ or a step folder) with the model saved
+    in its MODEL_DIR; gin files/bindings, when given, override that model (load_saved_model)."""
+    location = checkpoints.resolve_checkpoint(path)
+    location.candidates()  # no step at all: say so before asking for a config
+    if not gin_files and not gin_bindings and checkpoints.read_model_config(path) is not None:
+        return evaluation.load_checkpoint(path)
+    model, lengths = load_saved_model(location.run_dir, gin_files, gin_bindings)
     return evaluation.load_checkpoint(path, model, lengths)

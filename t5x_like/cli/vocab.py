@@ -19,7 +19,7 @@ import sys
 from t5x_like.data.vocab_training import model_path, train_sentencepiece
 
 
-def main(argv: list[str]) -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="t5x-like vocab", description=__doc__.split("\n\n")[0])
     parser.add_argument("--task", required=True, help="seqio task or mixture (its train split); several: comma-separated")
     parser.add_argument("--size", type=int, default=8000, help="pieces, before the 125 extra ids")

@@ -36,6 +36,7 @@ import seqio
 import tensorflow as tf
 
 from t5x_like.data import corpora, metrics, objectives
+from t5x_like.data import settings as data_settings
 from t5x_like.data import vocab as vocab_lib
 
 log = logging.getLogger(__name__)
@@ -114,10 +115,31 @@ def configure(tfds_data_dir: str | None = None,
     vocab_lib.check_extra_ids(vocabulary)
     changed = vocabulary != configured_vocabulary()
     _SETTINGS.update(tfds_data_dir=tfds_data_dir, ul2_mixing_rates=rates, mlm_rate=mlm_rate, vocabulary=vocabulary)
+    data_settings.set_current(data_settings.DataSettings(
+        tfds_data_dir=tfds_data_dir, ul2_mixing_rates=rates, mlm_rate=mlm_rate,
+        **_vocabulary_fields(vocabulary)))
     if changed:
         log.info("vocabulary is now %s: registering the tasks again", vocab_lib.describe(vocabulary))
         for register in list(_FOLLOWING.values()):
             register()
+
+
+def _vocabulary_fields(vocabulary: seqio.Vocabulary) -> dict:
+    """The DataSettings fields that name `vocabulary` (none for the byte vocabulary)."""
+    if isinstance(vocabulary, seqio.SentencePieceVocabulary):
+        return {"sentencepiece_model": vocabulary.sentencepiece_model_file, "extra_ids": vocabulary.extra_ids}
+    return {}
+
+
+def apply_settings(settings: data_settings.DataSettings) -> None:
+    """`configure` from a DataSettings value (e.g. the one a run saved in its model_config.json)."""
+    vocabulary = None
+    if settings.sentencepiece_model:
+        vocabulary = vocab_lib.sentencepiece_vocabulary(settings.sentencepiece_model,
+                                                        settings.extra_ids or vocab_lib.NUM_EXTRA_IDS)
+    configure(tfds_data_dir=settings.tfds_data_dir,
+              ul2_mixing_rates=settings.ul2_mixing_rates or objectives.UL2_DEFAULT_RATES,
+              vocabulary=vocabulary, mlm_rate=settings.mlm_rate or objectives.MLM_DEFAULT_RATE)
 
 
 def settings() -> dict:

@@ -70,7 +70,7 @@ from t5x_like.experiments import report, threaded
 from t5x_like.inference import evaluation
 from t5x_like.model import sizing
 from t5x_like.model.config import TransformerConfig
-from t5x_like.training import programs
+from t5x_like.training import checkpoints, programs
 from t5x_like.training import run as train_lib
 from t5x_like.training.trainer import StopRequested
 
@@ -456,7 +456,7 @@ def score_shared_metric(config, eval_task: str, inputs_length: int, targets_leng
     model = config.model
     lengths = matched_feature_lengths(model.config.layout, inputs_length, targets_length,
                                       task_has_inputs=tasks.task_has_inputs(eval_task))
-    params = evaluation.load_params(model, config.model_dir)
+    params = checkpoints.load_params(config.model_dir, model.abstract_params()).params
     score = cache.programs.score_fn(model) if cache else jax.jit(model.score)
     per_example: list[float] = []
     for batch in score_batches(eval_task, lengths, model.config.layout, num_examples, cache):
@@ -502,7 +502,7 @@ def evaluate_downstream(experiment: Experiment, cell: Cell, config, task: str,
             init_checkpoint=config.model_dir, eval_split=None, checkpoint_period=experiment.downstream_steps)
         train_lib.train(finetune, cache.programs if cache else None, stop)
         source = finetune.model_dir
-    params = evaluation.load_params(model, source)
+    params = checkpoints.load_params(source, model.abstract_params()).params
     result = evaluation.evaluate(model, params, task, "validation", lengths, batch_size=16,
                                  max_examples=experiment.eval_examples)
     return result.metrics.get(task, {})

@@ -1,7 +1,7 @@
 """Evaluation of a trained model: load a checkpoint, predict, score, compute task metrics.
 
-Owns: finding and loading a model's checkpoint (with clear errors for an
-empty directory or a checkpoint of another layout/size), `evaluate`, which
+Owns: `load_checkpoint` (a model rebuilt from its MODEL_DIR's saved config,
+and its params through `training.checkpoints.load_params`), `evaluate`, which
 runs a task or mixture through `seqio.Evaluator` with
 
   predict_fn   greedy (or any `DecodeConfig`) generation with the KV cache,
@@ -17,8 +17,8 @@ those without metrics, such as pretraining tasks), and `evaluate_checkpoint`,
 which does all of it for a checkpoint and writes the JSON report (what
 `t5x-like eval` and infer runs print). Does not own the metric functions
 (each task's, `data/metrics.py`), the decoding search (`decoding.py`), or
-rebuilding a model from the gin config saved in MODEL_DIR (the command line's:
-cli/gin_loading.py).
+reading the gin config of a run older than model_config.json (the command
+line's: cli/gin_loading.py).
 """
 from __future__ import annotations
 
@@ -31,14 +31,13 @@ import os
 import time
 from typing import Any
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import seqio
 
 from t5x_like.data import feature_converters, pipeline
-from t5x_like.data import tasks as _tasks  # noqa: F401  (registers the tasks evaluate looks up)
+from t5x_like.data import tasks  # also registers the tasks evaluate looks up
 from t5x_like.data.sources import check_task_name
 from t5x_like.inference import decoding
 from t5x_like.model import model as model_lib
@@ -59,81 +58,25 @@ class LoadedCheckpoint:
     task_feature_lengths: dict[str, int]  # the training run's, {} if unknown
 
 
-def locate_checkpoint(path: str) -> tuple[str, list[int], str]:
-    """(checkpoints directory, steps to try, model dir) for MODEL_DIR, MODEL_DIR/checkpoints
-    or MODEL_DIR/checkpoints/<step>: the named step, else every step, newest first."""
-    if not os.path.isdir(path):
-        raise CheckpointError(f"checkpoint path {path!r} does not exist")
-    directory, step = checkpoints.find_checkpoint_dir(path)
-    steps = sorted(int(name) for name in os.listdir(directory)
-                   if name.isdigit() and os.path.isdir(os.path.join(directory, name)))
-    if step is None:
-        if not steps:
-            found = sorted(os.listdir(path))[:10]
+def load_checkpoint(path: str, model: model_lib.Model | None = None,
+                    task_feature_lengths: dict[str, int] | None = None) -> LoadedCheckpoint:
+    """The checkpoint at `path` (MODEL_DIR, its checkpoints/ or a step folder): `model` (default:
+    rebuilt from the MODEL_DIR's model_config.json, with the data settings it was trained
+    with) and its params from the named or the newest good step (checkpoints.load_params:
+    damaged steps skipped with a warning, nothing written). CheckpointError naming every
+    mismatched tensor if the checkpoint is of another model."""
+    if model is None:
+        saved = checkpoints.read_model_config(path)
+        if saved is None:
             raise CheckpointError(
-                f"no checkpoint in {path!r}: expected step folders (e.g. checkpoints/1000/params) as "
-                f"written by `t5x-like train`; found {found or 'an empty directory'}")
-    elif step not in steps:
-        raise CheckpointError(f"no step {step} in {directory!r}; steps there: {steps or 'none'}")
-    model_dir = os.path.dirname(directory) if os.path.basename(directory) == checkpoints.CHECKPOINT_SUBDIR \
-        else directory
-    return directory, [step] if step is not None else steps[::-1], model_dir
-
-
-def abstract_params(model: model_lib.Model) -> Any:
-    """Shapes/dtypes of the model's params (no computation)."""
-    lengths = {"inputs": 4, "targets": 4} if model.config.layout != "decoder_only" else {"targets": 4}
-    batch = model.dummy_batch(1, lengths)
-    shapes = jax.eval_shape(lambda: nn.unbox(model.init(jax.random.key(0), batch))["params"])
-    sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), shapes)
-
-
-def load_params(model: model_lib.Model, model_dir: str) -> Any:
-    """`model`'s params from the newest good checkpoint in `model_dir` (or that step directory)."""
-    return checkpoints.restore_params(model_dir, abstract_params(model))
-
-
-def load_checkpoint(path: str, model: model_lib.Model, task_feature_lengths: dict[str, int] | None = None
-                    ) -> LoadedCheckpoint:
-    """`model`'s params from the checkpoint at `path` (MODEL_DIR, its checkpoints/ or a step folder),
-    with a CheckpointError naming every mismatched tensor if the checkpoint is of another model.
-
-    Given a MODEL_DIR, a damaged newest step (unreadable, or failing its
-    checksums) is skipped with a warning naming the step evaluated instead, as
-    training's resume does; nothing is moved or deleted. `t5x-like eval`
-    rebuilds `model` from the gin config saved in MODEL_DIR
-    (cli/gin_loading.load_saved_model) and calls this."""
-    directory, candidates, model_dir = locate_checkpoint(path)
-    expected = abstract_params(model)
-    damaged = []
-    for candidate in candidates:
-        step_dir = os.path.join(directory, str(candidate))
-        try:
-            params = _read_params(step_dir, expected)
-        except _DamagedStep as e:
-            log.warning("checkpoint step %d is damaged (%s)%s", candidate, e,
-                        "" if candidate == candidates[-1] else "; trying the previous one")
-            damaged.append(candidate)
-            continue
-        if damaged:
-            log.warning("evaluating step %d: newer step(s) %s are damaged", candidate, damaged)
-        return LoadedCheckpoint(model, params, candidate, model_dir, dict(task_feature_lengths or {}))
-    raise CheckpointError(f"no readable checkpoint in {directory}: step(s) {damaged} are damaged")
-
-
-class _DamagedStep(Exception):
-    """A step folder that cannot be read or fails its checksums."""
-
-
-def _read_params(step_dir: str, expected: Any) -> Any:
-    """Params of one step; CheckpointMismatchError if they belong to another model, _DamagedStep if damaged."""
-    try:
-        return checkpoints.restore_params(step_dir, expected)
-    except checkpoints.CheckpointMismatchError:
-        raise
-    except Exception as e:  # noqa: BLE001  (orbax read errors, checksum mismatch)
-        raise _DamagedStep(" ".join(str(e).split())[:300] or type(e).__name__) from None
+                f"no {checkpoints.MODEL_CONFIG_FILE} in the MODEL_DIR of {path!r} (a run from before it was "
+                "saved): pass the model, or use `t5x-like eval`, which reads the run's config.gin")
+        tasks.apply_settings(saved.data)
+        model = model_lib.Model(saved.model)
+        if task_feature_lengths is None:
+            task_feature_lengths = saved.task_feature_lengths
+    loaded = checkpoints.load_params(path, model.abstract_params())
+    return LoadedCheckpoint(model, loaded.params, loaded.step, loaded.run_dir, dict(task_feature_lengths or {}))
 
 
 # --- model functions for seqio.Evaluator -------------------------------------------------

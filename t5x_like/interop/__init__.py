@@ -2,7 +2,7 @@
 
 Owns the mapping between HF tensors and the t5x_like params tree and the
 layout of a converted MODEL_DIR. Does not own the model (`model/`), the
-checkpoint format (`training/checkpoints.py`) or the `t5x-like convert`
+checkpoint format (`training/checkpoints/`) or the `t5x-like convert`
 command (`cli/convert.py`). Needs `safetensors` (and torch for
 `pytorch_model.bin`, transformers for the GPT-2 tokenizer): the `hf` extra.
 

@@ -2,13 +2,15 @@
 
 Owns: reading and writing an HF directory's `config.json` and weights
 (safetensors, sharded or not; `pytorch_model.bin` when torch is installed),
-the `TensorSource` that hands out HF tensors with shape checks, the expected
-params tree of a `TransformerConfig`, and the converted MODEL_DIR layout:
+the `TensorSource` that hands out HF tensors with shape checks, checking a
+params tree against a `TransformerConfig`, and the converted MODEL_DIR layout:
 
-    MODEL_DIR/model.gin                the architecture (`MODEL = @models.Model()`; written
-                                       by `config_to_gin`, read back by `read_model_gin`)
-    MODEL_DIR/checkpoints/0/params     orbax, the params tree (read with
-    MODEL_DIR/checkpoints/0/meta       `checkpoints.restore_params`)
+    MODEL_DIR/model_config.json        the architecture, what every reader rebuilds the model
+                                       from (`training.checkpoints.read_model_config`)
+    MODEL_DIR/model.gin                the same as gin (`MODEL = @models.Model()`), a file to
+                                       pass to `t5x-like train` when finetuning from it
+    MODEL_DIR/checkpoints/0/params     the params tree, written by `checkpoints.Checkpointer`
+    MODEL_DIR/checkpoints/0/meta       (read with `checkpoints.load_params`)
     MODEL_DIR/hf/                      the source config.json and tokenizer files
 
 Does not own: which HF tensor becomes which parameter (`hf_t5.py`,
@@ -20,9 +22,7 @@ torch only for `pytorch_model.bin`; transformers only for the GPT-2 tokenizer.
 """
 from __future__ import annotations
 
-import ast
 import dataclasses
-import functools
 import json
 import os
 import shutil
@@ -217,23 +217,10 @@ class TensorSource:
 
 
 # --- our params tree -----------------------------------------------------------
-@functools.lru_cache(maxsize=32)
-def expected_params(config: TransformerConfig) -> Params:
-    """The params tree `Model(config).init` produces, as ShapeDtypeStructs (no compute; cached)."""
-    import flax.linen as nn
-    import jax
-
-    model = Model(config)
-    lengths = {"inputs": 4, "targets": 4} if config.layout == "encoder_decoder" else {"targets": 4}
-    batch = model.dummy_batch(1, lengths)
-    variables = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), batch))
-    return nn.unbox(variables["params"])
-
-
 def check_params(params: Params, config: TransformerConfig) -> None:
     """Raises ConversionError naming the first path whose presence or shape differs from init."""
     from flax import traverse_util
-    want = traverse_util.flatten_dict(expected_params(config), sep="/")
+    want = traverse_util.flatten_dict(Model(config).abstract_params(), sep="/")
     have = traverse_util.flatten_dict(params, sep="/")
     missing, extra = sorted(set(want) - set(have)), sorted(set(have) - set(want))
     if missing:
@@ -318,57 +305,33 @@ def config_to_gin(config: TransformerConfig, header: str = "") -> str:
     return "\n".join(lines) + "\n"
 
 
-def read_model_gin(path: str) -> TransformerConfig:
-    """The TransformerConfig of a model.gin written by `config_to_gin` (its exact inverse;
-    no gin needed). Any other gin file is the command line's to parse (`--gin_file`)."""
-    if not os.path.exists(path):
-        raise ConversionError(f"{path!r} does not exist: a converted MODEL_DIR has {MODEL_GIN}")
-    prefix = "config.TransformerConfig."
-    fields = {}
-    with open(path) as f:
-        for number, line in enumerate(f, 1):
-            line = line.strip()
-            if not line.startswith(prefix):
-                continue
-            name, _, value = line[len(prefix):].partition("=")
-            try:
-                fields[name.strip()] = ast.literal_eval(value.strip())
-            except (ValueError, SyntaxError):
-                raise ConversionError(f"{path}:{number}: not a literal: {line!r}; pass a model gin "
-                                      "file with --gin_file instead") from None
-    try:
-        return TransformerConfig(**fields)
-    except (TypeError, ValueError) as e:
-        raise ConversionError(f"{path}: cannot build the model config: {e}") from None
-
-
 def save_model_dir(model_dir: str, config: TransformerConfig, params: Params, header: str = "") -> None:
-    """Writes model.gin and an orbax checkpoint (step 0: params + meta) under MODEL_DIR."""
-    import orbax.checkpoint as ocp
-
+    """Writes model_config.json, model.gin and a checkpoint of params only (step 0) under MODEL_DIR."""
     check_params(params, config)
-    os.makedirs(model_dir, exist_ok=True)
-    with open(os.path.join(model_dir, MODEL_GIN), "w") as f:
-        f.write(config_to_gin(config, header))
     directory = os.path.join(os.path.abspath(model_dir), checkpoints.CHECKPOINT_SUBDIR)
     if os.path.exists(os.path.join(directory, str(CHECKPOINT_STEP))):
         raise ConversionError(f"{directory}/{CHECKPOINT_STEP} already exists; convert into an empty MODEL_DIR")
-    meta = {"step": CHECKPOINT_STEP, "source": header.splitlines()[0] if header else "converted",
-            "params_checksums": checkpoints.checksums(params)}
-    manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(create=True))
+    checkpoints.write_model_config(model_dir, checkpoints.SavedModelConfig(  # default data settings: bytes
+        config, written_by=header.splitlines()[0] if header else "t5x-like convert"))
+    with open(os.path.join(model_dir, MODEL_GIN), "w") as f:
+        f.write(config_to_gin(config, header))
+    writer = checkpoints.Checkpointer(directory, keep=None, async_save=False)
     try:
-        manager.save(CHECKPOINT_STEP, args=ocp.args.Composite(params=ocp.args.StandardSave(params),
-                                                              meta=ocp.args.JsonSave(meta)))
-        manager.wait_until_finished()
+        writer.save(CHECKPOINT_STEP, params, None, {"source": header.splitlines()[0] if header else "converted"})
     finally:
-        manager.close()
+        writer.close()
 
 
 def load_model_dir(model_dir: str, config: TransformerConfig | None = None) -> tuple[TransformerConfig, Params]:
-    """(config, params) of a MODEL_DIR: config from model.gin unless given, params from its newest checkpoint."""
+    """(config, params) of a MODEL_DIR (a converted or a trained one): the config saved there
+    unless given, params from its newest good checkpoint."""
     import jax
 
-    config = config or read_model_gin(os.path.join(model_dir, MODEL_GIN))
-    abstract = expected_params(config)
-    params = checkpoints.restore_params(model_dir, abstract)
+    if config is None:
+        saved = checkpoints.read_model_config(model_dir)
+        if saved is None:
+            raise ConversionError(f"no {checkpoints.MODEL_CONFIG_FILE} in {model_dir!r} (written before it "
+                                  "existed): pass the model's gin file (its model.gin or config.gin) with --gin_file")
+        config = saved.model
+    params = checkpoints.load_params(model_dir, Model(config).abstract_params()).params
     return config, jax.tree.map(np.asarray, params)

@@ -3,8 +3,8 @@
     import_hf(HF_DIR, MODEL_DIR)     # import (T5 1.0/1.1, mT5, GPT-2)
     export_hf(MODEL_DIR, HF_DIR)     # export (config.json + model.safetensors)
 
-Import writes MODEL_DIR/model.gin (the architecture), an orbax checkpoint
-MODEL_DIR/checkpoints/0 (params; read it with `training.checkpoints.restore_params`)
+Import writes MODEL_DIR/model_config.json and model.gin (the architecture), a checkpoint
+MODEL_DIR/checkpoints/0 (params; read it with `training.checkpoints.load_params`)
 and MODEL_DIR/hf/ (the original config.json and tokenizer files, which
 export copies back and `load_vocabulary` reads). Which converter handles a
 directory is decided by config.json's `model_type` (import) or the config's
@@ -53,7 +53,7 @@ def to_hf_dir(config: TransformerConfig, params: Params, hf_dir: str, base: dict
 
 
 def import_hf(hf_dir: str, model_dir: str) -> TransformerConfig:
-    """HF directory -> MODEL_DIR (model.gin, checkpoints/0, hf/)."""
+    """HF directory -> MODEL_DIR (model_config.json, model.gin, checkpoints/0, hf/)."""
     config, params, notes = from_hf_dir(hf_dir)
     header = "\n".join([f"Converted by `t5x-like convert --from-hf {os.path.abspath(hf_dir)}`.", *notes])
     common.save_model_dir(model_dir, config, params, header)
@@ -66,7 +66,7 @@ def import_hf(hf_dir: str, model_dir: str) -> TransformerConfig:
 
 
 def export_hf(model_dir: str, hf_dir: str, config: TransformerConfig | None = None) -> TransformerConfig:
-    """MODEL_DIR (model.gin unless `config` is given, newest checkpoint) -> HF directory."""
+    """MODEL_DIR (its model_config.json unless `config` is given, newest good checkpoint) -> HF directory."""
     config, params = common.load_model_dir(model_dir, config)
     hf_copy = os.path.join(model_dir, common.HF_SUBDIR)
     base = None

@@ -4,7 +4,7 @@ Owns the plan for initialising a model from a checkpoint of another layout or
 objective (Wang et al. 2022: a causal decoder adapted into a non-causal one and
 back, an MLM encoder adapted into a generative decoder) and the conversion of
 the tensors that differ. Works on flat {path: shape} maps and numpy arrays;
-reading and writing checkpoints is training/checkpoints.py's.
+reading and writing checkpoints is training/checkpoints/'s.
 
 What carries over, by layout pair (decoder_only, prefix_lm and encoder_only
 share one stack of identical blocks; they differ in the mask and in T5's
@@ -38,6 +38,7 @@ from collections.abc import Callable, Mapping
 import numpy as np
 
 from t5x_like.model import positions
+from t5x_like.model.config import TransformerConfig
 
 RELPOS_TABLE = "relpos_bias/rel_embedding"  # a substring of the table's path
 STACKS = ("encoder", "decoder")
@@ -56,17 +57,16 @@ class TreeLayout:
     cross_attention: bool
 
     @classmethod
-    def of(cls, shapes: Mapping[str, tuple], num_buckets: int) -> "TreeLayout":
+    def of(cls, shapes: Mapping[str, tuple], num_buckets: int, layout: str | None = None) -> "TreeLayout":
+        """The facts of a tree ({path: shape}). `layout`: its model's, when known (a checkpoint's
+        saved config says); without it a table of 2 * num_buckets rows is read as a prefix-LM's."""
         stacks = tuple(s for s in STACKS if any(_in_stack(p, s) for p in shapes))
         cross = any("cross_attention" in p for p in shapes)
         tables = [p for p in shapes if RELPOS_TABLE in p]
         mode = None
         if tables:
-            rows = shapes[tables[0]][0]
-            if rows == 2 * num_buckets:
-                mode = "prefix"
-            else:
-                mode = "bidirectional" if stacks == ("encoder",) else "causal"
+            is_prefix = layout == "prefix_lm" if layout else shapes[tables[0]][0] == 2 * num_buckets
+            mode = "prefix" if is_prefix else "bidirectional" if stacks == ("encoder",) else "causal"
         return cls(stacks, mode, cross)
 
 
@@ -102,12 +102,22 @@ def _rename_stack(path: str, source: str, target: str) -> str:
                     for part in path.split("/"))
 
 
-def adaptation_plan(source: Mapping[str, tuple], target: Mapping[str, tuple], num_buckets: int,
-         max_distance: int) -> AdaptationPlan:
-    """The mapping from a source tree to a target tree ({path: shape} each), or AdaptationError."""
-    if dict(source) == dict(target):
+def adaptation_plan(source: Mapping[str, tuple], target: Mapping[str, tuple], target_config: TransformerConfig,
+                    source_config: TransformerConfig | None = None) -> AdaptationPlan:
+    """The mapping from a source tree to a target tree ({path: shape} each), or AdaptationError.
+
+    `source_config`: the config the source checkpoint was trained with (its model_config.json);
+    its layout and relative-position buckets decide how its table is read. Without it (a
+    checkpoint written before configs were saved) the source is assumed to share the target's
+    bucket settings."""
+    source_config = source_config or target_config
+    src = TreeLayout.of(source, source_config.relative_num_buckets,
+                        source_config.layout if source_config is not target_config else None)
+    dst = TreeLayout.of(target, target_config.relative_num_buckets, target_config.layout)
+    src_buckets = (source_config.relative_num_buckets, source_config.relative_max_distance)
+    dst_buckets = (target_config.relative_num_buckets, target_config.relative_max_distance)
+    if dict(source) == dict(target) and src == dst and (src_buckets == dst_buckets or src.relpos_mode is None):
         return AdaptationPlan({p: (p, None) for p in target}, [], [], adapted=False)
-    src, dst = TreeLayout.of(source, num_buckets), TreeLayout.of(target, num_buckets)
     if src.stacks != dst.stacks and (len(src.stacks) != 1 or len(dst.stacks) != 1):
         missing = sorted(p for p in target if not any(_in_stack(p, s) for s in src.stacks) and
                          any(_in_stack(p, s) for s in STACKS))
@@ -124,8 +134,8 @@ def adaptation_plan(source: Mapping[str, tuple], target: Mapping[str, tuple], nu
         origin = rename(path)
         if origin not in source:
             initialized.append(path)
-        elif RELPOS_TABLE in path and (src.relpos_mode != dst.relpos_mode):
-            loads[path] = (origin, _relpos_converter(src.relpos_mode, dst.relpos_mode, num_buckets, max_distance))
+        elif RELPOS_TABLE in path and (src.relpos_mode != dst.relpos_mode or src_buckets != dst_buckets):
+            loads[path] = (origin, _relpos_converter(src.relpos_mode, dst.relpos_mode, dst_buckets, src_buckets))
         elif tuple(source[origin]) == tuple(shape):
             loads[path] = (origin, None)
         else:
@@ -142,37 +152,40 @@ def adaptation_plan(source: Mapping[str, tuple], target: Mapping[str, tuple], nu
 
 
 # -- relative-position tables ---------------------------------------------------------------
-def _relpos_converter(source_mode: str, target_mode: str, num_buckets: int,
-                      max_distance: int) -> Callable[[np.ndarray], np.ndarray]:
+def _relpos_converter(source_mode: str, target_mode: str, target_buckets: tuple[int, int],
+                      source_buckets: tuple[int, int]) -> Callable[[np.ndarray], np.ndarray]:
     def convert(table: np.ndarray) -> np.ndarray:
-        return convert_relpos_table(table, source_mode, target_mode, num_buckets, max_distance)
+        return convert_relpos_table(table, source_mode, target_mode, *target_buckets, source_buckets=source_buckets)
     return convert
 
 
 def convert_relpos_table(table: np.ndarray, source_mode: str, target_mode: str, num_buckets: int,
-                         max_distance: int) -> np.ndarray:
+                         max_distance: int, source_buckets: tuple[int, int] | None = None) -> np.ndarray:
     """The relative-position table of `target_mode` ("causal", "bidirectional", "prefix")
     with every row taken from `table` (of `source_mode`) at the same relative position.
 
-    Prefix tables are a causal block (rows [0, num_buckets)) then a bidirectional
-    block (pairs inside the prefix). A row's relative position is the smallest
-    |key - query| that falls in its bucket; a source without the needed kind of
-    block reads the other kind (a future key from a causal block: the same
-    distance in the past)."""
+    `num_buckets`, `max_distance`: the target's bucket settings; `source_buckets`: the
+    source's (num_buckets, max_distance), when they differ. Prefix tables are a causal
+    block (rows [0, num_buckets)) then a bidirectional block (pairs inside the prefix).
+    A row's relative position is the smallest |key - query| that falls in its bucket; a
+    source without the needed kind of block reads the other kind (a future key from a
+    causal block: the same distance in the past)."""
+    source_num, source_max = source_buckets or (num_buckets, max_distance)
+    same_buckets = (source_num, source_max) == (num_buckets, max_distance)
     blocks = {"causal": ["causal"], "bidirectional": ["bidirectional"], "prefix": ["causal", "bidirectional"]}
-    source_blocks = {kind: table[i * num_buckets:(i + 1) * num_buckets]
+    source_blocks = {kind: table[i * source_num:(i + 1) * source_num]
                      for i, kind in enumerate(blocks[source_mode])}
     rows = []
     for kind in blocks[target_mode]:
         source_kind = kind if kind in source_blocks else next(iter(source_blocks))
         block = source_blocks[source_kind]
-        if source_kind == kind:  # the same buckets: the block itself
+        if source_kind == kind and same_buckets:  # the same buckets: the block itself
             rows.extend(block)
             continue
         for relative in _representatives(kind, num_buckets, max_distance):
             if source_kind == "causal":
                 relative = -abs(relative)  # a causal table has rows for past keys only
-            rows.append(block[_bucket(relative, source_kind, num_buckets, max_distance)])
+            rows.append(block[_bucket(relative, source_kind, source_num, source_max)])
     return np.stack(rows).astype(table.dtype)
 
 

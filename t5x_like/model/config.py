@@ -140,6 +140,21 @@ class TransformerConfig:
     def replace(self, **changes) -> "TransformerConfig":
         return dataclasses.replace(self, **changes)
 
+    def to_dict(self) -> dict:
+        """Every field as JSON-ready values (tuples become lists); `from_dict` is the inverse."""
+        return {f.name: list(v) if isinstance(v := getattr(self, f.name), tuple) else v
+                for f in dataclasses.fields(self)}
+
+    @classmethod
+    def from_dict(cls, fields: dict) -> "TransformerConfig":
+        """The config `to_dict` wrote. A field it lacks takes today's default (a file written
+        before the field existed); a field this version does not know is a ValueError."""
+        unknown = sorted(set(fields) - {f.name for f in dataclasses.fields(cls)})
+        if unknown:
+            raise ValueError(f"unknown TransformerConfig field(s) {', '.join(unknown)}: written by a newer "
+                             "t5x_like? Update it, or remove the field(s)")
+        return cls(**{name: tuple(v) if isinstance(v, list) else v for name, v in fields.items()})
+
 
 def t5_1_0(**overrides) -> TransformerConfig:
     """T5 1.0 choices: ReLU MLP, tied and rescaled embeddings, RMSNorm, relative bias."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 
+import flax.linen
 import flax.struct
 import jax
 import jax.numpy as jnp
@@ -143,6 +144,13 @@ class Model:
         """Flax variables {'params': ...} with boxed logical-axis metadata."""
         return self.module.init({"params": rng}, **self.module_inputs(batch))
 
+    def abstract_params(self, sharding: jax.sharding.Sharding | None = None) -> dict:
+        """The params tree `init` makes, as ShapeDtypeStructs (nothing computed), each placed by
+        `sharding` (default: the first device). Parameter shapes do not depend on the lengths."""
+        sharding = sharding or jax.sharding.SingleDeviceSharding(jax.devices()[0])
+        return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
+                            _param_shapes(self.config))
+
     def logits(self, params, batch: dict, dropout_rng: jax.Array | None = None) -> Array:
         rngs = {} if dropout_rng is None else {"dropout": dropout_rng}
         out = self.module.apply({"params": params}, **self.module_inputs(batch), rngs=rngs)
@@ -242,3 +250,12 @@ class Model:
             {"params": params, "cache": state.cache}, tokens, positions, state.cache_length,
             state.encoded, state.encoder_valid, method=Transformer.decode_step, mutable=["cache"])
         return logits.astype(jnp.float32), state.replace(cache=variables["cache"])
+
+
+@functools.lru_cache(maxsize=64)
+def _param_shapes(config: TransformerConfig) -> dict:
+    """The params tree of a model of `config`, as ShapeDtypeStructs (one trace per config)."""
+    model = Model(config)
+    lengths = {"targets": 4} if config.layout == "decoder_only" else {"inputs": 4, "targets": 4}
+    batch = model.dummy_batch(1, lengths)
+    return jax.eval_shape(lambda: flax.linen.unbox(model.init(jax.random.key(0), batch))["params"])

@@ -4,8 +4,10 @@ Above model/ and data/ (imports both), below inference/ and experiments/.
 Modules:
   partitioning  the device mesh and the logical-axis rules table
   optimizers    Adafactor / AdamW recipes and schedules (optax)
-  checkpoints   orbax checkpoints that survive a kill, with the input stream's position;
-                params-only restore, also from another layout (model/adaptation.py)
+  checkpoints/  what a run leaves beside its step folders and the one way to read it: the
+                writer (orbax saves that survive a kill, with the input stream's position),
+                `load_params` for every reader (also from another layout: model/adaptation.py),
+                checksums, and MODEL_DIR/model_config.json
   metrics_log   console, metrics.jsonl and TensorBoard output; MFU
   trainer       TrainState, the jitted sharded steps, the loop
   run           TrainConfig and train(config): the named set-up steps

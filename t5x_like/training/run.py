@@ -52,12 +52,16 @@ from t5x_like.data.sources import (
 from t5x_like.data.task_vocab import check_model_vocab_size
 from t5x_like.model import adaptation, sizing
 from t5x_like.training import optimizers, partitioning, programs, run_dir
+from t5x_like.data import settings as data_settings
 from t5x_like.training.checkpoints import (
     CHECKPOINT_SUBDIR,
     STREAM_RESTORED,
     Checkpointer,
     CheckpointsDamagedError,
-    restore_params,
+    SavedModelConfig,
+    load_params,
+    read_model_config,
+    write_model_config,
 )
 from t5x_like.training.metrics_log import MetricsLogger
 from t5x_like.training.trainer import (
@@ -217,10 +221,10 @@ def restore_or_init_state(trainer: Trainer, checkpointer: Checkpointer, init_che
         state = trainer.make_state(meta["step"], params, opt_state, meta.get("rng"))
         return StartingPoint(state, int(meta.get("batches_consumed", meta["step"])), meta[STREAM_RESTORED])
     if init_checkpoint:
-        cfg = trainer.model.config
-        plan = functools.partial(adaptation.adaptation_plan, num_buckets=cfg.relative_num_buckets,
-                                 max_distance=cfg.relative_max_distance)
-        return StartingPoint(trainer.init_state(restore_params(init_checkpoint, trainer.abstract_params, plan)))
+        source = read_model_config(init_checkpoint)  # None for a checkpoint older than saved configs
+        plan = functools.partial(adaptation.adaptation_plan, target_config=trainer.model.config,
+                                 source_config=source.model if source else None)
+        return StartingPoint(trainer.init_state(load_params(init_checkpoint, trainer.abstract_params, plan).params))
     return StartingPoint(trainer.init_state())
 
 
@@ -243,11 +247,13 @@ def make_logger(config: TrainConfig) -> MetricsLogger:
 
 
 def write_run_files(config: TrainConfig) -> None:
-    """MODEL_DIR/train_config.json (the typed config as text) and, when the run
-    came from gin, MODEL_DIR/config.gin (`config_text`: what `t5x-like eval` reloads); process 0 only."""
+    """MODEL_DIR/model_config.json (what every reader rebuilds the model from), and as a human
+    record MODEL_DIR/train_config.json (the typed config as text) and, when the run came from
+    gin, MODEL_DIR/config.gin (`config_text`); process 0 only."""
     if jax.process_index() != 0:
         return
-    os.makedirs(config.model_dir, exist_ok=True)
+    write_model_config(config.model_dir, SavedModelConfig(
+        config.model.config, dict(config.task_feature_lengths), data_settings.current(), "t5x-like train"))
     fields = {f.name: repr(getattr(config, f.name)) for f in dataclasses.fields(config) if f.name != "config_text"}
     with open(os.path.join(config.model_dir, "train_config.json"), "w") as f:
         json.dump(fields, f, indent=1)
@@ -372,14 +378,10 @@ def eval_checkpoint_loss(config: TrainConfig) -> dict[str, float]:
     if not os.path.isdir(directory) or not any(name.isdigit() for name in os.listdir(directory)):
         raise FileNotFoundError(f"no checkpoint in {config.model_dir} to evaluate: train there first")
     trainer = build_trainer(config, partitioning.make_mesh(config.mesh_shape))
-    checkpointer = build_checkpointer(config)
-    restored = checkpointer.restore_latest(trainer.abstract_params, trainer.abstract_opt_state,
-                                           move_damaged_aside=False)  # evaluating moves nothing
-    params, _, meta = restored
-    metrics = evaluate_loss(trainer, params, make_batches(config, config.eval_split or "validation", 0,
-                                                     train=False), config.eval_steps)
+    loaded = load_params(config.model_dir, trainer.abstract_params)  # reads only: a run saving there is undisturbed
+    metrics = evaluate_loss(trainer, loaded.params, make_batches(config, config.eval_split or "validation", 0,
+                                                            train=False), config.eval_steps)
     logger = make_logger(config)
-    logger.write("eval", meta["step"], metrics)
+    logger.write("eval", loaded.step, metrics)
     logger.close()
-    checkpointer.close()
     return metrics

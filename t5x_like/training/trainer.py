@@ -5,7 +5,7 @@ Owns: TrainState; the jitted, sharded, buffer-donating train and eval steps
 steps, logs, evaluates, checkpoints and stops on NaN or SIGTERM. Does not own:
 the model's loss (model.Model.loss_sums), the optimizer recipes
 (optimizers.py), the mesh and rules (partitioning.py), checkpoint files
-(checkpoints.py), or configuration (run.py builds the Trainer from a TrainConfig).
+(checkpoints/), or configuration (run.py builds the Trainer from a TrainConfig).
 
 Loss normalization. The model returns *sums* over target tokens:
 objective_sum = Σ weight·(xent + z_loss·logZ²) and weight_sum = Σ weight. The

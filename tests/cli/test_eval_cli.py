@@ -1,5 +1,5 @@
-"""`t5x-like eval` (and infer run files): the model rebuilt from MODEL_DIR/config.gin, a metrics
-table and JSON, and one clear line with exit code 2 for bad input."""
+"""`t5x-like eval` (and infer run files): the model rebuilt from MODEL_DIR/model_config.json (or the
+config.gin of an older run), a metrics table and JSON, and one clear line with exit code 2 for bad input."""
 from __future__ import annotations
 
 import json
@@ -12,6 +12,7 @@ import numpy as np
 from t5x_like.cli import eval as eval_cli
 from t5x_like.cli import gin_loading
 from t5x_like.cli import train as train_cli
+from t5x_like.model import model as models
 from tests.checkpoint_fixtures import LENGTHS, tiny, write_run
 
 
@@ -31,9 +32,9 @@ def test_eval_prints_a_metrics_table_and_writes_json_next_to_the_checkpoint(pref
     assert len(report["examples"]["probe_copy"]) == 3 and "prediction" in report["examples"]["probe_copy"][0]
 
 
-def test_model_is_rebuilt_from_the_saved_config_gin(prefix_run):
+def test_model_is_rebuilt_from_the_saved_model_config(prefix_run):
     model_dir, model, params = prefix_run
-    loaded = gin_loading.load_checkpoint(os.path.join(model_dir, "checkpoints", "7"))
+    loaded = gin_loading.load_checkpoint_with_overrides(os.path.join(model_dir, "checkpoints", "7"))
     assert loaded.model.config == model.config and loaded.step == 7
     assert loaded.task_feature_lengths == LENGTHS
     jax.tree.map(np.testing.assert_array_equal, loaded.params, params)
@@ -79,11 +80,11 @@ def test_infer_run_file_generates_and_scores_like_eval(prefix_run, capsys):
 
 
 def test_config_gin_saved_before_the_package_move_still_loads(tmp_path):
-    model, params = write_run(str(tmp_path), tiny("decoder_only"))
+    model, params = write_run(str(tmp_path), tiny("decoder_only"), older=True)
     path = tmp_path / "config.gin"
     path.write_text(path.read_text().replace("import t5x_like.cli.configurables",
                                              "import t5x_like.config\nimport t5x_like.models"))
-    loaded = gin_loading.load_checkpoint(str(tmp_path))
+    loaded = gin_loading.load_checkpoint_with_overrides(str(tmp_path))
     assert loaded.model.config == model.config
     jax.tree.map(np.testing.assert_array_equal, loaded.params, params)
 
@@ -97,7 +98,7 @@ def test_a_damaged_newest_checkpoint_is_skipped_and_the_evaluated_step_named(tmp
         rc = eval_cli.main([f"--checkpoint={tmp_path}", "--task=probe_copy", "--max_examples=2", "--batch_size=2"])
     captured = capsys.readouterr()
     assert rc == 0, captured.err
-    assert "step 9 is damaged" in caplog.text and "evaluating step 7" in caplog.text
+    assert "step 9 is damaged" in caplog.text and "reading step 7 instead" in caplog.text
     assert json.load(open(tmp_path / "eval-probe_copy-validation-step7.json"))["step"] == 7
     assert "at step 7" in captured.out
     assert (tmp_path / "checkpoints" / "9").exists(), "evaluation must not move or delete anything"
@@ -110,3 +111,46 @@ def test_evaluating_with_a_vocabulary_larger_than_the_model_is_one_line(prefix_r
     err = capsys.readouterr().err
     assert rc == 2 and err.count("\n") == 1
     assert "vocab_size 384" in err and "525 ids" in err and "vocab_size=640" in err
+
+
+def test_a_run_dir_from_before_model_config_json_loads_from_its_config_gin(tmp_path):
+    model, params = write_run(str(tmp_path), tiny("prefix_lm"), older=True)
+    loaded = gin_loading.load_checkpoint_with_overrides(str(tmp_path))
+    assert loaded.model.config == model.config and loaded.task_feature_lengths == LENGTHS
+    jax.tree.map(np.testing.assert_array_equal, loaded.params, params)
+
+
+def test_eval_needs_no_gin_file_on_a_trained_run_whose_gin_files_are_gone(tmp_path, capsys):
+    from t5x_like.training import run as train
+    from tests.training_fixtures import tiny_run
+    config = tiny_run(tmp_path, train_steps=2, checkpoint_period=2,
+                      task_feature_lengths={"inputs": 16, "targets": 16}, mixture_or_task_name="probe_copy",
+                      model=models.Model(tiny("prefix_lm")))
+    train.train(config)
+    for name in ("config.gin", "train_config.json"):
+        if os.path.exists(tmp_path / name):
+            os.remove(tmp_path / name)
+    rc = eval_cli.main([f"--checkpoint={tmp_path}", "--task=probe_copy", "--max_examples=2", "--batch_size=2"])
+    captured = capsys.readouterr()
+    assert rc == 0, captured.err
+    assert "at step 2 of" in captured.out
+    saved = json.load(open(tmp_path / "model_config.json"))
+    assert saved["model"]["layout"] == "prefix_lm" and saved["task_feature_lengths"] == {"inputs": 16, "targets": 16}
+
+
+def test_eval_needs_no_gin_file_on_a_converted_model_dir(tmp_path, capsys):
+    from t5x_like.interop import common
+    config = tiny("decoder_only")
+    params = jax.tree.map(lambda x: np.full(x.shape, 0.01, np.float32), models.Model(config).abstract_params())
+    common.save_model_dir(str(tmp_path), config, params, "converted for a test")
+    rc = eval_cli.main([f"--checkpoint={tmp_path}", "--task=probe_copy", "--max_examples=2", "--batch_size=2",
+                        "--inputs_length=16", "--targets_length=16"])
+    captured = capsys.readouterr()
+    assert rc == 0, captured.err
+    assert "at step 0 of" in captured.out
+
+
+def test_gin_bindings_override_the_saved_model_config(prefix_run):
+    model_dir, model, _ = prefix_run
+    loaded = gin_loading.load_checkpoint_with_overrides(model_dir, gin_bindings=["config.TransformerConfig.dropout_rate = 0.25"])
+    assert loaded.model.config == model.config.replace(dropout_rate=0.25)

@@ -37,7 +37,7 @@ from t5x_like.data import corpora, metrics, tasks, vocab, vocab_training
 from t5x_like.inference import evaluation
 from t5x_like.model import model as models
 from t5x_like.model.config import TransformerConfig
-from t5x_like.training import optimizers
+from t5x_like.training import checkpoints, optimizers
 from t5x_like.training import run as train
 
 DIGITS = 8
@@ -86,7 +86,7 @@ def train_tiny(model: models.Model, model_dir: str, task: str, lengths: dict, st
 
 def train_and_restore(model: models.Model, model_dir: str, task: str, lengths: dict, steps: int):
     loss = train_tiny(model, model_dir, task, lengths, steps)
-    return evaluation.load_params(model, model_dir), loss
+    return checkpoints.load_params(model_dir, model.abstract_params()).params, loss
 
 
 def exact_match(model: models.Model, params, task: str, lengths: dict) -> float:
@@ -225,7 +225,7 @@ def pretrain_then_finetune_sentiment(work_dir, seed: int = 0, pretrain_steps: in
                    optimizers.inverse_sqrt_schedule(0.01, 100), seed)
     train_tiny(model, str(work_dir / "finetune"), f"sentiment_finefood{suffix}", SENTIMENT_LENGTHS,
                finetune_steps, optimizers.warmup_cosine_schedule(0.003, 30, finetune_steps), seed, init_checkpoint)
-    params = evaluation.load_params(model, str(work_dir / "finetune"))
+    params = checkpoints.load_params(str(work_dir / "finetune"), model.abstract_params()).params
     rank_task = f"sentiment_finefood_rank{suffix}"
     result = evaluation.evaluate(model, params, rank_task, "test", SENTIMENT_LENGTHS, batch_size=128)
     return result.metrics[rank_task]["accuracy"]

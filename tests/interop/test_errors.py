@@ -16,6 +16,7 @@ from t5x_like.cli import convert as convert_cli
 from t5x_like.interop import common, convert
 from t5x_like.interop.common import ConversionError
 from t5x_like.model import config as config_lib
+from t5x_like.model.model import Model
 
 T5_CONFIG = {"model_type": "t5", "architectures": ["T5ForConditionalGeneration"], "vocab_size": 32,
              "d_model": 16, "d_kv": 4, "d_ff": 24, "num_layers": 1, "num_heads": 2, "feed_forward_proj": "relu",
@@ -32,7 +33,7 @@ def write_config(directory, config: dict) -> str:
 
 def random_params(config):
     rng = np.random.default_rng(0)
-    return jax.tree.map(lambda x: rng.standard_normal(x.shape).astype(np.float32), common.expected_params(config))
+    return jax.tree.map(lambda x: rng.standard_normal(x.shape).astype(np.float32), Model(config).abstract_params())
 
 
 def exported(tmp_path, config, **config_json_changes) -> str:
@@ -156,6 +157,14 @@ def test_params_tree_check_names_the_path():
 def test_export_of_an_architecture_hf_cannot_hold_names_the_field(tmp_path, config, message):
     with pytest.raises(ConversionError, match=message):
         convert.to_hf_dir(config, {}, str(tmp_path))
+
+
+def test_exporting_a_trained_prefix_lm_dir_is_the_one_line_refusal_with_no_gin_file(tmp_path, capsys):
+    config = TINY_GPT2.replace(layout="prefix_lm")
+    common.save_model_dir(str(tmp_path / "model"), config, random_params(config))
+    assert convert_cli.main(["--from", str(tmp_path / "model"), "--to-hf", str(tmp_path / "hf")]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "cannot export layout='prefix_lm'" in err
 
 
 def test_cli_reports_errors_in_one_line_and_usage_with_code_2(tmp_path, capsys):

@@ -158,7 +158,7 @@ def assert_same_tree(a, b) -> None:
 
 
 def assert_matches_init_tree(config, params) -> None:
-    expected = common.expected_params(config)
+    expected = models.Model(config).abstract_params()
     assert jax.tree.structure(expected) == jax.tree.structure(params)
     for want, have in zip(jax.tree.leaves(expected), jax.tree.leaves(params), strict=True):
         assert want.shape == np.shape(have)
@@ -216,7 +216,7 @@ ROUND_TRIP_CONFIGS = {
 def random_params(config, seed: int = 0):
     """Random values in the exact tree (and shapes) of our init; no leaf is a constant."""
     rng = np.random.default_rng(seed)
-    return jax.tree.map(lambda x: rng.standard_normal(x.shape).astype(np.float32), common.expected_params(config))
+    return jax.tree.map(lambda x: rng.standard_normal(x.shape).astype(np.float32), models.Model(config).abstract_params())
 
 
 @pytest.mark.parametrize("name", sorted(ROUND_TRIP_CONFIGS))

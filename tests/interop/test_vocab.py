@@ -7,8 +7,9 @@ import jax
 import numpy as np
 import pytest
 
-from t5x_like.interop import common, convert
+from t5x_like.interop import convert
 from t5x_like.model import config as config_lib
+from t5x_like.model.model import Model
 
 TINY_T5 = config_lib.t5_1_0(vocab_size=64, d_model=16, num_heads=2, head_dim=4, d_ff=24, num_encoder_layers=1,
                             num_decoder_layers=1)
@@ -18,7 +19,7 @@ def hf_dir_with(tmp_path, config) -> str:
     """An HF directory exported from random params of `config`."""
     pytest.importorskip("safetensors")
     rng = np.random.default_rng(0)
-    params = jax.tree.map(lambda x: rng.standard_normal(x.shape).astype(np.float32), common.expected_params(config))
+    params = jax.tree.map(lambda x: rng.standard_normal(x.shape).astype(np.float32), Model(config).abstract_params())
     convert.to_hf_dir(config, params, str(tmp_path / "hf"))
     return str(tmp_path / "hf")
 

@@ -14,6 +14,7 @@ from t5x_like.model import adaptation
 from t5x_like.model import model as models
 from t5x_like.model.config import TransformerConfig
 from t5x_like.training import checkpoints, optimizers, partitioning
+from t5x_like.training.checkpoints.integrity import flat_leaves
 from t5x_like.training import run as train
 from t5x_like.training.trainer import Trainer
 from tests.training_fixtures import one_device_mesh
@@ -21,21 +22,24 @@ from tests.training_fixtures import one_device_mesh
 LENGTHS = {"inputs": 8, "targets": 8}
 
 
-def config(layout: str, d_model: int = 32) -> TransformerConfig:
+def config(layout: str, d_model: int = 32, buckets: int = 32) -> TransformerConfig:
     encoder = 2 if layout in ("encoder_only", "encoder_decoder") else 0
     decoder = 0 if layout == "encoder_only" else 2
     return TransformerConfig(layout=layout, vocab_size=128, d_model=d_model, num_heads=4, head_dim=8, d_ff=64,
-                             num_encoder_layers=encoder, num_decoder_layers=decoder)
+                             num_encoder_layers=encoder, num_decoder_layers=decoder, relative_num_buckets=buckets)
 
 
-def save_source(model_dir: str, layout: str) -> dict:
-    model = models.Model(config(layout))
+def save_source(model_dir: str, layout: str, buckets: int = 32, saved_config: bool = False) -> dict:
+    """A checkpoint of `layout` at step 5 (with its model_config.json if `saved_config`); its params by path."""
+    model = models.Model(config(layout, buckets=buckets))
+    if saved_config:
+        checkpoints.write_model_config(model_dir, checkpoints.SavedModelConfig(model.config, LENGTHS))
     params = jax.jit(lambda rng: nn.unbox(model.init(rng, model.dummy_batch(1, LENGTHS)))["params"])(
         jax.random.key(3))
     saver = checkpoints.Checkpointer(os.path.join(model_dir, checkpoints.CHECKPOINT_SUBDIR), async_save=False)
     saver.save(5, params, {"count": np.zeros(())}, {"batches_consumed": 5})
     saver.close()
-    return {k: np.asarray(v) for k, v in checkpoints._flat_leaves(params).items()}
+    return {k: np.asarray(v) for k, v in flat_leaves(params).items()}
 
 
 def start_from(model_dir: str, layout: str):
@@ -51,13 +55,12 @@ def start_from(model_dir: str, layout: str):
 
 def restore_as(model_dir: str, layout: str, d_model: int = 32) -> dict:
     """restore_params into an abstract tree of `layout` (no trainer: only the params are read)."""
-    model = models.Model(config(layout, d_model))
-    shapes = jax.eval_shape(lambda: nn.unbox(model.init(jax.random.key(0), model.dummy_batch(1, LENGTHS)))["params"])
-    sharding = jax.sharding.NamedSharding(one_device_mesh(), jax.sharding.PartitionSpec())
-    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), shapes)
-    plan = functools.partial(adaptation.adaptation_plan, num_buckets=32, max_distance=128)
-    params = checkpoints.restore_params(model_dir, abstract, plan)
-    return {k: np.asarray(v) for k, v in checkpoints._flat_leaves(params).items()}
+    target = config(layout, d_model)
+    abstract = models.Model(target).abstract_params(
+        jax.sharding.NamedSharding(one_device_mesh(), jax.sharding.PartitionSpec()))
+    plan = functools.partial(adaptation.adaptation_plan, target_config=target)
+    params = checkpoints.load_params(model_dir, abstract, plan).params
+    return {k: np.asarray(v) for k, v in flat_leaves(params).items()}
 
 
 MODES = {"decoder_only": "causal", "prefix_lm": "prefix", "encoder_only": "bidirectional"}
@@ -88,7 +91,7 @@ def test_a_run_initialised_from_a_causal_checkpoint_starts_as_a_prefix_lm_with_a
     with caplog.at_level(logging.INFO):
         trainer, start = start_from(model_dir, "prefix_lm")
     assert int(start.state.step) == 0 and start.batches_consumed == 0
-    got = {k: np.asarray(v) for k, v in checkpoints._flat_leaves(start.state.params).items()}
+    got = {k: np.asarray(v) for k, v in flat_leaves(start.state.params).items()}
     assert_carried(got, saved, "decoder_only", "prefix_lm")
     assert "adapted:" in caplog.text and "converted: decoder_relpos_bias/rel_embedding" in caplog.text
     fresh = trainer.optimizer.tx.init(start.state.params)
@@ -114,3 +117,19 @@ def test_decoder_only_to_encoder_decoder_is_refused_in_one_line_naming_tensors(c
 def test_another_width_is_refused_naming_the_mismatched_tensors(causal_checkpoint):
     with pytest.raises(checkpoints.CheckpointMismatchError, match=r"differ in shape.*checkpoint \(32,\) vs model \(64,\)"):
         restore_as(causal_checkpoint[0], "prefix_lm", d_model=64)
+
+
+def test_the_source_s_saved_config_decides_how_its_relative_table_is_read(tmp_path):
+    """A prefix-LM with 16 buckets has as many table rows as a 32-bucket causal model: read with the
+    target's settings (all a checkpoint without a saved config offers) it would be loaded unchanged.
+    Its model_config.json says what it is, so the table is converted row by relative position."""
+    saved = save_source(str(tmp_path), "prefix_lm", buckets=16, saved_config=True)
+    _, start = start_from(str(tmp_path), "decoder_only")
+    got = {k: np.asarray(v) for k, v in flat_leaves(start.state.params).items()}
+    table = "decoder_relpos_bias/rel_embedding"
+    expected = adaptation.convert_relpos_table(saved[table], "prefix", "causal", 32, 128, source_buckets=(16, 128))
+    np.testing.assert_array_equal(got[table], expected)
+    assert not np.array_equal(got[table], saved[table])
+    for path in got:
+        if path != table:
+            np.testing.assert_array_equal(got[path], saved[path], err_msg=path)

@@ -1,9 +1,13 @@
 """Checkpoints under damage: a changed byte is caught, all-damaged refuses to start over
-silently, a full disk stops at the first failed save with one line."""
+silently, a full disk stops at the first failed save with one line; readers beside a writer;
+collective checksums that cannot deadlock."""
 import glob
+import logging
 import os
 import shutil
 import subprocess
+import sys
+import textwrap
 import threading
 
 import jax
@@ -14,6 +18,8 @@ import pytest
 from t5x_like.training import checkpoints, partitioning
 from t5x_like.training import run as train
 from t5x_like.training.metrics_log import read_jsonl
+from t5x_like.training.checkpoints import reading
+from tests import REPO_ROOT
 from tests.training_fixtures import tiny_run
 
 pytestmark = pytest.mark.usefixtures("persistent_compilation_cache")  # runs here recompile the same programs
@@ -98,7 +104,7 @@ def test_checksums_of_a_restored_tree_match_the_saved_ones(tmp_path):
     saver = checkpoints.Checkpointer(str(tmp_path), async_save=False)
     saver.save(1, tree, tree, {})
     saver.close()
-    restored = checkpoints.restore_params(str(tmp_path), jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), tree))
+    restored = checkpoints.load_params(str(tmp_path), jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), tree)).params
     assert checkpoints.checksums(restored) == checkpoints.checksums(tree)
 
 
@@ -118,7 +124,7 @@ def test_reading_params_cleans_up_nothing_and_verifies_through_a_dtype_cast(tmp_
     saver.close()
     (tmp_path / "2.orbax-checkpoint-tmp-7").mkdir()  # a save another run is writing right now
     as_bf16 = {"w": jax.ShapeDtypeStruct((8, 4), jnp.bfloat16)}
-    restored = checkpoints.restore_params(str(tmp_path), as_bf16)
+    restored = checkpoints.load_params(str(tmp_path), as_bf16).params
     assert restored["w"].dtype == jnp.bfloat16
     assert (tmp_path / "2.orbax-checkpoint-tmp-7").exists()
 
@@ -151,7 +157,64 @@ def test_checkpointers_in_two_threads_saving_the_same_steps_at_once_all_succeed(
         thread.join()
     assert not failures
     for name in ("a", "b"):
-        reader = checkpoints.Checkpointer(str(tmp_path / name), read_only=True)
-        assert reader._manager.all_steps() == list(steps)
-        params = checkpoints.restore_params(str(tmp_path / name), jax.tree.map(jnp.zeros_like, tree))
+        assert checkpoints.resolve_checkpoint(str(tmp_path / name)).steps() == list(steps)
+        params = checkpoints.load_params(str(tmp_path / name), jax.tree.map(jnp.zeros_like, tree)).params
         np.testing.assert_array_equal(params["w"], tree["w"])
+
+
+def test_a_step_deleted_by_the_writer_while_a_reader_lists_it_is_skipped_without_a_warning(
+        tmp_path, monkeypatch, caplog):
+    tree = {"w": jnp.arange(12.0).reshape(3, 4)}
+    saver = checkpoints.Checkpointer(str(tmp_path), keep=None, async_save=False)
+    saver.save(2, tree, tree, {})
+    saver.save(4, {"w": tree["w"] + 1}, tree, {})
+    saver.close()
+    read_meta = reading.read_meta
+
+    def deleted_by_keep_n_first(step_dir):  # the writer's keep-N policy wins the race for step 4
+        if step_dir.endswith("/4"):
+            shutil.rmtree(step_dir)
+        return read_meta(step_dir)
+    monkeypatch.setattr(reading, "read_meta", deleted_by_keep_n_first)
+    with caplog.at_level(logging.WARNING):
+        loaded = checkpoints.load_params(str(tmp_path), jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), tree))
+    assert loaded.step == 2
+    np.testing.assert_array_equal(loaded.params["w"], tree["w"])
+    assert not caplog.records, caplog.text
+
+
+def test_evaluating_beside_a_save_in_flight_leaves_its_temporary_directory_alone(tmp_path):
+    config = tiny_run(tmp_path / "run", train_steps=2)
+    train.train(config)
+    in_flight = tmp_path / "run" / "checkpoints" / "4.orbax-checkpoint-tmp-1796000000"
+    (in_flight / "params").mkdir(parents=True)  # what a training run saving step 4 right now has written
+    metrics = train.eval_checkpoint_loss(config)
+    assert metrics["loss"] > 0
+    assert (in_flight / "params").is_dir()
+
+
+@pytest.mark.slow  # a subprocess with 8 devices on one CPU: about 20 s
+def test_saving_and_restoring_on_8_devices_with_one_cpu_thread_does_not_deadlock(tmp_path):
+    """A checksum of an array sharded over 8 devices is a collective program; with several in
+    flight and fewer CPU threads than devices, their parts interleaved and XLA:CPU's rendezvous
+    aborted ("only 4 of 8 threads arrived"). One CPU makes that certain without the fix."""
+    code = textwrap.dedent(f"""
+        import os
+        os.sched_setaffinity(0, {{sorted(os.sched_getaffinity(0))[0]}})
+        import jax, jax.numpy as jnp
+        from jax.sharding import NamedSharding, PartitionSpec
+        from t5x_like.training import checkpoints
+        sharding = NamedSharding(jax.make_mesh((8,), ("fsdp",)), PartitionSpec("fsdp"))
+        tree = {{f"w{{i}}": jax.device_put(jnp.arange(8.0 * (16 + i)).reshape(8, 16 + i), sharding)
+                 for i in range(60)}}
+        saver = checkpoints.Checkpointer({str(tmp_path)!r}, async_save=False)
+        saver.save(1, tree, tree, {{}})
+        saver.close()
+        abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), tree)
+        print("restored", len(checkpoints.load_params({str(tmp_path)!r}, abstract).params))
+    """)
+    environ = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=8",
+                   PYTHONPATH=REPO_ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""), TF_CPP_MIN_LOG_LEVEL="3")
+    proc = subprocess.run([sys.executable, "-c", code], env=environ, cwd=REPO_ROOT, capture_output=True, text=True,
+                          timeout=300, check=False)
+    assert proc.returncode == 0 and "restored 60" in proc.stdout, proc.stderr[-3000:]

@@ -11,7 +11,7 @@ import pytest
 from t5x_like.model import model as models
 from t5x_like.training import optimizers, partitioning, programs
 from t5x_like.training import run as train
-from t5x_like.training.checkpoints import restore_params
+from t5x_like.training.checkpoints import load_params
 from t5x_like.training.trainer import LossOptions
 from tests.training_fixtures import LENGTHS, tiny_model, tiny_run
 
@@ -29,7 +29,7 @@ def _logged(model_dir) -> list[dict]:
 def _final_params(config) -> list[np.ndarray]:
     trainer = train.build_trainer(config, partitioning.make_mesh(config.mesh_shape))
     return [np.asarray(x) for x in
-            jax.tree.leaves(restore_params(config.model_dir, trainer.abstract_params))]
+            jax.tree.leaves(load_params(config.model_dir, trainer.abstract_params).params)]
 
 
 def _runs(root, seeds):

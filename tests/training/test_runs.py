@@ -49,7 +49,7 @@ def test_finetune_init_takes_params_only_with_a_fresh_optimizer(tmp_path):
     start = train.restore_or_init_state(trainer, checkpointer, config.init_checkpoint)
     state, consumed = start.state, start.batches_consumed
     checkpointer.close()
-    pre = checkpoints.restore_params(str(tmp_path / "pre"), trainer.abstract_params)
+    pre = checkpoints.load_params(str(tmp_path / "pre"), trainer.abstract_params).params
     assert int(state.step) == 0 and consumed == 0
     for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(pre)):
         np.testing.assert_array_equal(a, b)
