@@ -159,6 +159,14 @@ def test_orbax_only_in_the_checkpoint_modules():
     assert not outside, f"orbax used outside training/checkpoints/: {outside}"
 
 
+def test_experiments_build_no_gin_strings():
+    """Grids make their runs in Python (experiments/cells.py); only cli/ writes or parses gin."""
+    folder = os.path.join(PACKAGE_DIR, "experiments")
+    found = [f"experiments/{name}" for name in sorted(os.listdir(folder)) if name.endswith(".py")
+             and "--gin." in open(os.path.join(folder, name)).read()]
+    assert not found, f"'--gin.' strings in {found}"
+
+
 def test_importing_the_model_loads_neither_tensorflow_seqio_nor_gin():
     code = ("import sys, t5x_like.model, t5x_like.model.sizing, t5x_like.model.transformer; "
             "print(sorted(m for m in ('tensorflow', 'seqio', 'gin') if m in sys.modules))")

@@ -4,8 +4,9 @@
     t5x-like compare --gin_file=... --check_only     # verify the matching claims, train nothing
     t5x-like compare --gin_file=... --report_only    # rebuild the report from finished runs
 
-The experiment file binds `compare.Experiment` (experiments/grid.py); each
-cell's TrainConfig comes from its `t5x-like train` arguments, parsed here.
+The experiment file binds `compare.Experiment` (experiments/spec.py). Each arm's
+files and bindings are parsed here once (`load_arm`); its cells' TrainConfigs
+are made from that one in Python (experiments/cells.py).
 Rerunning the command resumes an interrupted grid; finished runs are kept.
 Within one invocation the seeds of an arm (and arms of the same model and
 shapes) share compiled train, eval and scoring programs (experiments.grid.GridCache).
@@ -21,6 +22,7 @@ finished run.
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import os
 import signal
@@ -30,10 +32,12 @@ import jax
 
 from t5x_like.cli import configurables, gin_loading
 from t5x_like.cli.train import use_compilation_cache
-from t5x_like.experiments import grid, report, threaded
+from t5x_like.data import settings as data_settings
+from t5x_like.experiments import cells, claims, grid, report, spec, threaded
+from t5x_like.training import run as train_lib
 
 
-def load_experiment(gin_files: list[str], bindings: list[str]) -> grid.Experiment:
+def load_experiment(gin_files: list[str], bindings: list[str]) -> spec.Experiment:
     """The Experiment an experiment gin file binds (plus --gin.X=V bindings)."""
     gin_loading.load_config(gin_files, bindings, finalize=False)
     try:
@@ -42,18 +46,41 @@ def load_experiment(gin_files: list[str], bindings: list[str]) -> grid.Experimen
         raise ValueError(f"compare.Experiment: {e}") from None
 
 
-def _train_config(argv: list[str]):
-    config, _, _ = gin_loading.train_config_from_args(argv)
-    return config
+# Per-cell values (cells.cell_config sets them on each cell's TrainConfig): placeholders while
+# an arm is parsed, so its required macros are bound.
+PER_CELL_PLACEHOLDERS = ("MODEL_DIR = ''", "TASK_FEATURE_LENGTHS = {'targets': 1}", "SEED = 0")
 
 
-def _model_config(experiment: grid.Experiment, arm: grid.Arm):
-    """The arm's model as its runs build it: model file + run file, run bindings, then the arm's."""
-    return gin_loading.model_config_from_file([arm.model, grid.PRETRAIN_GIN],
-                                              [*experiment.run_bindings, *arm.bindings])
+def load_arm(experiment: spec.Experiment, arm: spec.Arm, settings: spec.RunSettings) -> cells.ArmRun:
+    """An arm's runs as gin gives them, parsed once: its model file + the run file, the experiment's
+    run bindings, the arm's, then the experiment's run settings as the run file's macros."""
+    bindings = [*experiment.run_bindings, *arm.bindings, *_run_settings_bindings(settings), *PER_CELL_PLACEHOLDERS]
+    argv = [f"--gin_file={arm.model}", f"--gin_file={grid.PRETRAIN_GIN}", *(f"--gin.{b}" for b in bindings)]
+    try:
+        config, _, _ = gin_loading.train_config_from_args(argv)
+    except gin_loading.GinConfigError as e:
+        raise ValueError(f"arm {arm.name}: {e}") from None
+    return cells.ArmRun(config, data_settings.current(), functools.partial(cell_command, experiment, arm, settings))
 
 
-GIN_LOADERS = grid.Loaders(model_config=_model_config, train_config=_train_config)
+def _run_settings_bindings(settings: spec.RunSettings) -> list[str]:
+    return [f"MIXTURE_OR_TASK_NAME={settings.task!r}", f"TRAIN_STEPS={settings.train_steps}",
+            f"BATCH_SIZE={settings.batch_size}", f"EVAL_PERIOD={settings.eval_period}",
+            f"CHECKPOINT_PERIOD={settings.checkpoint_period}"]
+
+
+def cell_command(experiment: spec.Experiment, arm: spec.Arm, settings: spec.RunSettings,
+                 config: train_lib.TrainConfig) -> str:
+    """The `t5x-like train` command that trains the same run as a cell's config (for the report;
+    never parsed back)."""
+    bindings = [*experiment.run_bindings, *arm.bindings, f"MODEL_DIR={config.model_dir!r}",
+                f"MIXTURE_OR_TASK_NAME={settings.task!r}", f"TASK_FEATURE_LENGTHS={config.task_feature_lengths!r}",
+                f"TRAIN_STEPS={settings.train_steps}", f"SEED={config.seed}", f"BATCH_SIZE={settings.batch_size}",
+                f"EVAL_PERIOD={settings.eval_period}", f"CHECKPOINT_PERIOD={settings.checkpoint_period}"]
+    if arm.init_from:
+        bindings.append(f"TrainConfig.init_checkpoint={config.init_checkpoint!r}")
+    words = [f"--gin_file={arm.model}", f"--gin_file={grid.PRETRAIN_GIN}", *(f"--gin.{b}" for b in bindings)]
+    return "t5x-like train " + " ".join(words)
 
 
 def default_cells_at_once() -> int:
@@ -81,8 +108,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         experiment = load_experiment(files, bindings)
-        size_rows = grid.sizes(experiment, GIN_LOADERS)
-        failures = grid.check_claims(experiment, size_rows)
+        arm_runs = grid.load_arm_runs(experiment, load_arm)
+        size_rows = claims.sizes(experiment, {name: run.config.model.config for name, run in arm_runs.items()})
+        failures = claims.check_claims(experiment, size_rows)
     except ValueError as e:
         print(f"t5x-like compare: {e}", file=sys.stderr)
         return 2
@@ -92,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.check_only:
         print(f"{experiment.name}: all matching claims hold within {experiment.claim_tolerance:.0%}")
         return 0
-    stale = grid.stale_cells(experiment, GIN_LOADERS)
+    stale = cells.stale_cells(experiment, arm_runs)
     if stale:
         print(f"t5x-like compare: {len(stale)} finished run(s) were made with another configuration than this "
               f"command gives: {'; '.join(stale)}. Delete them under {experiment.output_dir}/runs/ to rerun, "
@@ -107,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
                               if args.compilation_cache_dir is None else args.compilation_cache_dir)
     try:
         records = (grid.load_records(experiment) if args.report_only else
-                   grid.run_grid(experiment, GIN_LOADERS, args.cells_at_once or default_cells_at_once()))
+                   grid.run_grid(experiment, arm_runs, args.cells_at_once or default_cells_at_once()))
     except threaded.GridStopped as e:
         print(f"t5x-like compare: {e}", file=sys.stderr)
         return 128 + (e.signal_number or signal.SIGINT)

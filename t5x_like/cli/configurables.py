@@ -11,7 +11,7 @@ under stable gin names that do not move when a Python module does:
     train.run_mode               which program a run file asks for (below)
     optimizers.*                 training.optimizers (adafactor, adamw, schedules)
     decoding.DecodeConfig        inference.decoding.DecodeConfig
-    compare.Experiment           experiments.grid.Experiment
+    compare.Experiment           experiments.spec.Experiment
     t5x_like.data.vocab.sentencepiece_vocabulary, t5x_like.data.tasks.register_text_files_task
     t5x_like.data.tasks.tfds_data_dir, t5x_like.data.tasks.ul2_mixing_rates,
     t5x_like.data.tasks.mlm_rate, t5x_like.data.tasks.vocabulary, t5x_like.data.tasks.embedding_rows
@@ -32,7 +32,7 @@ from collections.abc import Sequence
 import gin
 
 from t5x_like.data import objectives, tasks, vocab
-from t5x_like.experiments import grid
+from t5x_like.experiments import spec
 from t5x_like.inference import decoding
 from t5x_like.model import config, model
 from t5x_like.training import optimizers, run
@@ -43,7 +43,7 @@ configured_transformer_config = gin.external_configurable(config.TransformerConf
 configured_model = gin.external_configurable(model.Model, module="models")
 configured_train_config = gin.external_configurable(run.TrainConfig, module="train")
 configured_decode_config = gin.external_configurable(decoding.DecodeConfig, module="decoding")
-configured_experiment = gin.external_configurable(grid.Experiment, module="compare")
+configured_experiment = gin.external_configurable(spec.Experiment, module="compare")
 for _factory in (optimizers.inverse_sqrt_schedule, optimizers.warmup_cosine_schedule,
                  optimizers.constant_schedule, optimizers.adafactor, optimizers.adamw, optimizers.sgd):
     gin.external_configurable(_factory, module="optimizers")

@@ -2,8 +2,12 @@
 
 Imports training/, inference/, model/ and data/; imported only by cli/.
 Modules:
-  grid    Experiment, arms (explicit or expanded from a declared grid), matching
-          claims, running the arm x seed cells
-  report  report.md, results.json / .csv, loss curves
-  stats   bootstrap intervals, paired differences, scaling-law fits
+  spec      Experiment and Arm (explicit arms, or a declared grid that expands to arms)
+  claims    matching claims: each arm's size and cost relative to the reference arm
+  cells     a cell (arm x seed) and its TrainConfig, made from its arm's; stale cells
+  scoring   the shared metric and downstream tasks of a finished cell
+  grid      running the cells (several at a time: threaded) and their records
+  threaded  cells trained in threads, with labelled output and signal handling
+  report    report.md, results.json / .csv, loss curves
+  stats     bootstrap intervals, paired differences, scaling-law fits
 """

@@ -1,10 +1,8 @@
 """Reports of a comparison: report.md, results.json, results.csv, plots, metrics/.
 
-Input: the per-run records that `grid.py` writes (MODEL_DIR/result.json)
-and each run's metrics.jsonl. Every number in report.md is taken from the
-same `results` dict that is written to results.json, so the two never
-disagree. Statistics (intervals, difference sentences, scaling fits) are
-`stats.py`'s.
+Input: the per-run records that `grid.py` writes (MODEL_DIR/result.json) and each run's
+metrics.jsonl. Every number in report.md is taken from the same `results` dict that is
+written to results.json, so the two never disagree. Statistics are `stats.py`'s.
 """
 from __future__ import annotations
 
@@ -18,6 +16,7 @@ import numpy as np
 import scipy.stats
 
 from t5x_like.experiments import stats
+from t5x_like.experiments.cells import plan, run_dir_of
 from t5x_like.training.metrics_log import read_jsonl
 
 CONVERGED_DROP = 0.02  # < 2% loss drop over the last quarter of training = "near convergence"
@@ -35,8 +34,8 @@ def eval_curve(rows: list[dict]) -> tuple[list[int], list[float]]:
 
 
 def run_eval_curve(experiment, arm_name: str, seed: int) -> tuple[list[int], list[float]]:
-    """The eval-loss curve of one run of the grid (its metrics.jsonl under OUTPUT_DIR/runs/)."""
-    return eval_curve(read_metrics(os.path.join(experiment.output_dir, "runs", f"{arm_name}_seed{seed}")))
+    """The eval-loss curve of one run of the grid (its metrics.jsonl)."""
+    return eval_curve(read_metrics(run_dir_of(experiment.output_dir, arm_name, seed)))
 
 
 def convergence_note(steps: list[int], losses: list[float]) -> tuple[float | None, str]:
@@ -94,8 +93,7 @@ def build_results(experiment, size_rows: dict, records: list[dict]) -> dict:
 def missing_runs(experiment, records: list[dict]) -> list[str]:
     """'arm seed k' for every planned run without a record (not finished, or never started)."""
     done = {(r["arm"], r["seed"]) for r in records}
-    return [f"{arm.name} seed {seed}" for seed in experiment.seeds for arm in experiment.arms
-            if (arm.name, seed) not in done]
+    return [cell.label for cell in plan(experiment) if (cell.arm.name, cell.seed) not in done]
 
 
 def _downstream_means(runs: list[dict]) -> dict[str, dict[str, float]]:
@@ -263,11 +261,8 @@ def _scaling(experiment, arms: list[dict], records: list[dict]) -> dict:
             n, losses = groups[record["group"]]
             n.append(record["non_embedding_params"])
             losses.append(float(np.mean(record["shared_nll_per_example"])))
-    fits = {}
-    for group, (n, losses) in sorted(groups.items()):
-        fits[group] = {**_fit(n, losses, irreducible_loss=True), "points": list(zip(n, losses)),
-                       "kaplan": _fit(n, losses, irreducible_loss=False)}
-    return fits
+    return {group: {**_fit(n, losses, irreducible_loss=True), "points": list(zip(n, losses)),
+                    "kaplan": _fit(n, losses, irreducible_loss=False)} for group, (n, losses) in sorted(groups.items())}
 
 
 def _fit(n: list, losses: list, irreducible_loss: bool) -> dict:
@@ -447,7 +442,7 @@ def write_report(experiment, size_rows: dict, records: list[dict]) -> list[str]:
     write_csv(results, paths["results.csv"])
     plot_loss_curves(experiment, results, paths["loss_curves.png"])
     for record in records:
-        source = os.path.join(out, "runs", f"{record['arm']}_seed{record['seed']}", "metrics.jsonl")
+        source = os.path.join(run_dir_of(out, record["arm"], record["seed"]), "metrics.jsonl")
         if os.path.exists(source):
             shutil.copy(source, os.path.join(out, "metrics", f"{record['arm']}_seed{record['seed']}.jsonl"))
     return list(paths.values()) + [os.path.join(out, "metrics/")]

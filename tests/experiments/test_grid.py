@@ -5,36 +5,40 @@ import os
 
 import pytest
 
-from t5x_like.cli.compare import GIN_LOADERS, load_experiment
-from t5x_like.experiments import grid as compare
+from t5x_like.cli.compare import load_arm, load_experiment
+from t5x_like.experiments import cells, claims, grid, spec
 from tests import REPO_ROOT as REPO
 
 EXPERIMENTS = sorted(glob.glob(os.path.join(REPO, "gin_configs/experiments/*.gin")))
 
 
+def model_configs(experiment: spec.Experiment) -> dict:
+    return {name: run.config.model.config for name, run in grid.load_arm_runs(experiment, load_arm).items()}
+
+
 @pytest.mark.parametrize("path", EXPERIMENTS, ids=os.path.basename)
 def test_every_experiment_satisfies_its_matching_claims(path):
     experiment = load_experiment([path], ["OUTPUT_DIR = '/tmp/unused'"])
-    assert compare.check_claims(experiment, compare.sizes(experiment, GIN_LOADERS)) == []
+    assert claims.check_claims(experiment, claims.sizes(experiment, model_configs(experiment))) == []
 
 
 def test_a_false_claim_is_caught():
     experiment = load_experiment([os.path.join(REPO, "gin_configs/experiments/quick.gin")], [])
     encdec = next(a for a in experiment.arms if a.name == "encoder_decoder")
-    experiment.arms = [a if a is not encdec else compare.Arm(**{**encdec.__dict__, "claims": {"params": "P"}})
+    experiment.arms = [a if a is not encdec else spec.Arm(**{**encdec.__dict__, "claims": {"params": "P"}})
                        for a in experiment.arms]
-    failures = compare.check_claims(experiment, compare.sizes(experiment, GIN_LOADERS))
+    failures = claims.check_claims(experiment, claims.sizes(experiment, model_configs(experiment)))
     assert len(failures) == 1 and "encoder_decoder: claims params = P" in failures[0]
 
 
 @pytest.mark.parametrize("claim,unit,value", [("P", "P", 1.0), ("2P", "P", 2.0), ("P/2", "P", 0.5), ("M/2", "M", 0.5), ("1.5M", "M", 1.5)])
 def test_claim_multiples(claim, unit, value):
-    assert compare.parse_multiple(claim, unit) == value
+    assert claims.parse_multiple(claim, unit) == value
 
 
 def test_bad_claim_is_a_clear_error():
     with pytest.raises(ValueError, match="expected e.g."):
-        compare.parse_multiple("two P", "P")
+        claims.parse_multiple("two P", "P")
 
 
 def test_position_encodings_grid_expands_to_both_families_times_six_encodings():
@@ -51,7 +55,7 @@ def test_position_encodings_grid_expands_to_both_families_times_six_encodings():
 
 
 def test_grid_values_merge_bindings_and_claims_and_overrides_apply_last():
-    arms = compare.expand_grid({
+    arms = spec.expand_grid({
         "name": "{layout}_{size}", "model": "models/{layout}.gin", "bindings": ["A = 1"], "claims": {"params": "P"},
         "axes": {"layout": ["dec", "enc"],
                  "size": {"s": {"bindings": ["D = 32"]}, "l": {"bindings": ["D = 64"], "claims": {"flops": "M"}}}},
@@ -72,28 +76,30 @@ def test_grid_values_merge_bindings_and_claims_and_overrides_apply_last():
 ])
 def test_malformed_grid_is_one_clear_error(grid, message):
     with pytest.raises(ValueError, match=message):
-        compare.expand_grid(grid)
+        spec.expand_grid(grid)
 
 
 def test_experiment_joins_explicit_arms_and_grid_and_rejects_duplicates():
     grid = {"name": "g_{a}", "model": "m.gin", "axes": {"a": ["1", "2"]}}
-    experiment = compare.Experiment(name="e", output_dir="/tmp/e", arms=[{"name": "first", "model": "m.gin"}], grid=grid)
+    experiment = spec.Experiment(name="e", output_dir="/tmp/e", arms=[{"name": "first", "model": "m.gin"}], grid=grid)
     assert [arm.name for arm in experiment.arms] == ["first", "g_1", "g_2"]
     with pytest.raises(ValueError, match="unique"):
-        compare.Experiment(name="e", output_dir="/tmp/e", arms=[{"name": "g_1", "model": "m.gin"}], grid=grid)
+        spec.Experiment(name="e", output_dir="/tmp/e", arms=[{"name": "g_1", "model": "m.gin"}], grid=grid)
 
 
 def test_adaptation_arms_run_after_their_source_and_start_from_its_run_of_the_same_seed():
     experiment = load_experiment([os.path.join(REPO, "gin_configs/experiments/adaptation.gin")],
                                  ["OUTPUT_DIR = '/tmp/out'"])
-    cells = compare.plan(experiment)
-    order = [(c.arm.name, c.seed) for c in cells]
-    for cell in cells:
+    planned = cells.plan(experiment)
+    arm_runs = grid.load_arm_runs(experiment, load_arm)
+    order = [(c.arm.name, c.seed) for c in planned]
+    for cell in planned:
         if cell.arm.init_from:
             assert order.index((cell.arm.init_from, cell.seed)) < order.index((cell.arm.name, cell.seed))
-            argv = compare.train_argv(experiment, cell, GIN_LOADERS.model_config(experiment, cell.arm).layout)
-            assert f"--gin.TrainConfig.init_checkpoint='/tmp/out/runs/{cell.arm.init_from}_seed{cell.seed}'" in argv
-            assert f"--gin.TRAIN_STEPS={cell.arm.train_steps}" in argv
+            config = cells.cell_config(experiment, cell, arm_runs[cell.arm.name])
+            assert config.init_checkpoint == f"/tmp/out/runs/{cell.arm.init_from}_seed{cell.seed}"
+            assert config.train_steps == cell.arm.train_steps and config.seed == cell.seed
+            assert config.model_dir == cell.run_dir
 
 
 @pytest.mark.parametrize("arms,message", [
@@ -103,7 +109,7 @@ def test_adaptation_arms_run_after_their_source_and_start_from_its_run_of_the_sa
 ])
 def test_bad_adaptation_arms_are_one_clear_error(arms, message):
     with pytest.raises(ValueError, match=message):
-        compare.Experiment(name="x", output_dir="/tmp/x", arms=arms)
+        spec.Experiment(name="x", output_dir="/tmp/x", arms=arms)
 
 
 @pytest.mark.parametrize("binding", ["t5x_like.data.tasks.mlm_rate.rate = 0.3", "tasks.mlm_rate.rate=0.3",
@@ -111,10 +117,10 @@ def test_bad_adaptation_arms_are_one_clear_error(arms, message):
 def test_arms_whose_runs_set_the_data_settings_differently_are_refused_before_training(tmp_path, binding):
     model = os.path.join(REPO, "gin_configs/models/encoder_only/tiny.gin")
     arms = [{"name": "a", "model": model}, {"name": "b", "model": model, "bindings": [binding]}]
-    experiment = compare.Experiment(name="x", output_dir=str(tmp_path), arms=arms, task="shakespeare_mlm",
+    experiment = spec.Experiment(name="x", output_dir=str(tmp_path), arms=arms, task="shakespeare_mlm",
                                     eval_task="shakespeare_mlm", seeds=(0,))
     with pytest.raises(ValueError, match=r"arms a and b set the data settings \['mlm_rate'\] differently"):
-        compare.run_grid(experiment, GIN_LOADERS)
+        grid.load_arm_runs(experiment, load_arm)
     assert not os.path.exists(os.path.join(tmp_path, "runs"))  # refused before any run started
 
 
@@ -122,7 +128,7 @@ def test_arms_that_start_from_another_arm_pass_the_data_settings_check_before_an
     experiment = load_experiment([os.path.join(REPO, "gin_configs/experiments/adaptation.gin")],
                                  [f"OUTPUT_DIR = '{tmp_path}'"])
     assert any(arm.init_from for arm in experiment.arms)
-    compare._check_one_set_of_data_settings(experiment, GIN_LOADERS)  # no run directory or checkpoint needed
+    grid.load_arm_runs(experiment, load_arm)  # no run directory or checkpoint needed
 
 
 def test_one_binding_moves_every_pretraining_task_to_another_corpus():
@@ -139,10 +145,9 @@ def test_mixed_attention_arms_differ_only_in_the_encoder_mask():
     experiment = load_experiment([os.path.join(REPO, "gin_configs/experiments/mixed_attention.gin")],
                                  ["OUTPUT_DIR = '/tmp/out'"])
     seed = experiment.seeds[0]
-    configs = {}
-    for arm in experiment.arms:
-        cell = compare.cell_of(experiment, arm, seed)
-        configs[arm.name] = GIN_LOADERS.train_config(compare.train_argv(experiment, cell, "encoder_only"))
+    arm_runs = grid.load_arm_runs(experiment, load_arm)
+    configs = {arm.name: cells.cell_config(experiment, cells.cell_of(experiment, arm, seed), arm_runs[arm.name])
+               for arm in experiment.arms}
     assert len({arm.eval_task or experiment.eval_task for arm in experiment.arms}) == 1
     reference = configs[experiment.reference_arm]
     for name, config in configs.items():
@@ -156,10 +161,10 @@ def test_mixed_attention_arms_differ_only_in_the_encoder_mask():
                 == [float(reference.optimizer.learning_rate(s)) for s in steps]), name
 
 
-def _small_grid(output_dir) -> compare.Experiment:
+def _small_grid(output_dir) -> spec.Experiment:
     """Two from-scratch arms and one adapted from the first: a cell that must wait for another."""
     tiny = "gin_configs/models/{}/tiny.gin"
-    return compare.Experiment(
+    return spec.Experiment(
         name="threads", output_dir=str(output_dir), seeds=(0,), train_steps=3, eval_period=3, eval_examples=16,
         run_bindings=("PACK = False", "EVAL_STEPS = 1"),
         arms=[{"name": "causal", "model": tiny.format("decoder_only"), "task": "shakespeare_causal_lm"},
@@ -168,15 +173,17 @@ def _small_grid(output_dir) -> compare.Experiment:
 
 
 def _what_the_cells_computed(records: list[dict]) -> list[dict]:
-    skip = ("train_seconds_this_invocation", "command")
+    skip = ("train_seconds_this_invocation", "command", "config")
     return [{k: v for k, v in record.items() if k not in skip} for record in records]
 
 
 @pytest.mark.slow
 def test_cells_trained_at_once_in_threads_give_the_records_of_one_at_a_time(tmp_path, capsys):
-    one_at_a_time = compare.run_grid(_small_grid(tmp_path / "one"), GIN_LOADERS, cells_at_once=1)
+    one = _small_grid(tmp_path / "one")
+    one_at_a_time = grid.run_grid(one, grid.load_arm_runs(one, load_arm), cells_at_once=1)
     capsys.readouterr()
-    at_once = compare.run_grid(_small_grid(tmp_path / "two"), GIN_LOADERS, cells_at_once=2)
+    two = _small_grid(tmp_path / "two")
+    at_once = grid.run_grid(two, grid.load_arm_runs(two, load_arm), cells_at_once=2)
     assert [r["arm"] for r in at_once] == ["causal", "prefix", "adapted"]
     assert _what_the_cells_computed(at_once) == _what_the_cells_computed(one_at_a_time)
     out = capsys.readouterr().out
@@ -186,16 +193,51 @@ def test_cells_trained_at_once_in_threads_give_the_records_of_one_at_a_time(tmp_
     assert out.index("[causal seed 0] [run 1/3] causal seed 0 finished") < out.index("adapted seed 0 started")
 
 
-def test_a_relative_and_an_absolute_output_dir_name_the_same_finished_runs(tmp_path):
-    def experiment(output_dir, steps=3):
-        return compare.Experiment(name="e", output_dir=output_dir, seeds=(0,), train_steps=steps,
-                                  arms=[{"name": "causal", "model": "gin_configs/models/decoder_only/tiny.gin"}])
+def _finish_without_training(experiment: spec.Experiment, record_config: bool = True) -> None:
+    """A record for every cell, as run_cell writes it, without training (staleness reads only the record)."""
+    arm_runs = grid.load_arm_runs(experiment, load_arm)
+    for cell in cells.plan(experiment):
+        config = cells.cell_config(experiment, cell, arm_runs[cell.arm.name])
+        record = {"arm": cell.arm.name, "seed": cell.seed, "command": arm_runs[cell.arm.name].command(config)}
+        if record_config:
+            record["config"] = cells.run_fields(config)
+        os.makedirs(cell.run_dir)
+        with open(os.path.join(cell.run_dir, cells.RESULT_FILE), "w") as f:
+            json.dump(record, f)
 
-    finished = experiment(str(tmp_path))
-    (cell,) = compare.plan(finished)
-    os.makedirs(cell.run_dir)
-    with open(os.path.join(cell.run_dir, compare.RESULT_FILE), "w") as f:
-        json.dump({"arm": "causal", "seed": 0, "command": compare.cell_command(finished, cell, GIN_LOADERS)}, f)
-    assert compare.stale_cells(experiment(os.path.relpath(tmp_path)), GIN_LOADERS) == []
-    (stale,) = compare.stale_cells(experiment(os.path.relpath(tmp_path), steps=4), GIN_LOADERS)
-    assert "TRAIN_STEPS=4" in stale
+
+def _two_arms(output_dir, steps=3, prefix_bindings=()) -> spec.Experiment:
+    tiny = "gin_configs/models/{}/tiny.gin"
+    return spec.Experiment(name="e", output_dir=output_dir, seeds=(0, 1), train_steps=steps,
+                           arms=[{"name": "causal", "model": tiny.format("decoder_only")},
+                                 {"name": "prefix", "model": tiny.format("prefix_lm"),
+                                  "bindings": list(prefix_bindings)}])
+
+
+@pytest.mark.parametrize("record_config", [True, False], ids=["fields", "command_of_an_older_record"])
+def test_a_relative_and_an_absolute_output_dir_name_the_same_finished_runs(tmp_path, record_config):
+    _finish_without_training(_two_arms(str(tmp_path)), record_config)
+    assert cells.stale_cells(_two_arms(os.path.relpath(tmp_path)), grid.load_arm_runs(_two_arms("x"), load_arm)) == []
+    stale = cells.stale_cells(_two_arms(os.path.relpath(tmp_path), steps=4),
+                              grid.load_arm_runs(_two_arms("x", steps=4), load_arm))
+    assert len(stale) == 4 and all(("train_steps: 3 -> 4" if record_config else "TRAIN_STEPS=4") in s for s in stale)
+
+
+def test_changing_one_field_of_a_finished_arm_marks_exactly_its_cells_stale(tmp_path):
+    _finish_without_training(_two_arms(str(tmp_path)))
+    changed = _two_arms(str(tmp_path), prefix_bindings=["LEARNING_RATE = 0.02"])
+    stale = cells.stale_cells(changed, grid.load_arm_runs(changed, load_arm))
+    assert [s.split(" (")[0] for s in stale] == ["prefix seed 0", "prefix seed 1"]
+    assert all("optimizer" in s for s in stale), stale
+
+
+def test_an_output_dir_with_a_quote_in_its_name_holds_every_run_of_the_grid(tmp_path):
+    """Paths never pass through gin: a cell trains in its own folder under any OUTPUT_DIR."""
+    output_dir = str(tmp_path / "Shakespeare's runs")
+    experiment = _small_grid(output_dir)
+    arm_runs = grid.load_arm_runs(experiment, load_arm)
+    for cell in cells.plan(experiment):
+        config = cells.cell_config(experiment, cell, arm_runs[cell.arm.name])
+        assert config.model_dir == os.path.join(output_dir, "runs", f"{cell.arm.name}_seed0")
+        if cell.arm.init_from:
+            assert config.init_checkpoint == os.path.join(output_dir, "runs", f"{cell.arm.init_from}_seed0")

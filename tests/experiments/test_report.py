@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from t5x_like.experiments import grid, report
+from t5x_like.experiments import report, spec
 
 
 def _write_curve(run_dir: str, steps, losses):
@@ -18,7 +18,7 @@ def test_ranking_reports_when_the_order_settles_and_which_pairs_crossed(tmp_path
     arms = [{"name": "fast_start", "model": "m.gin"}, {"name": "slow_start", "model": "m.gin"},
             {"name": "other_task", "model": "m.gin", "task": "elsewhere"},
             {"name": "adapted", "model": "m.gin", "init_from": "fast_start"}]
-    experiment = grid.Experiment(name="e", output_dir=str(tmp_path), arms=arms, seeds=(0, 1, 2))
+    experiment = spec.Experiment(name="e", output_dir=str(tmp_path), arms=arms, seeds=(0, 1, 2))
     steps = [100, 200, 300, 400]
     for seed in experiment.seeds:
         wobble = 0.01 * seed
@@ -41,7 +41,7 @@ def test_ranking_reports_when_the_order_settles_and_which_pairs_crossed(tmp_path
 
 def test_comparisons_add_the_named_pairs_to_the_differences(tmp_path):
     arms = [{"name": name, "model": "m.gin"} for name in ("reference", "a", "b")]
-    experiment = grid.Experiment(name="e", output_dir=str(tmp_path), arms=arms, seeds=(0, 1),
+    experiment = spec.Experiment(name="e", output_dir=str(tmp_path), arms=arms, seeds=(0, 1),
                                  comparisons=(("a", "b"),))
     shift = {"reference": 0.0, "a": 1.0, "b": 1.5}
     records = [{"arm": arm, "seed": seed, "shared_nll_per_example": [2.0 + shift[arm] + 0.01 * i for i in range(8)]}
@@ -55,9 +55,9 @@ def test_comparisons_add_the_named_pairs_to_the_differences(tmp_path):
 def test_a_comparison_of_arms_scored_on_different_tasks_is_one_clear_error(tmp_path):
     arms = [{"name": "a", "model": "m.gin"}, {"name": "b", "model": "m.gin", "eval_task": "elsewhere"}]
     with pytest.raises(ValueError, match="different eval tasks"):
-        grid.Experiment(name="e", output_dir=str(tmp_path), arms=arms, comparisons=(("a", "b"),))
+        spec.Experiment(name="e", output_dir=str(tmp_path), arms=arms, comparisons=(("a", "b"),))
     with pytest.raises(ValueError, match="is not a pair of arms"):
-        grid.Experiment(name="e", output_dir=str(tmp_path), arms=arms, comparisons=(("a", "c"),))
+        spec.Experiment(name="e", output_dir=str(tmp_path), arms=arms, comparisons=(("a", "c"),))
 
 
 def test_protocol_agreement_is_kendall_tau_between_pretraining_loss_and_each_downstream_metric():
@@ -86,7 +86,7 @@ def test_protocol_agreement_is_kendall_tau_between_pretraining_loss_and_each_dow
 
 def test_scaling_section_fits_each_group_both_ways_and_keeps_one_fit_when_the_other_fails(tmp_path):
     arms = [{"name": f"{group}_{n}", "model": "m.gin", "group": group} for group in ("a", "b") for n in (1, 2, 3, 4)]
-    experiment = grid.Experiment(name="e", output_dir=str(tmp_path), arms=arms, seeds=(0, 1), scaling_fit=True)
+    experiment = spec.Experiment(name="e", output_dir=str(tmp_path), arms=arms, seeds=(0, 1), scaling_fit=True)
     sizes = {1: 1e5, 2: 3e5, 3: 1e6, 4: 3e6}
     records = []
     for arm in experiment.arms:
