@@ -71,11 +71,11 @@ def task_lengths(task: str, args) -> dict[str, int]:
 def use_sentencepiece(size: int, work_dir: str) -> int:
     """Registers PRETRAIN_TASK and the downstream tasks with a SentencePiece vocabulary
     trained on their text; returns the model's vocab_size (rounded up to 128)."""
-    from t5x_like.data import tasks, vocab, vocab_training
+    from t5x_like.data import task_sources, tasks, vocab, vocab_training
     path = vocab_training.train_sentencepiece(",".join((PRETRAIN_TASK, "sentiment_finefood", "translation_en_es_bible")), size,
                            os.path.join(work_dir, "vocab"))
     sentencepiece = vocab.sentencepiece_vocabulary(path)
-    tasks.register_pretraining_tasks("shakespeare", tasks.shakespeare_source, sentencepiece, (PRETRAIN_OBJECTIVE,))
+    tasks.register_pretraining_tasks("shakespeare", task_sources.shakespeare_source, sentencepiece, (PRETRAIN_OBJECTIVE,))
     tasks.register_downstream_tasks(sentencepiece)
     return vocab.embedding_rows(sentencepiece)
 

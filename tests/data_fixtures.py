@@ -5,7 +5,7 @@ import numpy as np
 import seqio
 
 import t5x_like.data.tasks  # noqa: F401  (registers the tasks)
-from t5x_like.data import objectives, tasks
+from t5x_like.data import objectives, task_sources, tasks
 from t5x_like.data import vocab as vocab_lib
 
 VOCAB = vocab_lib.default_vocabulary()
@@ -23,7 +23,7 @@ def random_texts(count: int, seed: int = 0, min_words: int = 1, max_words: int =
 def objective_task(preprocessors: list, texts: list[str], with_inputs: bool = True,
                    name: str = "test_objective") -> seqio.Task:
     """An unregistered task running `preprocessors` after tokenizing `texts` (split "train")."""
-    source = tasks.InMemorySource(lambda split: texts, ["text"], ["train"])
+    source = task_sources.InMemorySource(lambda split: texts, ["text"], ["train"])
     return seqio.Task(name, source=source, output_features=tasks._features(VOCAB, with_inputs),
                       preprocessors=[tasks._TEXT_TO_TARGETS, tasks._TOKENIZE, *preprocessors])
 

@@ -1,11 +1,11 @@
 """Registers every seqio task and mixture; nothing is read until a dataset is built.
 
-Owns: the data sources (in-memory lists from `corpora.py`, prepared TFDS
-directories, local text/JSONL files), the registration of pretraining tasks
-(one per objective, plus the UL2 mixture) and of the downstream tasks with
-their metrics, and the process-wide data settings (`configure`, `settings`:
-TFDS directory, UL2 rates, MLM masking rate, vocabulary). Importing this
-module registers:
+Owns: the registration of pretraining tasks (one per objective, plus the UL2
+mixture; local text/JSONL files too) and of the downstream tasks with their
+metrics, and applying the process-wide data settings (`configure`,
+`apply_settings`: TFDS directory, UL2 rates, MLM masking rate, vocabulary;
+the value in force is `data.settings.current()`). The sources the tasks read
+are `task_sources.py`'s. Importing this module registers:
 
   shakespeare_{causal_lm,prefix_lm,span_corruption,mlm}, shakespeare_ul2 (mixture)
   bible_{causal_lm,prefix_lm,span_corruption,mlm}, bible_ul2 (English KJV; SWORD modules)
@@ -24,19 +24,15 @@ it. Features use add_eos=True.
 from __future__ import annotations
 
 import functools
-import glob as globlib
 import logging
-import os
-import re
-import zlib
 from typing import Callable, Mapping, Sequence
 
-import numpy as np
 import seqio
 import tensorflow as tf
 
 from t5x_like.data import corpora, metrics, objectives
 from t5x_like.data import settings as data_settings
+from t5x_like.data.task_sources import InMemorySource, bible_source, shakespeare_source, tfds_text_source
 from t5x_like.data import vocab as vocab_lib
 
 log = logging.getLogger(__name__)
@@ -44,56 +40,14 @@ log = logging.getLogger(__name__)
 SHUFFLE_BUFFER = 1_000  # sources already permute whole documents; this mixes their pieces
 PRETRAINING_OBJECTIVES = ("causal_lm", "prefix_lm", "span_corruption", "mlm")
 
-# ---------------------------------------------------------------- sources
-
-
-class InMemorySource(seqio.FunctionDataSource):
-    """Rows from a Python function of the split; shuffling permutes all rows by seed.
-
-    `salt` makes sources that share rows (the UL2 denoisers) visit them in
-    different orders under the same seed.
-    """
-
-    def __init__(self, rows_fn: Callable[[str], Sequence], columns: Sequence[str],
-                 splits: Sequence[str], salt: str = ""):
-        self._rows_fn, self._columns = rows_fn, tuple(columns)
-        self._salt = zlib.crc32(salt.encode("utf-8"))
-        super().__init__(dataset_fn=self._dataset_fn, splits=tuple(splits))
-
-    def _dataset_fn(self, split: str, shuffle_files: bool, seed: int | None = None) -> tf.data.Dataset:
-        rows = list(self._rows_fn(split))
-        if not rows:
-            raise ValueError(f"split {split!r} of this source is empty")
-        if shuffle_files:
-            rng = np.random.RandomState(None if seed is None else [int(seed) % 2**32, self._salt])
-            rows = [rows[i] for i in rng.permutation(len(rows))]
-        if len(self._columns) == 1:
-            return tf.data.Dataset.from_tensor_slices({self._columns[0]: [str(r) for r in rows]})
-        columns = {c: [r[i] for r in rows] for i, c in enumerate(self._columns)}
-        return tf.data.Dataset.from_tensor_slices(columns)
-
-    def get_dataset(self, split: str = "train", shuffle: bool = True, seed: int | None = None,
-                    shard_info: seqio.ShardInfo | None = None, **unused) -> tf.data.Dataset:
-        if shard_info and shard_info.num_shards > 1:
-            raise ValueError("InMemorySource shards at the examples (seqio does this when "
-                             "list_shards has fewer shards than requested)")
-        if split not in self.splits:
-            raise ValueError(f"unknown split {split!r}; this source has {self.splits}")
-        return self._dataset_fn(split, shuffle, seed)
-
-
-class TfdsDataMissingError(FileNotFoundError):
-    """A TFDS dataset is not prepared on disk; the message says where we looked and what to do."""
-
-
-# Settings. tfds_data_dir, ul2_mixing_rates and mlm_rate are read when a dataset is
-# built; the vocabulary when a task is registered (so `configure` re-registers the
-# tasks that follow it). Python callers use `configure`; the command line sets them
-# from gin (`t5x_like.data.tasks.tfds_data_dir.data_dir`, `...ul2_mixing_rates.rates`,
+# Settings (data.settings.current(): one DataSettings value). tfds_data_dir,
+# ul2_mixing_rates and mlm_rate are read when a dataset is built; the vocabulary when a
+# task is registered (so `configure` re-registers the tasks that follow it). Python
+# callers use `configure` (or `apply_settings`); the command line sets them from gin
+# (`t5x_like.data.tasks.tfds_data_dir.data_dir`, `...ul2_mixing_rates.rates`,
 # `...mlm_rate.rate`, `...vocabulary.sentencepiece_model`, registered in
-# cli/configurables.py).
-_SETTINGS: dict = {"tfds_data_dir": None, "ul2_mixing_rates": objectives.UL2_DEFAULT_RATES,
-                   "mlm_rate": objectives.MLM_DEFAULT_RATE, "vocabulary": None}
+# cli/configurables.py). The vocabulary object the settings name:
+_VOCABULARY: list[seqio.Vocabulary | None] = [None]
 # Registrations made without an explicit vocabulary, replayed (in order) when it changes:
 # key -> function of no arguments that registers again with configured_vocabulary().
 _FOLLOWING: dict[str, Callable[[], object]] = {}
@@ -114,7 +68,7 @@ def configure(tfds_data_dir: str | None = None,
     vocabulary = vocabulary or vocab_lib.default_vocabulary()
     vocab_lib.check_extra_ids(vocabulary)
     changed = vocabulary != configured_vocabulary()
-    _SETTINGS.update(tfds_data_dir=tfds_data_dir, ul2_mixing_rates=rates, mlm_rate=mlm_rate, vocabulary=vocabulary)
+    _VOCABULARY[0] = vocabulary
     data_settings.set_current(data_settings.DataSettings(
         tfds_data_dir=tfds_data_dir, ul2_mixing_rates=rates, mlm_rate=mlm_rate,
         **_vocabulary_fields(vocabulary)))
@@ -142,90 +96,13 @@ def apply_settings(settings: data_settings.DataSettings) -> None:
               vocabulary=vocabulary, mlm_rate=settings.mlm_rate or objectives.MLM_DEFAULT_RATE)
 
 
-def settings() -> dict:
-    """The current settings (a copy), as `configure` left them."""
-    return dict(_SETTINGS)
-
-
 def configured_vocabulary() -> seqio.Vocabulary:
     """The vocabulary of tasks registered without one (`configure`; default: bytes)."""
-    return _SETTINGS["vocabulary"] or vocab_lib.default_vocabulary()
+    return _VOCABULARY[0] or vocab_lib.default_vocabulary()
 
 
 def _follow(key: str, register: Callable[[], object]) -> None:
     _FOLLOWING[key] = register
-
-
-def tfds_data_dir() -> str:
-    """Where prepared TFDS datasets live: `configure`, else $TFDS_DATA_DIR, else ~/tensorflow_datasets."""
-    return os.path.expanduser(_SETTINGS["tfds_data_dir"] or os.environ.get("TFDS_DATA_DIR")
-                              or "~/tensorflow_datasets")
-
-
-_VERSION = re.compile(r"^\d+\.\d+\.\d+$")
-
-
-def prepared_tfds_dir(dataset: str, data_dir: str) -> str:
-    """Directory of a prepared TFDS dataset ("name[/config][:version]"), newest version first."""
-    name, _, version = dataset.partition(":")
-    base = os.path.join(data_dir, *name.split("/"))
-    candidates = [os.path.join(base, version)] if version else sorted(
-        (d for d in globlib.glob(os.path.join(base, "*")) if _VERSION.match(os.path.basename(d))),
-        key=lambda d: tuple(int(x) for x in os.path.basename(d).split(".")), reverse=True)
-    for candidate in candidates:
-        if os.path.exists(os.path.join(candidate, "dataset_info.json")):
-            return candidate
-    raise TfdsDataMissingError(
-        f"TFDS dataset {dataset!r} is not prepared under {data_dir} (looked for "
-        f"{os.path.join(base, version or '<version>', 'dataset_info.json')}). This code never "
-        f"downloads: prepare it where there is network access (`tfds build {name} --data_dir DIR`, "
-        "or for local text tfds.dataset_builders.store_as_tfds_dataset; see docs/data.md), copy DIR "
-        "here and set TFDS_DATA_DIR=DIR or --gin.t5x_like.data.tasks.tfds_data_dir.data_dir=DIR.")
-
-
-class TfdsDirectorySource(seqio.DataSource):
-    """Rows {"text": ...} from feature `text_key` of a prepared TFDS dataset, found under
-    `tfds_data_dir()` when read (never downloaded; missing files are TfdsDataMissingError).
-
-    Shards at the source: shard i of n reads `tfds.even_splits(split, n)[i]`, a contiguous
-    1/n of the split's examples (TFDS opens only the files that hold them), so each host
-    of a multi-host run reads its own part of C4 rather than all of it.
-    """
-
-    def __init__(self, dataset: str, text_key: str, splits: Mapping[str, str]):
-        self.dataset, self.text_key, self._tfds_splits = dataset, text_key, dict(splits)
-        super().__init__(splits=tuple(splits), caching_permitted=False)
-
-    @property
-    def supports_arbitrary_sharding(self) -> bool:
-        return True
-
-    def list_shards(self, split: str) -> Sequence[str]:
-        return [split]
-
-    def get_dataset(self, split: str = "train", shuffle: bool = True, seed: int | None = None,
-                    shard_info: seqio.ShardInfo | None = None, **unused) -> tf.data.Dataset:
-        import tensorflow_datasets as tfds  # heavy; only when a TFDS corpus is read
-
-        path = prepared_tfds_dir(self.dataset, tfds_data_dir())
-        builder = tfds.builder_from_directory(path)
-        tfds_split = self._tfds_splits[split]
-        if tfds_split not in builder.info.splits:
-            raise TfdsDataMissingError(f"TFDS dataset at {path} has splits {list(builder.info.splits)}, "
-                                       f"not {tfds_split!r}")
-        if shard_info and shard_info.num_shards > 1:
-            tfds_split = tfds.even_splits(tfds_split, n=shard_info.num_shards)[shard_info.index]
-        ds = builder.as_dataset(split=tfds_split, shuffle_files=shuffle,
-                                read_config=tfds.ReadConfig(shuffle_seed=seed))
-        if self.text_key not in ds.element_spec:
-            raise ValueError(f"TFDS dataset at {path} has no feature {self.text_key!r}: {list(ds.element_spec)}")
-        return ds.map(lambda x: {"text": x[self.text_key]}, num_parallel_calls=tf.data.AUTOTUNE)
-
-
-def tfds_text_source(dataset: str, text_key: str, splits: Mapping[str, str]) -> TfdsDirectorySource:
-    """A source reading `text_key` of a prepared TFDS dataset ("name[/config][:version]");
-    `splits` maps our split names to the dataset's."""
-    return TfdsDirectorySource(dataset, text_key, splits)
 
 
 # ---------------------------------------------------------------- helpers
@@ -262,13 +139,13 @@ def check_ul2_mixing_rates(rates: Sequence[float]) -> tuple[float, ...]:
 def _objective(objective: str, vocabulary: seqio.Vocabulary) -> list:
     """The preprocessors of a pretraining objective; MLM's rate follows `configure`."""
     if objective == "mlm":
-        return objectives.mlm(rate=lambda: _SETTINGS["mlm_rate"], vocabulary=vocabulary)
+        return objectives.mlm(rate=lambda: data_settings.current().mlm_rate, vocabulary=vocabulary)
     return objectives.OBJECTIVES[objective](vocabulary=vocabulary)
 
 
 def _ul2_rate(index: int, task: seqio.Task) -> float:
     del task
-    return _SETTINGS["ul2_mixing_rates"][index]
+    return data_settings.current().ul2_mixing_rates[index]
 
 
 # ---------------------------------------------------------------- pretraining
@@ -321,14 +198,6 @@ def register_ul2_mixture(name: str, make_source: Callable[[str], seqio.DataSourc
                   shuffle_buffer_size=SHUFFLE_BUFFER)
         members.append((task_name, functools.partial(_ul2_rate, index)))
     return _add_mixture(name, members)
-
-
-def shakespeare_source(salt: str) -> InMemorySource:
-    return InMemorySource(corpora.shakespeare_documents, ["text"], corpora.SPLITS, salt)
-
-
-def bible_source(salt: str) -> InMemorySource:
-    return InMemorySource(corpora.bible_documents, ["text"], corpora.SPLITS, salt)
 
 
 def on_corpus(task_name: str, corpus: str) -> str:
@@ -474,4 +343,5 @@ def task_has_inputs(mixture_or_task_name: str) -> bool:
     return "inputs" in seqio.get_mixture_or_task(mixture_or_task_name).output_features
 
 
+configure()  # the default settings, as values (data.settings.current())
 register_all()

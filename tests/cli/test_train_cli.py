@@ -36,12 +36,12 @@ def test_misspelled_binding_is_one_line_error(capsys):
 
 
 def test_the_mlm_rate_binding_reaches_the_data_settings_and_a_bad_one_is_one_line():
-    from t5x_like.data import tasks
+    from t5x_like.data import settings as data_settings
 
     gin_loading.load_config([], ["t5x_like.data.tasks.mlm_rate.rate = 0.3"], finalize=False)
-    assert tasks.settings()["mlm_rate"] == 0.3
+    assert data_settings.current().mlm_rate == 0.3
     gin_loading.load_config([], [], finalize=False)
-    assert tasks.settings()["mlm_rate"] == 0.15
+    assert data_settings.current().mlm_rate == 0.15
     with pytest.raises(gin_loading.GinConfigError, match=r"^gin config error: MLM rate must be in \(0, 1\), got 1.5$"):
         gin_loading.load_config([], ["t5x_like.data.tasks.mlm_rate.rate = 1.5"], finalize=False)
 

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import tests.data_fixtures  # noqa: F401  (registers the tasks)
-from t5x_like.data import corpora, pipeline, sword, tasks
+from t5x_like.data import corpora, pipeline, sword, task_sources, tasks
 
 SWORD_INSTALLED = all(os.path.isdir(sword.module_dir(m)) for m in (sword.ENGLISH_MODULE, sword.SPANISH_MODULE))
 
@@ -177,7 +177,7 @@ def test_missing_sword_modules_give_the_install_command(tmp_path):
 
 def test_missing_tfds_corpus_says_which_dataset_and_where(tmp_path, monkeypatch):
     monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path))
-    with pytest.raises(tasks.TfdsDataMissingError) as error:
+    with pytest.raises(task_sources.TfdsDataMissingError) as error:
         pipeline.get_dataset("c4_causal_lm", {"targets": 32}, "train", "decoder_only", batch_size=1)
     message = str(error.value)
     assert "'c4/en'" in message and str(tmp_path) in message and "never downloads" in message

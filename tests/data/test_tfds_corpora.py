@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import seqio
 
-from t5x_like.data import objectives, pipeline, task_vocab, tasks
+from t5x_like.data import objectives, pipeline, task_sources, task_vocab, tasks
 from t5x_like.data import vocab as vocab_lib
 from tests.corpus_fixtures import CORPORA
 
@@ -40,7 +40,7 @@ def test_the_configured_vocabulary_reaches_every_task_and_the_defaults_restore_b
     sp = vocab_lib.sentencepiece_vocabulary(real_corpora.sentencepiece_model)
     (tmp_path / "mine.txt").write_text("some local text\n\nand more of it")
     tasks.register_text_files_task("test_local_files_follow", str(tmp_path / "mine.txt"))
-    explicit = tasks.register_pretraining_tasks("test_explicit_bytes", tasks.shakespeare_source,
+    explicit = tasks.register_pretraining_tasks("test_explicit_bytes", task_sources.shakespeare_source,
                                                 vocab_lib.default_vocabulary(), ("causal_lm",))[0]
     following = ["c4_span_corruption", "wikitext103_mlm", "lm1b_causal_lm", "c4_ul2", "shakespeare_prefix_lm",
                  "probe_copy", "sentiment_finefood_rank", "test_local_files_follow"]

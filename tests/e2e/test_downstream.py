@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import pytest
 import seqio
 
-from t5x_like.data import corpora, metrics, tasks, vocab, vocab_training
+from t5x_like.data import corpora, metrics, task_sources, tasks, vocab, vocab_training
 from t5x_like.inference import evaluation
 from t5x_like.model import model as models
 from t5x_like.model.config import TransformerConfig
@@ -50,7 +50,7 @@ def register_fixed_length_probe(kind: str, digits: int = DIGITS) -> str:
     if name not in seqio.TaskRegistry.names():
         feature = seqio.Feature(vocab.default_vocabulary(), add_eos=True)
         seqio.TaskRegistry.add(
-            name, source=tasks.InMemorySource(
+            name, source=task_sources.InMemorySource(
                 functools.partial(corpora.probe_examples, kind, min_len=digits, max_len=digits),
                 ["inputs", "targets"], corpora.SPLITS),
             preprocessors=[seqio.preprocessors.tokenize, seqio.preprocessors.append_eos_after_trim],
@@ -213,7 +213,7 @@ def pretrain_then_finetune_sentiment(work_dir, seed: int = 0, pretrain_steps: in
     suffix = f"_sp{SENTIMENT_PIECES}"
     sentencepiece = vocab.sentencepiece_vocabulary(vocab_training.train_sentencepiece(
         "shakespeare_prefix_lm,sentiment_finefood", SENTIMENT_PIECES, str(work_dir / "vocab")))
-    pretrain_task, = tasks.register_pretraining_tasks(f"shakespeare{suffix}", tasks.shakespeare_source,
+    pretrain_task, = tasks.register_pretraining_tasks(f"shakespeare{suffix}", task_sources.shakespeare_source,
                                                       sentencepiece, ("prefix_lm",))
     tasks.register_downstream_tasks(sentencepiece, suffix=suffix)
     model = tiny_model("prefix_lm", vocab_size=vocab.embedding_rows(sentencepiece))
