@@ -19,7 +19,7 @@ import sys
 
 from t5x_like.cli import gin_loading
 from t5x_like.data import tasks
-from t5x_like.data.objectives import matched_feature_lengths
+from t5x_like.model.features import matched_feature_lengths
 from t5x_like.data.pipeline import get_dataset
 from t5x_like.inference import attention_analysis
 

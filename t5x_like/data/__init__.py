@@ -23,7 +23,7 @@ import importlib
 
 _EXPORTS = {
     "EncoderOnlyMLMFeatureConverter": "feature_converters", "for_layout": "feature_converters",
-    "matched_feature_lengths": "objectives", "get_dataset": "pipeline",
+    "get_dataset": "pipeline",
     "register_text_files_task": "tasks", "default_vocabulary": "vocab", "sentencepiece_vocabulary": "vocab",
 }
 __all__ = sorted(_EXPORTS)

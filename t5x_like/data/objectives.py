@@ -32,17 +32,6 @@ lost, and the inputs+targets of one example always reconstruct its text):
 
 Documents longer than `raw` are split into several examples; shorter ones stay
 short and packing fills the row.
-
-Matching layouts (`matched_feature_lengths`). To compare layouts on the same
-tokens at comparable compute we follow T5 (Raffel et al. 2020, Sec. 3.2) and
-Wang et al. (2022): an encoder-decoder runs its encoder over the inputs and its
-decoder over the targets, so a decoder-only model (causal or prefix) that sees
-the concatenation inputs+targets has the same per-token cost ("M") with half
-the parameters. Wang et al.'s numbers: encoder-decoder span corruption inputs
-512 / targets 114; non-causal (prefix-LM) decoder 626 = 512 + 114. For a
-targets-only objective on a decoder we give the same total, 626; Wang et al.
-trained their causal full-LM decoder at 512, which is
-`matched_feature_lengths("decoder_only", 512, 0, task_has_inputs=False)`.
 """
 from __future__ import annotations
 
@@ -59,34 +48,6 @@ from t5x_like.data import vocab as vocab_lib
 Preprocessor = Callable[..., tf.data.Dataset]
 
 # ---------------------------------------------------------------- lengths
-
-
-def matched_feature_lengths(layout: str, inputs_length: int, targets_length: int,
-                            task_has_inputs: bool = True) -> dict[str, int]:
-    """task_feature_lengths giving each layout the same tokens at comparable compute.
-
-    >>> matched_feature_lengths("encoder_decoder", 512, 114)
-    {'inputs': 512, 'targets': 114}
-    >>> matched_feature_lengths("decoder_only", 512, 114)   # model length 626
-    {'inputs': 512, 'targets': 114}
-    >>> matched_feature_lengths("decoder_only", 512, 114, task_has_inputs=False)
-    {'targets': 626}
-    >>> matched_feature_lengths("encoder_only", 512, 114)   # MLM over 626 tokens
-    {'inputs': 626, 'targets': 626}
-    """
-    if min(inputs_length, targets_length) < 0 or inputs_length + targets_length < 2:
-        raise ValueError(f"lengths must be >= 0 with a positive total, got {inputs_length}, {targets_length}")
-    total = inputs_length + targets_length
-    if layout == "encoder_only":
-        return {"inputs": total, "targets": total}
-    if layout in ("decoder_only", "prefix_lm", "encoder_decoder"):
-        if layout == "decoder_only" and not task_has_inputs:
-            return {"targets": total}
-        if not task_has_inputs:
-            raise ValueError(f"layout {layout!r} needs a task with inputs")
-        return {"inputs": inputs_length, "targets": targets_length}
-    raise ValueError(f"unknown layout {layout!r}; expected decoder_only, prefix_lm, "
-                     "encoder_decoder or encoder_only")
 
 
 def _span_counts(n: int, noise_density: float, mean_noise_span_length: float) -> tuple[int, int, int]:

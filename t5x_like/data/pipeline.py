@@ -41,7 +41,7 @@ def _check(provider, task_feature_lengths: Mapping[str, int], split: str, layout
     expected = sorted(provider.output_features)
     if sorted(task_feature_lengths) != expected:
         raise ValueError(f"{provider.name} needs task_feature_lengths for {expected}, got "
-                         f"{dict(task_feature_lengths)} (see objectives.matched_feature_lengths)")
+                         f"{dict(task_feature_lengths)} (see model.features.matched_feature_lengths)")
     if any(int(v) < 2 for v in task_feature_lengths.values()):
         raise ValueError(f"every task feature length must be >= 2, got {dict(task_feature_lengths)}")
     if layout not in feature_converters.LAYOUTS:

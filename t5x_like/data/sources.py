@@ -21,7 +21,8 @@ the caller is done with (seqio batches give up their tf.data iterator on a
 thread of its own).
 
 `model` is only used through `model.config` (layout, vocab_size) and
-`model.dummy_batch` (the feature names and shapes), so this module does not
+`model.dummy_batch` (the feature names and shapes, and a prefix-LM's prefix
+features: model/features.py has the rule), so this module does not
 import the model package. seqio and TensorFlow load only when a seqio task is
 asked for.
 """
@@ -205,18 +206,15 @@ def synthetic_batch(request: DataRequest, model: Any, index: int) -> dict[str, n
             if key == "decoder_input_tokens":  # shifted-right targets
                 seq = np.concatenate([np.zeros((n, 1), seq.dtype), seq[:, :-1]], axis=1)
             batch[key] = seq.astype(value.dtype)
+        elif key == "decoder_causal_attention" or (key == "decoder_loss_weights" and "decoder_causal_attention"
+                                                     in template):
+            batch[key] = value  # a prefix-LM's prefix and targets-only loss, as the model's dummy batch has them
         elif key.endswith(("_loss_weights", "_segment_ids")):
             batch[key] = np.ones_like(value)
         elif key.endswith("_positions"):
             batch[key] = np.broadcast_to(np.arange(length, dtype=value.dtype), value.shape).copy()
-        elif key == "decoder_causal_attention":  # bidirectional over the inputs part
-            batch[key] = (np.arange(length)[None] <= lengths.get("inputs", 0)).astype(value.dtype)
-            batch[key] = np.broadcast_to(batch[key], value.shape).copy()
         else:
             batch[key] = value
-    if "decoder_target_tokens" in batch and "decoder_causal_attention" in batch:
-        # loss on the targets part only, as the prefix-LM converter does
-        batch["decoder_loss_weights"] = (1 - batch["decoder_causal_attention"]).astype(np.int32)
     lo = request.shard_id * request.batch_size
     return {k: v[lo:lo + request.batch_size] for k, v in batch.items()}
 

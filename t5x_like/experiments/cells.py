@@ -27,9 +27,9 @@ import re
 from collections.abc import Callable
 
 from t5x_like.data import tasks
-from t5x_like.data.objectives import matched_feature_lengths
 from t5x_like.data.settings import DataSettings
 from t5x_like.experiments.spec import Arm, Experiment, arm_lengths, in_dependency_order
+from t5x_like.model.features import matched_feature_lengths
 from t5x_like.training import programs
 from t5x_like.training.run import TrainConfig
 

@@ -19,10 +19,10 @@ import jax
 import numpy as np
 
 from t5x_like.data import pipeline, tasks
-from t5x_like.data.objectives import matched_feature_lengths
 from t5x_like.experiments.cells import Cell, GridCache
 from t5x_like.experiments.spec import Experiment, arm_lengths
 from t5x_like.inference import evaluation
+from t5x_like.model.features import matched_feature_lengths
 from t5x_like.training import checkpoints
 from t5x_like.training import run as train_lib
 from t5x_like.training.run import TrainConfig

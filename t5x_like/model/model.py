@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from t5x_like.model import features
 from t5x_like.model.config import TransformerConfig
 from t5x_like.model.transformer import PAD_ID, Array, Transformer
 
@@ -82,28 +83,21 @@ class Model:
 
     # --- data interface -------------------------------------------------------
     def dummy_batch(self, batch_size: int, task_feature_lengths: dict[str, int]) -> dict[str, np.ndarray]:
-        """Zeros (with one real token per row) shaped like a feature-converted batch."""
-        layout = self.config.layout
-        inputs_length = task_feature_lengths.get("inputs", 0)
-        targets_length = task_feature_lengths["targets"]
+        """A batch shaped like a feature-converted one (the features `features.model_feature_lengths`
+        names): zeros with one real token per row, and a prefix-LM's prefix features as its
+        converter lays them out (`features.prefix_indicator`, `features.prefix_loss_weights`)."""
+        lengths = features.model_feature_lengths(self.config.layout, task_feature_lengths)
 
         def tokens(length):
             array = np.zeros((batch_size, length), np.int32)
             array[:, 0] = 1
             return array
-
-        if layout == "encoder_only":
-            length = inputs_length or targets_length
-            return {"encoder_input_tokens": tokens(length), "encoder_target_tokens": tokens(length),
-                    "encoder_loss_weights": tokens(length)}
-        if layout == "encoder_decoder":
-            return {"encoder_input_tokens": tokens(inputs_length), "decoder_input_tokens": tokens(targets_length),
-                    "decoder_target_tokens": tokens(targets_length), "decoder_loss_weights": tokens(targets_length)}
-        length = inputs_length + targets_length
-        batch = {"decoder_input_tokens": tokens(length), "decoder_target_tokens": tokens(length),
-                 "decoder_loss_weights": tokens(length)}
-        if inputs_length:
-            batch["decoder_causal_attention"] = tokens(length)
+        batch = {name: tokens(length) for name, length in lengths.items()}
+        if "decoder_causal_attention" in batch:
+            length, inputs = lengths["decoder_causal_attention"], task_feature_lengths["inputs"]
+            for name, row in (("decoder_causal_attention", features.prefix_indicator(length, inputs)),
+                              ("decoder_loss_weights", features.prefix_loss_weights(length, inputs))):
+                batch[name] = np.broadcast_to(row, (batch_size, length)).copy()
         return batch
 
     def module_inputs(self, batch: dict) -> dict:

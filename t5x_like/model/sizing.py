@@ -16,7 +16,7 @@ FLOPs conventions (stated once here, used everywhere):
 - Layout token flow: decoder-only and prefix-LM run one stack over
   inputs+targets; an encoder-decoder runs the encoder over the inputs and the
   decoder (with cross-attention) over the targets; encoder-only (MLM) over
-  inputs+targets, the whole text, as `data.matched_feature_lengths` feeds it.
+  inputs+targets, the whole text, as `features.matched_feature_lengths` feeds it.
   This is why a 12+12 encoder-decoder and a 12-layer decoder-only model cost
   about the same (T5 Table 2's M) while the former has twice the parameters.
 - Decoding, per generated token with a KV cache: the decoder's per-token
@@ -29,6 +29,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Callable
 
+from t5x_like.model import features
 from t5x_like.model.config import TransformerConfig
 
 
@@ -119,17 +120,28 @@ def _logits_flops(config: TransformerConfig, length: int) -> int:
     return 2 * length * config.d_model * config.vocab_size
 
 
-def stack_lengths(config: TransformerConfig, inputs_length: int, targets_length: int) -> dict[str, int]:
-    """How many positions each stack runs over, per example."""
-    if config.layout == "encoder_decoder":
-        return {"encoder": inputs_length, "decoder": targets_length}
-    if config.layout == "encoder_only":  # MLM over the whole text (data.matched_feature_lengths)
-        return {"encoder": inputs_length + targets_length}
-    return {"decoder": inputs_length + targets_length}
+def text_stack_lengths(config: TransformerConfig, inputs_length: int, targets_length: int) -> dict[str, int]:
+    """How many positions each stack runs over for a text of inputs + targets tokens, fed to the
+    layout as `features.matched_feature_lengths` feeds it."""
+    if config.layout in ("prefix_lm", "encoder_decoder") and not inputs_length:
+        task = {"inputs": 0, "targets": targets_length}  # no matched form: the decoder over the targets alone
+    else:
+        task = features.matched_feature_lengths(config.layout, inputs_length, targets_length,
+                                                task_has_inputs=bool(inputs_length))
+    return features.stack_lengths(config.layout, task)
 
 
 def forward_flops_per_example(config: TransformerConfig, inputs_length: int, targets_length: int) -> float:
-    lengths = stack_lengths(config, inputs_length, targets_length)
+    return forward_flops(config, text_stack_lengths(config, inputs_length, targets_length))
+
+
+def train_flops_for_task(config: TransformerConfig, task_feature_lengths: dict[str, int]) -> float:
+    """Training FLOPs per example of a run with these task feature lengths (what a run logs MFU with)."""
+    return 3 * forward_flops(config, features.stack_lengths(config.layout, task_feature_lengths))
+
+
+def forward_flops(config: TransformerConfig, lengths: dict[str, int]) -> float:
+    """Forward FLOPs per example of a model whose stacks run over `lengths` ({stack: positions})."""
     flops = 0.0
     inner = config.num_heads * config.head_dim
     if "encoder" in lengths:

@@ -100,3 +100,41 @@ def test_decoder_only_and_prefix_lm_see_identical_features_on_an_inputs_task():
     for key in outs[0]:
         np.testing.assert_array_equal(outs[0][key], outs[1][key])
     np.testing.assert_array_equal(outs[0]["decoder_loss_weights"], [0, 0, 0, 1, 1, 1, 0, 0])
+
+
+def _lengths_task(with_inputs: bool, inputs_length: int, targets_length: int, count: int = 3) -> tf.data.Dataset:
+    """Examples whose inputs (if any) and targets fill exactly the given lengths (ids >= 2)."""
+    rng = np.random.default_rng(0)
+    examples = [{"targets": rng.integers(2, 50, targets_length - 1).tolist() + [1]} for _ in range(count)]
+    if with_inputs:
+        for example in examples:
+            example["inputs"] = rng.integers(2, 50, inputs_length - 1).tolist() + [1]
+    return _dataset(examples)
+
+
+@pytest.mark.parametrize("pack", [False, True], ids=["padded", "packed"])
+@pytest.mark.parametrize("layout,with_inputs", [("decoder_only", True), ("decoder_only", False), ("prefix_lm", True),
+                                                ("encoder_decoder", True), ("encoder_only", True)])
+def test_the_model_side_feature_rule_is_what_seqio_s_converters_make(layout, with_inputs, pack):
+    """model.features.model_feature_lengths (the rule the model side uses without seqio) names the
+    features, and their lengths, that the layout's converter makes, padded and packed."""
+    from t5x_like.model import features
+    lengths = {"inputs": 6, "targets": 6} if layout == "encoder_only" else (
+        {"inputs": 5, "targets": 4} if with_inputs else {"targets": 9})
+    converter = feature_converters.for_layout(layout, with_inputs, pack)
+    expected = features.model_feature_lengths(layout, lengths, pack=pack)
+    assert dict(converter.get_model_feature_lengths(lengths)) == expected
+    if layout == "encoder_only":
+        return  # its converter needs an MLM task: the lengths above are its own (docstring tests cover the arrays)
+    (first, *_) = list(converter(_lengths_task(with_inputs, lengths.get("inputs", 0), lengths["targets"]),
+                                 lengths).as_numpy_iterator())
+    assert {k: len(v) for k, v in first.items()} == expected
+    if "decoder_causal_attention" in first and not pack:
+        length = expected["decoder_causal_attention"]
+        np.testing.assert_array_equal(first["decoder_causal_attention"], features.prefix_indicator(length, lengths["inputs"]))
+        np.testing.assert_array_equal(first["decoder_loss_weights"], features.prefix_loss_weights(length, lengths["inputs"]))
+
+
+def test_the_converters_table_covers_exactly_the_model_s_layouts():
+    from t5x_like.model.config import LAYOUTS
+    assert sorted(feature_converters.LAYOUTS) == sorted(LAYOUTS)

@@ -21,25 +21,6 @@ def test_span_corruption_lengths_match_t5_for_512_inputs():
     assert objectives.span_corruption_targets_length(512) == 114
 
 
-@pytest.mark.parametrize("layout,has_inputs,expected", [
-    ("encoder_decoder", True, {"inputs": 512, "targets": 114}),
-    ("prefix_lm", True, {"inputs": 512, "targets": 114}),
-    ("decoder_only", True, {"inputs": 512, "targets": 114}),
-    ("decoder_only", False, {"targets": 626}),
-    ("encoder_only", True, {"inputs": 626, "targets": 626}),
-])
-def test_matched_feature_lengths_give_every_layout_the_same_total(layout, has_inputs, expected):
-    lengths = objectives.matched_feature_lengths(layout, 512, 114, task_has_inputs=has_inputs)
-    assert lengths == expected
-    model_length = sum(lengths.values()) if layout != "encoder_only" else lengths["inputs"]
-    assert model_length == 626
-
-
-def test_matched_feature_lengths_rejects_encoder_decoder_without_inputs():
-    with pytest.raises(ValueError, match="needs a task with inputs"):
-        objectives.matched_feature_lengths("encoder_decoder", 512, 114, task_has_inputs=False)
-
-
 @settings(max_examples=60, deadline=None)
 @given(inputs=st.integers(8, 700), targets=st.integers(8, 300),
        density=st.sampled_from([0.15, 0.5]), span=st.sampled_from([3.0, 8.0]))
