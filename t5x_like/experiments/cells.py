@@ -153,10 +153,22 @@ def stale_cells(experiment: Experiment, arm_runs: dict[str, ArmRun]) -> list[str
 
 
 def _changed_fields(recorded: dict, now: dict) -> list[str] | None:
+    """The fields that differ, as 'name: old -> new'; None if none does. Where a run lives is not
+    what it is: run directories are compared relative to the run's own (a moved OUTPUT_DIR
+    keeps its finished runs)."""
+    recorded, now = _located_relative(recorded), _located_relative(now)
     names = sorted(name for name in set(recorded) | set(now) if recorded.get(name) != now.get(name))
     if not names:
         return None
     return [f"{name}: {_short(recorded.get(name))} -> {_short(now.get(name))}" for name in names]
+
+
+def _located_relative(fields: dict) -> dict:
+    fields = dict(fields)
+    run_dir = fields.pop("model_dir", None) or ""
+    if fields.get("init_checkpoint"):
+        fields["init_checkpoint"] = os.path.relpath(fields["init_checkpoint"], run_dir)
+    return fields
 
 
 def _short(value) -> str:

@@ -49,7 +49,7 @@ class AdaptationError(ValueError):
 
 
 @dataclasses.dataclass(frozen=True)
-class TreeLayout:
+class TreeFacts:
     """What a parameter tree says about its model: its stacks and its relative table's mode."""
 
     stacks: tuple[str, ...]          # "encoder", "decoder" or both
@@ -57,7 +57,7 @@ class TreeLayout:
     cross_attention: bool
 
     @classmethod
-    def of(cls, shapes: Mapping[str, tuple], num_buckets: int, layout: str | None = None) -> "TreeLayout":
+    def of(cls, shapes: Mapping[str, tuple], num_buckets: int, layout: str | None = None) -> "TreeFacts":
         """The facts of a tree ({path: shape}). `layout`: its model's, when known (a checkpoint's
         saved config says); without it a table of 2 * num_buckets rows is read as a prefix-LM's."""
         stacks = tuple(s for s in STACKS if any(_in_stack(p, s) for p in shapes))
@@ -111,9 +111,9 @@ def adaptation_plan(source: Mapping[str, tuple], target: Mapping[str, tuple], ta
     checkpoint written before configs were saved) the source is assumed to share the target's
     bucket settings."""
     source_config = source_config or target_config
-    src = TreeLayout.of(source, source_config.relative_num_buckets,
+    src = TreeFacts.of(source, source_config.relative_num_buckets,
                         source_config.layout if source_config is not target_config else None)
-    dst = TreeLayout.of(target, target_config.relative_num_buckets, target_config.layout)
+    dst = TreeFacts.of(target, target_config.relative_num_buckets, target_config.layout)
     src_buckets = (source_config.relative_num_buckets, source_config.relative_max_distance)
     dst_buckets = (target_config.relative_num_buckets, target_config.relative_max_distance)
     if dict(source) == dict(target) and src == dst and (src_buckets == dst_buckets or src.relpos_mode is None):

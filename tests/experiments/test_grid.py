@@ -241,3 +241,10 @@ def test_an_output_dir_with_a_quote_in_its_name_holds_every_run_of_the_grid(tmp_
         assert config.model_dir == os.path.join(output_dir, "runs", f"{cell.arm.name}_seed0")
         if cell.arm.init_from:
             assert config.init_checkpoint == os.path.join(output_dir, "runs", f"{cell.arm.init_from}_seed0")
+
+
+def test_a_moved_output_dir_keeps_its_finished_runs_adapted_ones_too(tmp_path):
+    _finish_without_training(_small_grid(tmp_path / "before"))
+    os.rename(tmp_path / "before", tmp_path / "after")
+    moved = _small_grid(tmp_path / "after")
+    assert cells.stale_cells(moved, grid.load_arm_runs(moved, load_arm)) == []
