@@ -310,31 +310,61 @@ def parse_hbm_shortfall(message: str) -> tuple[float | None, float | None, str]:
     return None, None, ""
 
 
-def knobs_hint(config: TrainConfig, mesh_shape: Sequence[int] = ()) -> str:
-    """The settings that lower per-chip memory, with their current values."""
-    remat = getattr(config.model.config, "remat_policy", None)
-    if mesh_shape and mesh_shape[0] == 1 and mesh_shape[2] == 1:  # already all FSDP: add tensor parallelism
-        knobs = ["a tensor axis in MESH_SHAPE (e.g. --gin.MESH_SHAPE='(1,-1,4)')"]
-    else:
-        current = f" (now {tuple(mesh_shape)})" if mesh_shape else ""
-        knobs = [f"a larger fsdp axis in MESH_SHAPE (e.g. --gin.MESH_SHAPE='(1,-1,1)'){current}"]
-    if remat is not None and remat != "full":
-        knobs.append(f"--gin.TransformerConfig.remat_policy='full' (now {remat!r})")
-    knobs += [f"a smaller --gin.BATCH_SIZE (now {config.batch_size})",
-              f"more --gin.NUM_MICROBATCHES (now {config.num_microbatches})"]
-    return "; ".join(knobs)
+@dataclasses.dataclass(frozen=True)
+class Knob:
+    """One change that lowers per-chip memory: what it is, as words and as the gin binding to pass."""
+
+    words: str
+    binding: str  # e.g. "BATCH_SIZE=16", passed as --gin.BATCH_SIZE=16
+
+
+def memory_knobs(config: TrainConfig, mesh_shape: Sequence[int], num_chips: int, num_processes: int = 1) -> list[Knob]:
+    """The changes that lower per-chip memory which this slice accepts: each is checked with
+    `TrainConfig.validate_step` (a mesh or batch the slice cannot divide is never suggested)."""
+    def accepted(**changes) -> bool:
+        try:
+            dataclasses.replace(config, **changes).validate_step(num_chips, num_processes)
+        except ValueError:
+            return False
+        return True
+
+    knobs = []
+    shape = tuple(mesh_shape)
+    if num_chips > 1 and shape != (1, num_chips, 1) and accepted(mesh_shape=(1, -1, 1)):
+        knobs.append(Knob(f"all chips on the fsdp axis (now {shape})", "MESH_SHAPE=(1,-1,1)"))
+    elif num_chips > 1:
+        tensor = next((t for t in (4, 2) if num_chips % t == 0 and config.model.config.num_heads % t == 0
+                       and accepted(mesh_shape=(1, -1, t))), None)
+        if tensor:
+            knobs.append(Knob(f"a tensor axis of {tensor} (now {shape})", f"MESH_SHAPE=(1,-1,{tensor})"))
+    remat = config.model.config.remat_policy
+    if remat != "full":
+        knobs.append(Knob(f"full rematerialization (now {remat!r})", "TransformerConfig.remat_policy='full'"))
+    if config.batch_size % 2 == 0 and accepted(batch_size=config.batch_size // 2):
+        knobs.append(Knob(f"a smaller batch (now {config.batch_size})", f"BATCH_SIZE={config.batch_size // 2}"))
+    if accepted(num_microbatches=2 * config.num_microbatches):
+        knobs.append(Knob(f"more microbatches (now {config.num_microbatches})",
+                          f"NUM_MICROBATCHES={2 * config.num_microbatches}"))
+    return knobs
+
+
+def knobs_hint(knobs: list[Knob]) -> str:
+    """The knobs as one sentence, each with the flag that turns it."""
+    if not knobs:
+        return "a slice with more chips (nothing on this one lowers the memory further)"
+    return "; ".join(f"{knob.words}: --gin.{knob.binding}" for knob in knobs)
 
 
 def _does_not_fit(error: Exception, config: TrainConfig, tpu_slice: Slice, what: str,
-                  mesh_shape: Sequence[int]) -> DoesNotFitError:
+                  mesh_shape: Sequence[int], num_processes: int) -> DoesNotFitError:
     needed, available, counted = parse_hbm_shortfall(str(error))
     available = available or tpu_slice.hbm_bytes
     alone = f" for {counted} alone" if counted and counted != "all" else ""
     amount = (f"needs {needed / GiB:.2f} GiB per chip{alone}, {available / GiB:.2f} GiB available "
               f"(short by at least {(needed - available) / GiB:.2f} GiB)" if needed else
               f"needs more than the {available / GiB:.2f} GiB of HBM per chip")
-    return DoesNotFitError(f"the {what} does not fit on {tpu_slice.name}: it {amount}. Try {knobs_hint(config, mesh_shape)}",
-                           needed, available)
+    knobs = knobs_hint(memory_knobs(config, mesh_shape, math.prod(mesh_shape), num_processes))
+    return DoesNotFitError(f"the {what} does not fit on {tpu_slice.name}: it {amount}. Try {knobs}", needed, available)
 
 
 def _is_out_of_memory(error: Exception) -> bool:
@@ -358,7 +388,8 @@ def compile_train_step(config: TrainConfig, tpu_slice: Slice | str, *, eval_step
     """
     tpu_slice = resolve_slice(tpu_slice) if isinstance(tpu_slice, str) else tpu_slice
     devices = topology_devices(tpu_slice)
-    config.validate_step(len(devices), len({d.process_index for d in devices}))
+    num_processes = len({d.process_index for d in devices})
+    config.validate_step(len(devices), num_processes)
     mesh = partitioning.make_mesh(config.mesh_shape, devices)
     trainer = build_trainer(config, mesh)
     started = time.perf_counter()
@@ -366,7 +397,7 @@ def compile_train_step(config: TrainConfig, tpu_slice: Slice | str, *, eval_step
         compiled = trainer.train_step.lower(trainer.abstract_state(), trainer.abstract_batch()).compile()
     except Exception as e:
         if _is_out_of_memory(e):
-            raise _does_not_fit(e, config, tpu_slice, "train step", mesh.devices.shape) from None
+            raise _does_not_fit(e, config, tpu_slice, "train step", mesh.devices.shape, num_processes) from None
         raise
     seconds = time.perf_counter() - started
     memory = compiled.memory_analysis()
@@ -376,15 +407,14 @@ def compile_train_step(config: TrainConfig, tpu_slice: Slice | str, *, eval_step
             compiled_eval = trainer.eval_step.lower(trainer.abstract_params, trainer.abstract_batch()).compile()
         except Exception as e:
             if _is_out_of_memory(e):
-                raise _does_not_fit(e, config, tpu_slice, "eval step", mesh.devices.shape) from None
+                raise _does_not_fit(e, config, tpu_slice, "eval step", mesh.devices.shape, num_processes) from None
             raise
         m = compiled_eval.memory_analysis()
         eval_temp = int(m.temp_size_in_bytes)
         eval_total = int(m.argument_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes + eval_temp)
     lengths = dict(config.task_feature_lengths)
     model_config = config.model.config
-    model_flops = config.batch_size * sizing.train_flops_per_example(
-        model_config, lengths.get("inputs", 0), lengths["targets"])
+    model_flops = config.batch_size * sizing.train_flops_for_task(model_config, lengths)
     num_chips = len(devices)
     return CompileReport(
         slice=tpu_slice.name, topology=tpu_slice.topology, num_chips=num_chips,

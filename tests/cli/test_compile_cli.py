@@ -1,5 +1,6 @@
 """`t5x-like compile` (cli/compile.py) and the JAX_PLATFORMS choice of cli/jax_platforms.py."""
 import os
+import re
 import subprocess
 import sys
 
@@ -81,3 +82,22 @@ def test_the_dispatcher_chooses_platforms_before_running_a_command(monkeypatch, 
     with pytest.raises(SystemExit):
         cli_main.main(["size", "--help"])
     assert calls == [True] and "t5x-like size" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("topology,mesh", [
+    ("v5e-1", "(1,1,1)"),
+    pytest.param("v5e-4", "(4,1,1)", marks=pytest.mark.slow),  # its mesh advice compiles in full: ~100 s
+])
+def test_every_fix_a_refusal_suggests_is_one_the_command_accepts(capsys, topology, mesh):
+    """Apply each --gin.X=V the exit-5 line suggests: the command compiles or refuses again for memory
+    (exit 0 or 5), never rejects the suggestion itself (exit 2). A one-chip slice gets no mesh advice."""
+    args = ["--gin_file=gin_configs/models/decoder_only/tiny.gin", "--gin_file=gin_configs/runs/pretrain.gin",
+            "--skip_eval", *TOO_BIG, f"--gin.MESH_SHAPE={mesh}"]
+    assert compile_cli.main([f"--topology={topology}", *args]) == compile_cli.EXIT_DOES_NOT_FIT
+    err = capsys.readouterr().err
+    suggested = re.findall(r"--gin\.(\S+?)(?:;|$)", err.strip())
+    assert suggested, err
+    assert (topology == "v5e-1") == (not any(s.startswith("MESH_SHAPE") for s in suggested)), err
+    for binding in suggested:
+        rc = compile_cli.main([f"--topology={topology}", *args, f"--gin.{binding}"])
+        assert rc in (0, compile_cli.EXIT_DOES_NOT_FIT), (binding, capsys.readouterr().err)
