@@ -30,7 +30,7 @@ from t5x_like.inference import evaluation
 from t5x_like.model.config import TransformerConfig
 from t5x_like.model.model import Model
 from t5x_like.training import checkpoints
-from t5x_like.training.run import TrainConfig
+from t5x_like.training.run import ConfigFieldError, TrainConfig
 
 # Directories searched for relative --gin_file paths, after the working directory.
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -181,7 +181,8 @@ def train_config_from_args(argv: list[str], defaults: dict[str, str] | None = No
     Checks that the required macros are bound; `defaults` (macro -> gin literal) binds
     those that no file or flag binds (`t5x-like compile` needs no MODEL_DIR, for one).
     The TrainConfig carries the parsed config as text (`config_text`), which the run
-    saves as MODEL_DIR/config.gin.
+    saves as MODEL_DIR/config.gin. A count of the wrong type or out of range (TRAIN_STEPS='ten',
+    BATCH_SIZE=0) is a GinConfigError naming the binding that set it.
     """
     files, bindings, rest = split_gin_args(argv)
     load_config(files, bindings, finalize=not defaults)
@@ -201,7 +202,19 @@ def train_config_from_args(argv: list[str], defaults: dict[str, str] | None = No
     except (ValueError, TypeError) as e:
         raise GinConfigError(str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__) from e
     config.config_text = gin.config_str()
+    try:
+        config.check_fields()
+    except ConfigFieldError as e:
+        raise GinConfigError(_naming_the_binding(e, config.config_text)) from None
     return config, mode, rest
+
+
+def _naming_the_binding(error: ConfigFieldError, config_text: str) -> str:
+    """The error with the gin binding that set the field in front: the macro (`--gin.TRAIN_STEPS: ...`)
+    when a file binds the field to one, else the field's own binding."""
+    macro = re.search(rf"^TrainConfig\.{error.field} = %([A-Za-z_]\w*)\s*$", config_text, re.M)
+    binding = macro.group(1) if macro else f"TrainConfig.{error.field}"
+    return f"--gin.{binding}: {error}"
 
 
 def load_saved_model(model_dir: str, gin_files=(), gin_bindings=()) -> tuple[Model, dict[str, int]]:

@@ -17,10 +17,15 @@ and SLURM).
 
 Exit codes (each failure is one line on stderr):
   0    done
-  2    bad configuration or input: nothing was written to MODEL_DIR
-  3    the loss became NaN/inf: stopped before saving, earlier checkpoints kept
-  4    MODEL_DIR unusable: another run holds it, every checkpoint in it is
-       damaged, or a checkpoint could not be written (a full disk)
+  2    bad configuration or input (a wrong-typed or out-of-range binding, named;
+       a resume with another batch size or sequence length): nothing was
+       written to MODEL_DIR
+  3    the loss became NaN/inf, or training collapsed (training/guards.py):
+       stopped before saving, earlier checkpoints kept
+  4    MODEL_DIR unusable: not a writable directory, another run holds it,
+       every checkpoint in it is damaged (left in place: every rerun refuses
+       until --gin.TrainConfig.start_over_if_checkpoints_damaged=True), or a
+       checkpoint could not be written (a full disk)
   143  stopped by SIGTERM after saving a checkpoint (130: SIGINT / Ctrl-C)
 """
 from __future__ import annotations
@@ -42,8 +47,8 @@ from t5x_like.inference import evaluation
 from t5x_like.training import partitioning
 from t5x_like.training import run as train_lib
 from t5x_like.training.checkpoints import CheckpointSaveError, CheckpointsDamagedError
-from t5x_like.training.run_dir import RunDirLockedError
-from t5x_like.training.trainer import NonFiniteLossError
+from t5x_like.training.guards import TrainingDivergedError
+from t5x_like.training.run_dir import RunDirLockedError, RunDirUnusableError
 
 EXIT_BAD_CONFIG, EXIT_NON_FINITE, EXIT_RUN_DIR = 2, 3, 4
 
@@ -77,6 +82,7 @@ def _set_up_jax(flags: argparse.Namespace) -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if not flags.verbose:  # orbax logs a failed save at length; our one line says what and where
         logging.getLogger("absl").setLevel(logging.CRITICAL)
+    drop_closed_event_loop_noise()
     use_compilation_cache(flags.compilation_cache_dir)
     if flags.cpu_devices:
         jax.config.update("jax_num_cpu_devices", flags.cpu_devices)
@@ -92,6 +98,23 @@ def _silence_stderr_until_exit() -> None:
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, sys.stderr.fileno())
     os.close(devnull)
+
+
+def drop_closed_event_loop_noise() -> None:
+    """A checkpoint read that fails part-way (a zero-byte manifest: the previous step is then used)
+    leaves tensorstore reads in flight whose completions call into orbax's closed event loop; each
+    raises "Event loop is closed" where nobody can catch it, and Python prints it as a traceback
+    (dozens, after the one warning that says what happened). Those, and only those, are dropped."""
+    previous = sys.unraisablehook
+    if getattr(previous, "drops_closed_event_loop_noise", False):
+        return
+
+    def hook(unraisable) -> None:
+        value = unraisable.exc_value
+        if not (isinstance(value, RuntimeError) and str(value) == "Event loop is closed"):
+            previous(unraisable)
+    hook.drops_closed_event_loop_noise = True  # type: ignore[attr-defined]
+    sys.unraisablehook = hook
 
 
 def infer(config: train_lib.TrainConfig) -> None:
@@ -131,12 +154,13 @@ def main(argv: list[str] | None = None) -> int:
             infer(config)
             return 0
         result = train_lib.train(config)
-    except NonFiniteLossError:
+    except TrainingDivergedError as e:
+        print(f"t5x-like train: {e}", file=sys.stderr)
         return EXIT_NON_FINITE
     except (evaluation.CheckpointError, FileNotFoundError, CorpusFormatError) as e:
         print(f"t5x-like train: {e}", file=sys.stderr)
         return EXIT_BAD_CONFIG
-    except (RunDirLockedError, CheckpointsDamagedError) as e:
+    except (RunDirLockedError, RunDirUnusableError, CheckpointsDamagedError) as e:
         print(f"t5x-like train: {e}", file=sys.stderr)
         return EXIT_RUN_DIR
     except CheckpointSaveError as e:

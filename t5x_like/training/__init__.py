@@ -10,7 +10,9 @@ Modules:
                 checksums, and MODEL_DIR/model_config.json
   metrics_log   console, metrics.jsonl and TensorBoard output; MFU
   trainer       TrainState, the jitted sharded steps, the loop
+  guards        the rules that stop a diverged run (NaN/inf, collapse): exit 3
   run           TrainConfig and train(config): the named set-up steps
+  resume        where a run starts (resume, finetune init, fresh) and its refusals
   run_dir       one run per MODEL_DIR (a lock)
   programs      compiled steps shared by the runs of one process with the same model, shapes and optimizer
   aot           TPU slices, and compiling the train step for one on any host (`t5x-like compile`)

@@ -7,7 +7,7 @@
 
 Owns: `TrainConfig` (everything one run needs, as plain Python values) and
 `train(config)`: validate -> mesh -> trainer (shardings, jitted steps) ->
-checkpointer -> state (resume / finetune / fresh) -> data -> loop. Each step
+checkpointer -> state (resume / finetune / fresh: resume.py) -> data -> loop. Each step
 is a function of its own, usable and testable alone. Also
 `eval_checkpoint_loss` (teacher-forced loss of the newest checkpoint). Nothing
 here reads gin or argv: `t5x-like train` (cli/train.py) fills a TrainConfig
@@ -20,6 +20,9 @@ it and sees exactly the batches the uninterrupted run saw, at a cost that does
 not grow with the step. A checkpoint without a position (a custom dataset_fn
 whose iterator cannot save one, or one written before positions were saved)
 falls back to skipping the consumed batches (`start_batch`, stored in meta).
+Each step's meta also records the batch size and sequence lengths: a resume
+with others is refused by name (resume.same_batch_shape), since the saved
+position cannot serve the new shape.
 
 Multi-host: each process reads shard `process_index` of the data and feeds
 its rows of the global batch (`jax.distributed` is started by the command
@@ -29,7 +32,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import functools
 import itertools
 import json
 import logging
@@ -50,24 +52,22 @@ from t5x_like.data.sources import (
     task_has_split,
 )
 from t5x_like.data.task_vocab import check_model_vocab_size
-from t5x_like.model import adaptation, sizing
+from t5x_like.model import sizing
 from t5x_like.training import optimizers, partitioning, programs, run_dir
 from t5x_like.data import settings as data_settings
 from t5x_like.training.checkpoints import (
     CHECKPOINT_SUBDIR,
-    STREAM_RESTORED,
     Checkpointer,
-    CheckpointsDamagedError,
     SavedModelConfig,
     load_params,
-    read_model_config,
     write_model_config,
 )
+from t5x_like.training.guards import CollapsedRunError, NonFiniteLossError, TrainingDivergedError  # noqa: F401
 from t5x_like.training.metrics_log import MetricsLogger
+from t5x_like.training.resume import StartingPoint, batch_shape, restore_or_init_state  # noqa: F401
 from t5x_like.training.trainer import (
     LoopOptions,
     LossOptions,
-    NonFiniteLossError,
     StopRequested,
     Trainer,
     TrainState,
@@ -76,7 +76,6 @@ from t5x_like.training.trainer import (
 )
 
 log = logging.getLogger(__name__)
-
 
 
 # -- configuration -------------------------------------------------------------------
@@ -116,7 +115,8 @@ class TrainConfig:
     config_text: str = ""                # the configuration it came from (gin), saved as MODEL_DIR/config.gin
 
     def validate(self) -> None:
-        """Raises ValueError naming the first missing/invalid field (before compiling)."""
+        """Raises ValueError naming the first missing/invalid field (before compiling, before
+        MODEL_DIR is touched)."""
         if self.model is None:
             raise ValueError("no model: bind MODEL in a model gin file (gin_configs/models/...)")
         for name in ("model_dir", "mixture_or_task_name"):
@@ -132,10 +132,7 @@ class TrainConfig:
         TPU slice's (aot.py compiles for one on any host)."""
         if self.model is None:
             raise ValueError("no model: bind MODEL in a model gin file (gin_configs/models/...)")
-        if not isinstance(self.task_feature_lengths, dict) or "targets" not in self.task_feature_lengths:
-            raise ValueError(f"task_feature_lengths must be a dict with 'targets', got {self.task_feature_lengths!r}")
-        if self.train_steps < 0:
-            raise ValueError(f"train_steps must be >= 0, got {self.train_steps}")
+        self.check_fields()
         if self.batch_size % (self.num_microbatches * num_processes):
             raise ValueError(f"batch_size {self.batch_size} must divide by num_microbatches "
                              f"{self.num_microbatches} x processes {num_processes}")
@@ -146,6 +143,43 @@ class TrainConfig:
                 f"batch_size {self.batch_size} does not divide over the {data_parallel} data-parallel devices "
                 f"of mesh {shape} (data x fsdp); use a batch size that is a multiple of {data_parallel}")
         check_model_vocab_size(self.mixture_or_task_name, self.model.config.vocab_size)
+
+
+    def check_fields(self) -> None:
+        """ConfigFieldError naming the first count of the wrong type or below its minimum (a batch
+        size of 0, a sequence length of 0, a train_steps of 'ten')."""
+        for name, minimum in _COUNT_FIELDS.items():
+            _check_count(name, getattr(self, name), minimum)
+        if self.keep_checkpoints is not None:
+            _check_count("keep_checkpoints", self.keep_checkpoints, 1)
+        lengths = self.task_feature_lengths
+        if not isinstance(lengths, dict) or "targets" not in lengths:
+            raise ConfigFieldError("task_feature_lengths",
+                                   f"task_feature_lengths must be a dict with 'targets', got {lengths!r}")
+        for feature, length in lengths.items():
+            _check_count("task_feature_lengths", length, 1, f"task_feature_lengths[{feature!r}]")
+
+
+class ConfigFieldError(ValueError):
+    """A TrainConfig field of the wrong type or out of range; `field` names it (the command line
+    names the gin binding that set it)."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(message)
+        self.field = field
+
+
+# Integer fields of TrainConfig and their smallest allowed value (None: any integer).
+_COUNT_FIELDS = {"train_steps": 0, "batch_size": 1, "num_microbatches": 1, "seed": None, "eval_period": 0,
+                 "eval_steps": 0, "log_period": 1, "checkpoint_period": 1}
+
+
+def _check_count(field: str, value: Any, minimum: int | None, shown: str | None = None) -> None:
+    shown = shown or f"TrainConfig.{field}"
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise ConfigFieldError(field, f"{shown} must be an integer, got {value!r} (a {type(value).__name__})")
+    if minimum is not None and value < minimum:
+        raise ConfigFieldError(field, f"{shown} must be >= {minimum}, got {value}")
 
 
 @dataclasses.dataclass
@@ -179,53 +213,6 @@ def build_trainer(config: TrainConfig, mesh: jax.sharding.Mesh,
 def build_checkpointer(config: TrainConfig) -> Checkpointer:
     return Checkpointer(os.path.join(config.model_dir, CHECKPOINT_SUBDIR), keep=config.keep_checkpoints,
                         keep_best=config.keep_best_checkpoint, async_save=config.async_checkpointing)
-
-
-@dataclasses.dataclass
-class StartingPoint:
-    """Where a run starts: its state, how many training batches were consumed before it,
-    whether the input stream was moved there (restored from the checkpoint), and whether
-    damaged checkpoints were tried first (a failed read may have moved the stream)."""
-
-    state: TrainState
-    batches_consumed: int = 0
-    stream_restored: bool = False
-    started_over: bool = False
-
-    def stream_needs_rebuild(self) -> bool:
-        """The stream passed in is not at batches_consumed: build it again (replaying if > 0)."""
-        return not self.stream_restored and (self.batches_consumed > 0 or self.started_over)
-
-
-def restore_or_init_state(trainer: Trainer, checkpointer: Checkpointer, init_checkpoint: str | None = None,
-                          start_over_if_damaged: bool = False, batches: Any = None) -> StartingPoint:
-    """Resume from MODEL_DIR if it has a good checkpoint (moving `batches`, the training
-    stream, to its saved position when both allow), else params from `init_checkpoint`
-    with a fresh optimizer, else a fresh init.
-
-    If MODEL_DIR has checkpoints but every one is damaged, CheckpointsDamagedError
-    (naming the flag) unless `start_over_if_damaged`."""
-    try:
-        restored = checkpointer.restore_latest(trainer.abstract_params, trainer.abstract_opt_state,
-                                               batches=batches)
-    except CheckpointsDamagedError as e:
-        if not start_over_if_damaged:
-            raise CheckpointsDamagedError(
-                f"{e}; not starting over silently: set --gin.TrainConfig.start_over_if_checkpoints_damaged=True "
-                "to train from step 0 in this MODEL_DIR") from None
-        log.warning("%s; starting over from step 0 as start_over_if_checkpoints_damaged allows", e)
-        return StartingPoint(trainer.init_state(), started_over=True)
-    if restored is not None:
-        params, opt_state, meta = restored
-        log.info("resuming from step %d", meta["step"])
-        state = trainer.make_state(meta["step"], params, opt_state, meta.get("rng"))
-        return StartingPoint(state, int(meta.get("batches_consumed", meta["step"])), meta[STREAM_RESTORED])
-    if init_checkpoint:
-        source = read_model_config(init_checkpoint)  # None for a checkpoint older than saved configs
-        plan = functools.partial(adaptation.adaptation_plan, target_config=trainer.model.config,
-                                 source_config=source.model if source else None)
-        return StartingPoint(trainer.init_state(load_params(init_checkpoint, trainer.abstract_params, plan).params))
-    return StartingPoint(trainer.init_state())
 
 
 def make_batches(config: TrainConfig, split: str, start_batch: int, *, train: bool) -> Iterator[dict]:
@@ -305,20 +292,20 @@ def train(config: TrainConfig, cache: programs.ProgramCache | None = None,
 @contextlib.contextmanager
 def hold_run_dir(model_dir: str) -> Iterator[None]:
     """MODEL_DIR's lock (run_dir.exclusive), taken by process 0 for all processes: if it is held
-    elsewhere every process raises RunDirLockedError (none is left waiting in a collective).
+    elsewhere (or MODEL_DIR cannot be written) every process raises (none is left waiting in a collective).
     Remote MODEL_DIRs (gs://...) are not locked: flock needs a local or NFS path."""
     with contextlib.ExitStack() as stack:
         error = None
         if jax.process_index() == 0 and "://" not in model_dir:
             try:
                 stack.enter_context(run_dir.exclusive(model_dir))
-            except run_dir.RunDirLockedError as e:
+            except (run_dir.RunDirLockedError, run_dir.RunDirUnusableError) as e:
                 error = e
         if jax.process_count() > 1:
             from jax.experimental import multihost_utils  # deferred: multi-process runs only
             if multihost_utils.broadcast_one_to_all(np.int32(error is not None)) and error is None:
-                error = run_dir.RunDirLockedError(f"MODEL_DIR {model_dir} is in use by another run "
-                                                  "(process 0 found its lock)")
+                error = run_dir.RunDirLockedError(f"MODEL_DIR {model_dir} is in use by another run or unusable "
+                                                  "(process 0 could not take its lock)")
         if error is not None:
             raise error
         yield
@@ -346,7 +333,8 @@ def _train_in_run_dir(config: TrainConfig, eval_split: str | None,
     def save(s: TrainState, metrics: dict | None) -> None:
         step = int(jax.device_get(s.step))
         meta = {"batches_consumed": consumed + (step - start_step), "seed": config.seed,
-                "rng": np.asarray(jax.device_get(s.rng)).tolist()}
+                "rng": np.asarray(jax.device_get(s.rng)).tolist(),
+                **batch_shape(config.batch_size, config.task_feature_lengths)}
         checkpointer.save(step, s.params, s.opt_state, meta, metrics, batches=batches)
 
     own_stop = stop is None
@@ -357,9 +345,6 @@ def _train_in_run_dir(config: TrainConfig, eval_split: str | None,
     try:
         state, result = train_loop(trainer, state, batches, options, save=save, eval_batches=eval_batches,
                                    logger=logger, stop=stop, check_storage=checkpointer.check_for_errors)
-    except NonFiniteLossError as e:
-        logger.message(str(e))
-        raise
     finally:
         if own_stop:
             stop.restore()

@@ -5,11 +5,14 @@ it when the holder exits, however it exits (a SIGKILLed run leaves no stale
 lock on a local disk). The file records the holder's host, pid and start time,
 so a second run refuses with one line naming them. Some network filesystems do
 not honour flock across hosts; a cluster launcher normally prevents two jobs
-on one MODEL_DIR there.
+on one MODEL_DIR there. A MODEL_DIR that cannot hold the lock (read-only, a
+regular file, under a regular file) is `RunDirUnusableError`, one line, with
+nothing written.
 """
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import os
@@ -24,12 +27,23 @@ class RunDirLockedError(RuntimeError):
     """Another run holds MODEL_DIR; the message names its host and pid."""
 
 
+class RunDirUnusableError(RuntimeError):
+    """MODEL_DIR is not a directory this run can write (read-only, a regular file); the message says which."""
+
+
 @contextlib.contextmanager
 def exclusive(model_dir: str) -> Iterator[None]:
-    """Holds MODEL_DIR's lock for the duration of the block; RunDirLockedError if another run has it."""
-    os.makedirs(model_dir, exist_ok=True)
+    """Holds MODEL_DIR's lock for the duration of the block; RunDirLockedError if another run has
+    it, RunDirUnusableError if MODEL_DIR cannot be created or written."""
     path = os.path.join(model_dir, LOCK_FILE)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        os.makedirs(model_dir, exist_ok=True)
+        # an old .lock may still open for writing in a directory where nothing else can be written
+        if not os.access(model_dir, os.W_OK | os.X_OK):
+            raise PermissionError(errno.EACCES, "it is not writable", model_dir)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:
+        raise RunDirUnusableError(_unusable(model_dir, e)) from None
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -51,3 +65,12 @@ def _holder(path: str) -> str:
         return f"host {info['host']}, pid {info['pid']}, since {info['since']}"
     except (OSError, ValueError, KeyError):
         return "holder unknown"
+
+
+def _unusable(model_dir: str, error: OSError) -> str:
+    if os.path.exists(model_dir) and not os.path.isdir(model_dir):
+        why = "it is a file, not a directory"
+    else:
+        where = f" ({error.filename})" if error.filename and error.filename != model_dir else ""
+        why = f"{error.strerror or error}{where}"
+    return f"MODEL_DIR {model_dir} cannot be used: {why}; choose a writable directory for MODEL_DIR"

@@ -2,7 +2,8 @@
 
 Owns: TrainState; the jitted, sharded, buffer-donating train and eval steps
 (gradient accumulation, loss normalization, dropout RNG); the loop that runs
-steps, logs, evaluates, checkpoints and stops on NaN or SIGTERM. Does not own:
+steps, logs, evaluates, checkpoints and stops on SIGTERM or when a divergence
+guard fires (NaN, collapse: guards.py owns the rules). Does not own:
 the model's loss (model.Model.loss_sums), the optimizer recipes
 (optimizers.py), the mesh and rules (partitioning.py), checkpoint files
 (checkpoints/), or configuration (run.py builds the Trainer from a TrainConfig).
@@ -48,6 +49,8 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from t5x_like.training import partitioning
+from t5x_like.training.guards import NonFiniteLossError  # noqa: F401  (re-exported: its old home)
+from t5x_like.training.guards import DivergenceGuard
 from t5x_like.training.optimizers import Optimizer
 
 log = logging.getLogger(__name__)
@@ -76,7 +79,8 @@ class Trainer:
     """A model + optimizer placed on a mesh: abstract state, shardings, jitted steps.
 
     Build it once; `train_step(state, batch) -> (state, metrics)` (donates
-    `state`) and `eval_step(params, batch) -> metric sums` compile on first call.
+    `state`), `eval_step(params, batch) -> metric sums` and `param_norm(params)` (one
+    program, replicated scalar) compile on first call.
     """
 
     def __init__(self, model: Any, optimizer: Optimizer, mesh: Mesh, rules,
@@ -106,6 +110,7 @@ class Trainer:
                                   out_shardings=(self.state_shardings, rep), donate_argnums=(0,))
         self.eval_step = jax.jit(self._eval_step, in_shardings=(self.params_shardings, self.batch_shardings),
                                  out_shardings=rep)
+        self.param_norm = jax.jit(optax.global_norm, in_shardings=(self.params_shardings,), out_shardings=rep)
         self._init_params = jax.jit(self._init_params_fn, out_shardings=self.params_shardings)
         self._init_opt_state = jax.jit(optimizer.tx.init, in_shardings=(self.params_shardings,),
                                        out_shardings=self.opt_state_shardings)
@@ -322,10 +327,6 @@ class StopRequested:
             signal.signal(sig, handler)
 
 
-class NonFiniteLossError(RuntimeError):
-    pass
-
-
 @dataclasses.dataclass
 class LoopOptions:
     total_steps: int
@@ -368,9 +369,10 @@ def train_loop(trainer: Trainer, state: TrainState, batches: Iterator[Batch], op
     `save(state, metrics)` is called every checkpoint_period steps, at the
     end, and when a stop is requested (SIGTERM); metrics carry eval_loss when
     an evaluation ran at that step (for keep-best, make checkpoint_period a
-    multiple of eval_period). Losses are checked for
-    NaN/Inf before every save and at every log step; a non-finite loss raises
-    NonFiniteLossError without saving, so the last checkpoint stays good.
+    multiple of eval_period). Every step's metrics go through a DivergenceGuard
+    (guards.py) before every save and at every log step: NaN/inf, or a collapse
+    (uniform loss with no gradient, an exploded parameter norm), raises a
+    TrainingDivergedError without saving, so the last checkpoint stays good.
     `check_storage()` runs after every step: it raises as soon as a background
     save has failed (a full disk), instead of training on without checkpoints.
     """
@@ -379,20 +381,17 @@ def train_loop(trainer: Trainer, state: TrainState, batches: Iterator[Batch], op
     last_train: dict[str, float] = {}
     last_eval: dict[str, float] = {}
     timing_started = False
+    guard = DivergenceGuard(trainer.model.config.vocab_size, float(trainer.param_norm(state.params)))
 
-    def check_pending() -> None:
+    def check_pending(saving: bool = False) -> None:
         nonlocal last_train
         for s, m in pending:
             # loss: before update s; param_norm: after it (what a save would write)
-            loss, param_norm = float(m["loss"]), float(m["param_norm"])
-            if not (math.isfinite(loss) and math.isfinite(param_norm)):
-                raise NonFiniteLossError(
-                    f"non-finite training loss ({loss}) or parameters (norm {param_norm}) at step {s}; "
-                    "stopping. The last checkpoint (if any) is untouched; lower the learning rate or "
-                    "enable grad clipping and resume.")
-        if pending:
-            last_train = {k: float(v) for k, v in jax.device_get(pending[-1][1]).items()}
+            last_train = {k: float(v) for k, v in jax.device_get(m).items()}
+            guard.check(s, last_train)
         pending.clear()
+        if saving:
+            guard.check_savable(step, last_train)
 
     while step < options.total_steps:
         batch = trainer.global_batch(next(batches))
@@ -417,7 +416,7 @@ def train_loop(trainer: Trainer, state: TrainState, batches: Iterator[Batch], op
             last_eval = evaluate_loss(trainer, state.params, eval_batches(), options.eval_steps)
             logger.write("eval", step, last_eval)
         if step % options.checkpoint_period == 0 or is_last or stopping:
-            check_pending()
+            check_pending(saving=True)
             save(state, {"eval_loss": last_eval["loss"]} if eval_now else None)
         if stopping and not is_last:
             logger.message(f"stopped by signal at step {step}; checkpoint saved")

@@ -1,7 +1,12 @@
-"""`t5x-like train`: one-line errors before anything is written, and the files a run writes."""
+"""`t5x-like train`: one-line errors before anything is written, refusals that hold on a rerun, exit 3 for
+a diverged run, and the files a run writes."""
+import contextlib
 import glob
 import json
 import os
+import shutil
+import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -10,6 +15,7 @@ import pytest
 from t5x_like.cli import gin_loading
 from t5x_like.cli import train as train_cli
 from t5x_like.training.metrics_log import read_jsonl
+from tests import REPO_ROOT
 
 pytestmark = pytest.mark.usefixtures("persistent_compilation_cache")  # runs here recompile the same programs
 
@@ -181,3 +187,132 @@ def test_a_missing_sentencepiece_file_or_too_few_extra_ids_is_one_line(real_corp
     rc, _, err = run_main(common + [f"{VOCAB_BINDING}={real_corpora.sentencepiece_model}",
                                     "--gin.t5x_like.data.tasks.vocabulary.extra_ids=100"], capsys)
     assert rc == 2 and err.count("\n") == 1 and "extra_ids=100 is too few" in err
+
+
+# -- issue 30: refusals that hold, divergence without NaN, user errors as one line -------------
+TINY_RUN = [MODEL_GIN, RUN_GIN, "--gin.MIXTURE_OR_TASK_NAME=synthetic", "--gin.EVAL_PERIOD=0", "--gin.EVAL_STEPS=1",
+            "--gin.CHECKPOINT_PERIOD=2"]
+
+
+def tiny_run_args(model_dir, steps=2, batch=4, length=32, *extra):
+    return TINY_RUN + [f"--gin.MODEL_DIR={model_dir}", f"--gin.TRAIN_STEPS={steps}", f"--gin.BATCH_SIZE={batch}",
+                       f"--gin.TASK_FEATURE_LENGTHS={{'targets': {length}}}", *extra]
+
+
+def listing(directory) -> list[str]:
+    return sorted(str(p.relative_to(directory)) for p in directory.rglob("*"))
+
+
+@contextlib.contextmanager
+def read_only(directory):
+    """`directory` (existing, filled or not) read-only for the block: a read-only bind mount as root
+    (root writes through permissions), its permissions otherwise; skips where neither works."""
+    directory = str(directory)
+    if os.geteuid() != 0:
+        mode = os.stat(directory).st_mode
+        os.chmod(directory, 0o555)
+        try:
+            yield
+        finally:
+            os.chmod(directory, mode)
+        return
+    if not shutil.which("mount") or subprocess.run(["mount", "--bind", directory, directory],
+                                                   capture_output=True).returncode:
+        pytest.skip("a read-only directory for root needs a bind mount (mount(8), CAP_SYS_ADMIN)")
+    try:
+        if subprocess.run(["mount", "-o", "remount,bind,ro", directory], capture_output=True).returncode:
+            pytest.skip("cannot remount a bind mount read-only here")
+        yield
+    finally:
+        subprocess.run(["umount", directory], check=False)
+
+
+def test_a_refusal_over_damaged_checkpoints_holds_on_every_rerun_until_start_over_is_asked(tmp_path, capsys):
+    from tests.training.test_checkpoints import overwrite_middle_bytes
+    model_dir = tmp_path / "run"
+    assert run_main(tiny_run_args(model_dir, steps=4), capsys)[0] == 0
+    for step in ("2", "4"):
+        overwrite_middle_bytes(model_dir / "checkpoints" / step)
+    for attempt in (1, 2):  # a SLURM requeue, a retry loop: the same command again
+        rc, _, err = run_main(tiny_run_args(model_dir, steps=4), capsys)
+        assert rc == 4 and err.count("\n") == 1, (attempt, err)
+        assert "steps 2, 4" in err and "start_over_if_checkpoints_damaged=True" in err
+        assert sorted(os.listdir(model_dir / "checkpoints")) == ["2", "4"], "a refused run moves nothing"
+    start_over = "--gin.TrainConfig.start_over_if_checkpoints_damaged=True"
+    rc, _, err = run_main(tiny_run_args(model_dir, 4, 4, 32, start_over), capsys)
+    assert rc == 0, err
+    names = os.listdir(model_dir / "checkpoints")
+    assert {"2", "4"} <= set(names) and sum(name.startswith(("2.corrupt-", "4.corrupt-")) for name in names) == 2
+
+
+def test_a_run_that_collapses_without_nan_exits_3_with_one_line_on_stderr(tmp_path, capsys):
+    # Adafactor at 1e6: from the first step the loss sits at ln(384) with gradient norm 0.0 and the
+    # parameter norm explodes, nothing is NaN (it used to train to the end and exit 0).
+    model_dir = tmp_path / "run"
+    rc, out, err = run_main(tiny_run_args(model_dir, 6, 4, 32, "--gin.LEARNING_RATE=1e6"), capsys)
+    assert rc == 3 and err.count("\n") == 1, err
+    assert "training collapsed" in err and "lower the learning rate" in err and "collapsed" not in out
+    assert not [name for name in os.listdir(model_dir / "checkpoints") if name.isdigit()], "a collapsed state was saved"
+
+
+def test_a_non_finite_loss_is_one_line_on_stderr_not_stdout(tmp_path, capsys):
+    rc, out, err = run_main(tiny_run_args(tmp_path / "run", 4, 4, 32, "--gin.LEARNING_RATE=1e30"), capsys)
+    assert rc == 3 and err.count("\n") == 1 and "non-finite training loss" in err
+    assert "non-finite" not in out
+
+
+@pytest.mark.parametrize("binding,named", [("--gin.BATCH_SIZE=0", "BATCH_SIZE"), ("--gin.BATCH_SIZE=-8", "BATCH_SIZE"),
+                                           ("--gin.TASK_FEATURE_LENGTHS={'targets': 0}", "TASK_FEATURE_LENGTHS"),
+                                           ("--gin.TRAIN_STEPS='ten'", "TRAIN_STEPS"),
+                                           ("--gin.TrainConfig.log_period=0", "TrainConfig.log_period")])
+def test_a_bad_size_or_a_wrong_typed_binding_is_one_line_naming_it_and_writes_nothing(binding, named, tmp_path,
+                                                                                     capsys):
+    model_dir = tmp_path / "run"
+    rc, _, err = run_main(tiny_run_args(model_dir) + [binding], capsys)
+    assert rc == 2 and err.count("\n") == 1, err
+    assert f"--gin.{named}:" in err and "not supported" not in err
+    assert not model_dir.exists()
+
+
+def test_a_model_dir_that_is_a_file_or_read_only_is_one_line_and_nothing_is_written(tmp_path, capsys):
+    a_file = tmp_path / "run.txt"
+    a_file.write_text("not a directory")
+    rc, _, err = run_main(tiny_run_args(a_file), capsys)
+    assert rc == 4 and err.count("\n") == 1 and "is a file, not a directory" in err
+    locked_out = tmp_path / "ro"
+    locked_out.mkdir()
+    with read_only(locked_out):
+        for model_dir in (locked_out, locked_out / "run"):
+            rc, _, err = run_main(tiny_run_args(model_dir), capsys)
+            assert rc == 4 and err.count("\n") == 1, err
+            assert f"MODEL_DIR {model_dir} cannot be used" in err and "writable directory" in err
+    assert listing(locked_out) == []
+
+
+@pytest.mark.parametrize("changed,was,now", [({"batch": 8}, "batch_size 4", "batch_size 8"),
+                                             ({"length": 64}, "{'targets': 32}", "{'targets': 64}")])
+def test_resuming_with_another_batch_shape_is_one_line_naming_both_values(changed, was, now, tmp_path, capsys):
+    model_dir = tmp_path / "run"
+    assert run_main(tiny_run_args(model_dir), capsys)[0] == 0
+    before = listing(model_dir)
+    rc, _, err = run_main(tiny_run_args(model_dir, **{"steps": 4, **changed}), capsys)
+    assert rc == 2 and err.count("\n") == 1, err
+    assert was in err and now in err and f"--gin.TrainConfig.init_checkpoint={model_dir}" in err
+    assert listing(model_dir) == before
+
+
+@pytest.mark.slow  # two runs in subprocesses: the noise is printed by the interpreter, outside any capture
+def test_a_zero_byte_manifest_is_recovered_without_event_loop_tracebacks(tmp_path):
+    model_dir = tmp_path / "run"
+    environ = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3",
+                   PYTHONPATH=REPO_ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+
+    def train(steps):
+        return subprocess.run([sys.executable, "-m", "t5x_like.train", *tiny_run_args(model_dir, steps)], env=environ,
+                              cwd=REPO_ROOT, capture_output=True, text=True, timeout=600, check=False)
+    assert train(4).returncode == 0
+    (model_dir / "checkpoints" / "4" / "params" / "manifest.ocdbt").write_bytes(b"")
+    done = train(6)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "checkpoint step 4 is unreadable" in done.stderr
+    assert "Event loop is closed" not in done.stderr and "Traceback" not in done.stderr, done.stderr[-3000:]

@@ -1,4 +1,4 @@
-"""Runs on one device: corrupt checkpoints, finetune init, NaN stop, keep-best."""
+"""Runs on one device: corrupt checkpoints, finetune init, NaN and collapse stops, keep-best."""
 import glob
 import logging
 import os
@@ -64,7 +64,7 @@ def test_nan_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(tmp_pa
     with pytest.raises(train.NonFiniteLossError, match="non-finite training loss"):
         train.train(config)
     assert sorted(os.listdir(tmp_path / "run" / "checkpoints")) == ["2"]
-    assert "non-finite" in capsys.readouterr().out
+    assert "non-finite" not in capsys.readouterr().out  # an error, for the caller to show (the CLI: stderr)
 
 
 def test_keep_best_keeps_lowest_validation_loss_besides_the_latest(tmp_path):
@@ -90,3 +90,13 @@ def test_a_corpus_without_a_validation_split_trains_to_the_end_without_evaluatio
     assert result.step == 4 and not result.eval_metrics
     assert "has no 'validation' split: training without evaluation" in caplog.text
     assert "4" in os.listdir(tmp_path / "run" / "checkpoints")
+
+
+def test_a_run_that_collapses_without_nan_stops_and_keeps_its_last_good_checkpoint(tmp_path):
+    # Adafactor at a huge learning rate from step 5: the loss sits at ln(vocab) with no gradient, the
+    # parameter norm explodes, nothing is NaN. Steps 2 and 4 were saved before; step 6 must not be.
+    huge_from_step_5 = optimizers.adafactor(learning_rate=lambda step: jnp.where(step >= 4, 1e4, 1e-2))
+    config = tiny_run(tmp_path / "run", train_steps=8, optimizer=huge_from_step_5)
+    with pytest.raises(train.CollapsedRunError, match=r"training collapsed at step [56]: .*lower the learning rate"):
+        train.train(config)
+    assert sorted(os.listdir(tmp_path / "run" / "checkpoints")) == ["2", "4"]

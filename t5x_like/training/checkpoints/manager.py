@@ -22,12 +22,15 @@ renames it when every item is committed):
 
 Resume (`restore_latest`) tries the newest step first. If it cannot be read,
 or one array's checksum disagrees with its restored bytes (a single changed
-bit is caught), it is renamed aside to `<step>.corrupt-<time>` with a warning
-and the previous step is tried, so a half-written or damaged newest checkpoint
-never blocks training and is never overwritten in place (orbax refuses to write
-a step that exists; a corrupt step is moved away before training reaches that
-step again). When every step is damaged, `restore_latest` raises
-`CheckpointsDamagedError` naming them: starting over is the caller's decision.
+bit is caught), the previous step is tried, with a warning; once a good step
+is found, the damaged newer ones are renamed aside to `<step>.corrupt-<time>`,
+so a half-written or damaged newest checkpoint never blocks training and is
+never overwritten in place (orbax refuses to write a step that exists; a
+corrupt step is moved away before training reaches that step again). When
+every step is damaged, nothing is moved and `restore_latest` raises
+`CheckpointsDamagedError` naming them (its `steps`): starting over is the
+caller's decision (`move_aside`), and until it is taken every retry finds the
+same damaged steps and refuses the same way.
 A save that fails (a full disk, a lost mount) raises `CheckpointSaveError`
 at the first step that notices it (`check_for_errors`, every step).
 
@@ -46,7 +49,7 @@ import shutil
 import threading
 import time
 import weakref
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
@@ -66,11 +69,16 @@ from t5x_like.training.checkpoints.reading import check_item, read_item, read_me
 log = logging.getLogger(__name__)
 
 DATA_ITEM = "data"
+MetaCheck = Callable[[int, dict], None]  # (step, its meta) -> None, or CheckpointMismatchError
 STREAM_RESTORED = "stream_restored"  # set in the meta `restore` returns (never saved): was `batches` moved?
 
 
 class CheckpointsDamagedError(RuntimeError):
-    """Every checkpoint in a directory is unreadable or fails its checksums."""
+    """Every checkpoint in a directory is unreadable or fails its checksums (`steps`, all left in place)."""
+
+    def __init__(self, message: str, steps: tuple[int, ...] = ()):
+        super().__init__(message)
+        self.steps = tuple(steps)
 
 
 class CheckpointSaveError(OSError):
@@ -252,16 +260,19 @@ class Checkpointer:
         return steps[-1] if steps else None
 
     def restore(self, step: int, abstract_params: Any, abstract_opt_state: Any,
-                batches: Any = None) -> tuple[Any, Any, dict]:
+                batches: Any = None, check_meta: MetaCheck | None = None) -> tuple[Any, Any, dict]:
         """Restores one step into the shardings of the abstract targets; verifies it.
 
         `batches`: the training input stream, moved to the step's saved position when
         the step has one and the stream can take it (the returned meta's STREAM_RESTORED says).
         CheckpointMismatchError (before reading any array) if the step holds another
         model's params or another optimizer's state, or a data position saved by
-        another number of processes; any other error means damage."""
+        another number of processes, or if `check_meta(step, meta)` raises it (the
+        caller's own conditions on the saved meta); any other error means damage."""
         step_dir = os.path.join(self.directory, str(step))
         meta = read_meta(step_dir)
+        if check_meta is not None:
+            check_meta(step, meta)
         check_item(step_dir, "params", abstract_params, meta, check_matches)
         check_item(step_dir, "opt_state", abstract_opt_state, meta, _check_same_shapes)
         params = read_item(step_dir, "params", abstract_params)
@@ -281,38 +292,46 @@ class Checkpointer:
             raise CheckpointMismatchError(f"step {step}: {e}") from None
         return True
 
-    def restore_latest(self, abstract_params: Any, abstract_opt_state: Any,
-                       batches: Any = None) -> tuple[Any, Any, dict] | None:
-        """Newest good checkpoint, skipping damaged ones and moving them aside; None if there is
-        no checkpoint.
+    def restore_latest(self, abstract_params: Any, abstract_opt_state: Any, batches: Any = None,
+                       check_meta: MetaCheck | None = None) -> tuple[Any, Any, dict] | None:
+        """Newest good checkpoint, skipping damaged ones (moved aside once a good one is found);
+        None if there is no checkpoint.
 
         Raises CheckpointMismatchError for a checkpoint of another model or optimizer (never
-        moved), and CheckpointsDamagedError when there were checkpoints and every one is damaged."""
+        moved), and CheckpointsDamagedError, moving nothing, when there were checkpoints and
+        every one is damaged."""
         steps = self.steps()
+        damaged: list[int] = []
         for index, step in enumerate(reversed(steps)):
             try:
-                return self.restore(step, abstract_params, abstract_opt_state, batches)
+                restored = self.restore(step, abstract_params, abstract_opt_state, batches, check_meta)
             except CheckpointMismatchError:
                 raise
             except Exception as e:  # noqa: BLE001  (any read/verify failure: not a good checkpoint)
-                self._move_damaged_aside(step, e, older=len(steps) - 1 - index)
+                log.warning("checkpoint step %d is unreadable (%s: %s), %s", step, type(e).__name__,
+                            str(e).splitlines()[0][:200] if str(e) else "",
+                            "trying the previous one" if index < len(steps) - 1 else "and it was the oldest")
+                damaged.append(step)
+                continue
+            self.move_aside(damaged)
+            return restored
         if steps:
             raise CheckpointsDamagedError(
-                f"every checkpoint in {self.directory} is damaged (steps {', '.join(map(str, steps))}"
-                + ", moved aside as <step>.corrupt-*)")
+                f"every checkpoint in {self.directory} is damaged (steps {', '.join(map(str, steps))}; "
+                "left in place)", tuple(steps))
         return None
 
-    def _move_damaged_aside(self, step: int, error: Exception, older: int) -> None:
-        path = os.path.join(self.directory, str(step))
-        aside = f"{path}.corrupt-{int(time.time())}"
-        log.warning("checkpoint step %d is unreadable (%s: %s)%s, %s",
-                    step, type(error).__name__, str(error).splitlines()[0][:200] if str(error) else "",
-                    f"; moved to {aside}", "trying the previous one" if older else "and it was the oldest")
-        if jax.process_index() == 0 and os.path.exists(path):
-            os.rename(path, aside)
-        if jax.process_count() > 1:
-            from jax.experimental import multihost_utils
-            multihost_utils.sync_global_devices(f"quarantine_{step}")
+    def move_aside(self, steps: list[int] | tuple[int, ...]) -> None:
+        """Renames each step folder to `<step>.corrupt-<time>` (process 0; every process waits for it)."""
+        stamp = int(time.time())
+        for step in steps:
+            path = os.path.join(self.directory, str(step))
+            log.warning("moving damaged checkpoint step %d to %s.corrupt-%d", step, path, stamp)
+            if jax.process_index() == 0 and os.path.exists(path):
+                os.rename(path, f"{path}.corrupt-{stamp}")
+            if jax.process_count() > 1:
+                from jax.experimental import multihost_utils
+                multihost_utils.sync_global_devices(f"quarantine_{step}")
         self._manager.reload()
 
 
