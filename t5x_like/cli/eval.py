@@ -10,10 +10,13 @@ model dir (`config.gin`; `--gin_file` / `--gin.NAME=VALUE` add to or override
 it), the parameters come from the newest (or the named) checkpoint step.
 Feature lengths default to the training run's (`TASK_FEATURE_LENGTHS`);
 `--inputs_length/--targets_length` override them (targets = the most tokens
-generated). Results go to stdout and to
-`MODEL_DIR/eval-<task>-<split>-step<step>.json` (or `--output`).
-Exit codes: 0 ok, 2 bad input (empty checkpoint dir, mismatched checkpoint,
-unknown task or split).
+generated). Results go to stdout first, then to
+`MODEL_DIR/eval-<task>-<split>-step<step>.json` (or `--output`). A report
+that cannot be written (a read-only MODEL_DIR) costs nothing computed: the
+metrics are already printed, one line on stderr says where the JSON could not
+go (pass `--output=PATH` elsewhere), and the exit code stays 0.
+Exit codes: 0 ok (metrics printed), 2 bad input (empty checkpoint dir,
+mismatched checkpoint, unknown task or split).
 """
 from __future__ import annotations
 
@@ -59,6 +62,20 @@ def metrics_table(metrics: dict[str, dict[str, float]]) -> str:
     return "\n".join(lines)
 
 
+def print_and_write(done: evaluation.CheckpointEvaluation, name: str, split: str,
+                    loaded: evaluation.LoadedCheckpoint, prog: str = "t5x-like eval",
+                    elsewhere: str = " (--output=PATH writes it elsewhere)") -> None:
+    """The metrics on stdout, then the JSON report written, or one line on stderr saying where it
+    could not be (the metrics are kept either way)."""
+    print(f"{name} [{split}] at step {loaded.step} of {loaded.model_dir} ({done.seconds:.1f} s)")
+    print(metrics_table(done.result.metrics), flush=True)
+    try:
+        print(f"wrote {done.write()}")
+    except OSError as e:
+        print(f"{prog}: could not write the report to {done.output}: {e.strerror or e}; the metrics are "
+              f"printed above{elsewhere}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
@@ -87,14 +104,12 @@ def main(argv: list[str] | None = None) -> int:
     config = decoding.DecodeConfig(method="beam" if flags.beams > 1 else "greedy", num_beams=flags.beams,
                                    length_penalty=flags.length_penalty)
     try:
-        result, output, seconds = evaluation.evaluate_checkpoint(
+        done = evaluation.evaluate_checkpoint(
             loaded, name, flags.split, lengths, flags.batch_size, config, flags.max_examples, flags.output)
     except ValueError as e:
         print(f"t5x-like eval: {e}", file=sys.stderr)
         return 2
-    print(f"{name} [{flags.split}] at step {loaded.step} of {loaded.model_dir} ({seconds:.1f} s)")
-    print(metrics_table(result.metrics))
-    print(f"wrote {output}")
+    print_and_write(done, name, flags.split, loaded)
     return 0
 
 

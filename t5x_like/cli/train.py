@@ -121,11 +121,9 @@ def infer(config: train_lib.TrainConfig) -> None:
     """Greedy generation and the task's metrics on the validation split (as `t5x-like eval`), with
     the model saved with the checkpoint (MODEL_DIR/model_config.json), like `t5x-like eval`."""
     loaded = gin_loading.load_checkpoint_with_overrides(config.model_dir)
-    result, output, seconds = evaluation.evaluate_checkpoint(
-        loaded, config.mixture_or_task_name, "validation", dict(config.task_feature_lengths))
-    print(f"{config.mixture_or_task_name} [validation] at step {loaded.step} of {loaded.model_dir} ({seconds:.1f} s)")
-    print(eval_cli.metrics_table(result.metrics))
-    print(f"wrote {output}")
+    done = evaluation.evaluate_checkpoint(loaded, config.mixture_or_task_name, "validation",
+                                          dict(config.task_feature_lengths))
+    eval_cli.print_and_write(done, config.mixture_or_task_name, "validation", loaded, "t5x-like train", "")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -14,8 +14,8 @@ runs a task or mixture through `seqio.Evaluator` with
 
 plus teacher-forced loss, perplexity and token accuracy for every task (also
 those without metrics, such as pretraining tasks), and `evaluate_checkpoint`,
-which does all of it for a checkpoint and writes the JSON report (what
-`t5x-like eval` and infer runs print). Does not own the metric functions
+which does all of it for a checkpoint and builds the JSON report (what
+`t5x-like eval` and infer runs print, then write). Does not own the metric functions
 (each task's, `data/metrics.py`), the decoding search (`decoding.py`), or
 reading the gin config of a run older than model_config.json (the command
 line's: cli/gin_loading.py).
@@ -214,12 +214,29 @@ def evaluate(model: model_lib.Model, params, mixture_or_task_name: str, split: s
     return EvalResult({k: {m: _plain(v) for m, v in d.items()} for k, d in metrics.items()}, examples)
 
 
+@dataclasses.dataclass
+class CheckpointEvaluation:
+    """`evaluate_checkpoint`'s answer: the metrics, the JSON report and where it belongs (not yet written)."""
+
+    result: EvalResult
+    report: dict[str, Any]
+    output: str       # the report's path
+    seconds: float
+
+    def write(self) -> str:
+        """Writes the JSON report to `output` (OSError if it cannot: a read-only MODEL_DIR); returns its path."""
+        with open(self.output, "w") as f:
+            json.dump(self.report, f, indent=1, default=str)
+        return self.output
+
+
 def evaluate_checkpoint(loaded: LoadedCheckpoint, mixture_or_task_name: str, split: str = "validation",
                         feature_lengths: dict[str, int] | None = None, batch_size: int = 16,
                         decode_config: decoding.DecodeConfig | None = None, max_examples: int | None = None,
-                        output: str | None = None) -> tuple[EvalResult, str, float]:
-    """`evaluate` on a loaded checkpoint; writes the JSON report (default
-    MODEL_DIR/eval-<task>-<split>-step<step>.json). Returns (result, report path, seconds)."""
+                        output: str | None = None) -> CheckpointEvaluation:
+    """`evaluate` on a loaded checkpoint, with its JSON report (default path
+    MODEL_DIR/eval-<task>-<split>-step<step>.json), which the caller writes (`write()`) after
+    showing the metrics: a MODEL_DIR that cannot be written does not lose them."""
     config = decode_config or decoding.DecodeConfig(method="greedy")
     start = time.time()
     result = evaluate(loaded.model, loaded.params, mixture_or_task_name, split, feature_lengths, batch_size,
@@ -232,9 +249,7 @@ def evaluate_checkpoint(loaded: LoadedCheckpoint, mixture_or_task_name: str, spl
               "decoding": {"method": config.method, "num_beams": config.num_beams,
                            "length_penalty": config.length_penalty},
               "seconds": round(seconds, 2), "metrics": result.metrics, "examples": result.examples}
-    with open(output, "w") as f:
-        json.dump(report, f, indent=1, default=str)
-    return result, output, seconds
+    return CheckpointEvaluation(result, report, output, seconds)
 
 
 def _longest(evaluator) -> dict[str, int]:

@@ -154,3 +154,18 @@ def test_gin_bindings_override_the_saved_model_config(prefix_run):
     model_dir, model, _ = prefix_run
     loaded = gin_loading.load_checkpoint_with_overrides(model_dir, gin_bindings=["config.TransformerConfig.dropout_rate = 0.25"])
     assert loaded.model.config == model.config.replace(dropout_rate=0.25)
+
+
+def test_eval_on_a_read_only_model_dir_prints_the_metrics_and_says_where_the_report_could_not_go(tmp_path, capsys):
+    from tests.cli.test_train_cli import listing, read_only
+    write_run(str(tmp_path), tiny("prefix_lm"), step=7)
+    before = listing(tmp_path)
+    with read_only(tmp_path):
+        rc = eval_cli.main([f"--checkpoint={tmp_path}", "--task=probe_copy", "--max_examples=2", "--batch_size=2"])
+    captured = capsys.readouterr()
+    assert rc == 0, captured.err
+    assert "at step 7 of" in captured.out and "exact_match" in captured.out  # the metrics, kept
+    report = tmp_path / "eval-probe_copy-validation-step7.json"
+    assert captured.err.count("\n") == 1 and f"could not write the report to {report}" in captured.err
+    assert "--output=PATH" in captured.err
+    assert listing(tmp_path) == before
