@@ -1,14 +1,15 @@
 """Accelerator attention kernels behind `attention_kernel="accelerated"`.
 
-Owns the choice and the call of a fused kernel for one attention call:
+Owns whether a fused kernel can take one attention call, and the call itself:
   TPU  Pallas splash attention (jax.experimental.pallas.ops.tpu.splash_attention):
        a static mask per head (causal, bidirectional, backward) AND-ed with
        segment ids (padding and packing); fully masked blocks are skipped.
   GPU  cuDNN flash attention (jax.nn.dot_product_attention(implementation="cudnn")):
        causal or bidirectional, padding as sequence lengths; bfloat16/float16.
-`accelerated_attention` returns the kernel's output, or None when the call is
-not one a kernel can take; the caller (layers.MultiHeadAttention) then runs the
-portable blockwise kernel (attention.py). Each reason for falling back is logged once per process.
+`fallback_reason` says why no kernel can take a call (None: one can);
+`accelerated_attention` runs the kernel. The dispatcher (attention.attend)
+asks the first, runs the second or the portable kernels, and logs the
+reason once per process.
 
 What falls back, and why: a prefix-LM's mask (its prefix length is per example
 and dynamic; splash takes static masks), an additive bias (T5 relative, ALiBi:
@@ -18,13 +19,13 @@ or per-head masks with sharded heads (TPU), packing, per-head masks, backward
 masks, float32 or a head_dim over 128 / not a multiple of 8 (cuDNN), and any
 other platform (CPU).
 
-Does not own: the dense masks and their MaskSpec (masks.py), which mask each
-stack uses (transformer.py), the portable kernels and their einsum reference (attention.py).
+Does not own: what a mask means and its AttentionMask (masks.py), which mask
+each stack uses (transformer.py), which kernel a call runs and the portable
+kernels (attention.py).
 """
 from __future__ import annotations
 
 import functools
-import logging
 import math
 
 import flax.linen as nn
@@ -32,10 +33,9 @@ import jax
 import jax.numpy as jnp
 from jax.experimental.pallas.ops.tpu import splash_attention as splash
 
-from t5x_like.model.masks import MaskSpec
+from t5x_like.model.masks import AttentionMask
 
 Array = jnp.ndarray
-logger = logging.getLogger(__name__)
 
 # Splash's query/key blocks must be multiples of 128 lanes; the largest that divides a length is used.
 SPLASH_BLOCK_SIZES = (512, 256, 128)
@@ -43,38 +43,39 @@ CUDNN_DTYPES = ("bfloat16", "float16")
 CUDNN_MAX_HEAD_DIM = 128  # before Hopper; Hopper and later take 256, which jax can check only on the device
 
 
-def accelerated_attention(query: Array, key: Array, value: Array, *, mask_spec: MaskSpec | None,
-                          bias: Array | None, scale: float, platform: str | None = None,
-                          attention_dropout: bool = False, interpret: bool = False) -> Array | None:
-    """softmax(scale · q·kᵀ under mask_spec) · v by a fused kernel, or None (reason logged once).
+def fallback_reason(query: Array, key: Array, mask: AttentionMask, bias: Array | None,
+                    attention_dropout: bool, platform: str | None = None, interpret: bool = False) -> str | None:
+    """Why no fused kernel can take this call, or None when `accelerated_attention` can.
+
+    query [B, Lq, H, D], key [B, Lk, H, D]. platform: "tpu" (splash), "gpu" (cuDNN),
+    anything else has none; None: the platform being compiled for (`target_platform`).
+    interpret=True: splash in Pallas interpret mode, on any platform.
+    """
+    reason = _common_fallback_reason(mask, bias, attention_dropout)
+    if reason is not None:
+        return reason
+    platform = target_platform() if platform is None else platform
+    if platform == "tpu" or interpret:
+        return splash_fallback_reason(query, key, mask)
+    if platform == "gpu":
+        return cudnn_fallback_reason(query, mask)
+    return (f"no accelerator kernel on {platform} (splash needs a TPU, cuDNN a GPU; "
+            "attention_implementation='interpret' runs splash interpreted)")
+
+
+def accelerated_attention(query: Array, key: Array, value: Array, mask: AttentionMask, scale: float,
+                          platform: str | None = None, interpret: bool = False) -> Array:
+    """softmax(scale · q·kᵀ under mask) · v by the fused kernel of `platform` (as in
+    `fallback_reason`, which must have returned None for this call).
 
     query [B, Lq, H, D], key / value [B, Lk, H, D]; returns [B, Lq, H, D].
-    platform: "tpu" (splash), "gpu" (cuDNN), anything else falls back; None: the
-    platform being compiled for (`target_platform`). interpret=True runs splash
-    in Pallas interpret mode (any platform; slow; for numerics tests).
+    interpret=True runs splash in Pallas interpret mode (any platform; slow; for numerics tests).
     """
     platform = target_platform() if platform is None else platform
-    reason = _common_fallback_reason(mask_spec, bias, attention_dropout)
-    if reason is None:
-        if platform == "tpu" or interpret:
-            reason = splash_fallback_reason(query, key, mask_spec)
-            if reason is None:
-                return _splash_over_mesh(query, key, value, mask_spec, scale, interpret)
-        elif platform == "gpu":
-            reason = cudnn_fallback_reason(query, mask_spec)
-            if reason is None:
-                return _cudnn(query, key, value, mask_spec, scale)
-        else:
-            reason = (f"no accelerator kernel on {platform} (splash needs a TPU, cuDNN a GPU; "
-                      "attention_implementation='interpret' runs splash interpreted)")
-    log_fallback(reason)
-    return None
-
-
-@functools.lru_cache(maxsize=None)
-def log_fallback(reason: str) -> None:
-    """One log line per distinct reason per process (not per call or trace); cache_clear() resets."""
-    logger.warning("attention_kernel='accelerated' falls back to the blockwise kernel: %s", reason)
+    query_ids, key_ids = mask.segment_ids(query.shape[0])
+    if platform == "tpu" or interpret:
+        return _splash_over_mesh(query, key, value, mask.heads, query_ids, key_ids, scale, interpret)
+    return _cudnn(query, key, value, mask.heads, query_ids, key_ids, scale)
 
 
 def target_platform() -> str:
@@ -83,11 +84,9 @@ def target_platform() -> str:
     return device.platform if device is not None else jax.default_backend()
 
 
-def _common_fallback_reason(mask_spec: MaskSpec | None, bias: Array | None, attention_dropout: bool) -> str | None:
-    if mask_spec is None:
-        return "no static mask description reached the attention layer"
-    if mask_spec.dynamic:
-        return mask_spec.dynamic
+def _common_fallback_reason(mask: AttentionMask, bias: Array | None, attention_dropout: bool) -> str | None:
+    if mask.dynamic:
+        return mask.dynamic
     if bias is not None:
         return "an additive position bias (relative or ALiBi); use position='rope', 'learned', 'sinusoidal' or 'none'"
     if attention_dropout:
@@ -96,7 +95,7 @@ def _common_fallback_reason(mask_spec: MaskSpec | None, bias: Array | None, atte
 
 
 # --- TPU: splash attention -------------------------------------------------------------------------
-def splash_fallback_reason(query: Array, key: Array, mask_spec: MaskSpec) -> str | None:
+def splash_fallback_reason(query: Array, key: Array, mask: AttentionMask) -> str | None:
     """Why splash cannot take this call (shapes, mesh), or None."""
     if query.shape[1] % SPLASH_BLOCK_SIZES[-1] or key.shape[1] % SPLASH_BLOCK_SIZES[-1]:
         return f"splash needs query and key lengths that are multiples of {SPLASH_BLOCK_SIZES[-1]}"
@@ -106,36 +105,37 @@ def splash_fallback_reason(query: Array, key: Array, mask_spec: MaskSpec) -> str
     _, length_axes, heads_axes = _activation_mesh_axes()
     if _axes_size(mesh, length_axes) > 1:
         return "splash with the sequence axis sharded over devices"
-    if len(mask_spec.heads) > 1 and _axes_size(mesh, heads_axes) > 1:
+    if len(mask.heads) > 1 and _axes_size(mesh, heads_axes) > 1:
         return "splash with per-head masks and the heads sharded over devices"
     return None
 
 
-def _splash(query: Array, key: Array, value: Array, mask_spec: MaskSpec, scale: float, interpret: bool) -> Array:
+def _splash(query: Array, key: Array, value: Array, query_ids: Array, key_ids: Array, *,
+            heads: tuple[str, ...], scale: float, interpret: bool) -> Array:
     """One device's splash call: [B, L, H, D] in and out; the kernel itself is per example, [H, L, D]."""
     num_heads, lq, lk = query.shape[2], query.shape[1], key.shape[1]
-    heads = mask_spec.heads if len(mask_spec.heads) > 1 else mask_spec.heads * num_heads
+    heads = heads if len(heads) > 1 else heads * num_heads
     kernel = splash.make_splash_mha(_splash_mask(heads, lq, lk), block_sizes=_splash_block_sizes(lq, lk),
                                     head_shards=1, q_seq_shards=1, interpret=interpret)
     heads_major = lambda x: jnp.swapaxes(x, 1, 2)
-    segment_ids = splash.SegmentIds(mask_spec.query_segment_ids, mask_spec.key_segment_ids)
+    segment_ids = splash.SegmentIds(query_ids, key_ids)
     out = jax.vmap(kernel)(heads_major(query * jnp.asarray(scale, query.dtype)), heads_major(key),
                            heads_major(value), segment_ids)
     return heads_major(out)
 
 
-def _splash_over_mesh(query, key, value, mask_spec: MaskSpec, scale: float, interpret: bool) -> Array:
+def _splash_over_mesh(query, key, value, heads: tuple[str, ...], query_ids: Array, key_ids: Array,
+                      scale: float, interpret: bool) -> Array:
     """Splash per device under the mesh in context (batch and heads split as the logical rules say)."""
     mesh = jax.sharding.get_abstract_mesh()
-    run = functools.partial(_splash, scale=scale, interpret=interpret)
+    run = functools.partial(_splash, heads=heads, scale=scale, interpret=interpret)
     if mesh.empty or mesh.size == 1:
-        return run(query, key, value, mask_spec)
+        return run(query, key, value, query_ids, key_ids)
     batch_axes, _, heads_axes = _activation_mesh_axes()
     qkv = jax.sharding.PartitionSpec(batch_axes, None, heads_axes, None)
     ids = jax.sharding.PartitionSpec(batch_axes, None)
-    spec_specs = MaskSpec(ids, ids, heads=mask_spec.heads, packed=mask_spec.packed)
-    return jax.shard_map(run, mesh=mesh, in_specs=(qkv, qkv, qkv, spec_specs), out_specs=qkv,
-                         check_vma=False)(query, key, value, mask_spec)
+    return jax.shard_map(run, mesh=mesh, in_specs=(qkv, qkv, qkv, ids, ids), out_specs=qkv,
+                         check_vma=False)(query, key, value, query_ids, key_ids)
 
 
 def _splash_mask(heads: tuple[str, ...], lq: int, lk: int) -> splash.MultiHeadMask:
@@ -163,11 +163,11 @@ def _axes_size(mesh, axes) -> int:
 
 
 # --- GPU: cuDNN flash attention --------------------------------------------------------------------
-def cudnn_fallback_reason(query: Array, mask_spec: MaskSpec) -> str | None:
+def cudnn_fallback_reason(query: Array, mask: AttentionMask) -> str | None:
     """Why cuDNN flash attention cannot take this call, or None."""
-    if mask_spec.packed:
+    if mask.packed:
         return "packed examples (segment ids) with cuDNN, which takes causal and padding masks only"
-    if len(mask_spec.heads) > 1 or mask_spec.heads[0] == "backward":
+    if len(mask.heads) > 1 or mask.heads[0] == "backward":
         return "per-head or backward masks with cuDNN, which takes causal and padding masks only"
     if query.shape[-1] % 8 or query.shape[-1] > CUDNN_MAX_HEAD_DIM:
         return f"cuDNN flash attention needs a head_dim that is a multiple of 8 and <= {CUDNN_MAX_HEAD_DIM}"
@@ -176,10 +176,10 @@ def cudnn_fallback_reason(query: Array, mask_spec: MaskSpec) -> str | None:
     return None
 
 
-def _cudnn(query: Array, key: Array, value: Array, mask_spec: MaskSpec, scale: float) -> Array:
+def _cudnn(query: Array, key: Array, value: Array, heads: tuple[str, ...], query_ids: Array, key_ids: Array,
+           scale: float) -> Array:
     """Padding as lengths: t5x_like's batches and prompts are right-padded, so real tokens come first."""
     lengths = lambda ids: jnp.sum(ids != 0, axis=1, dtype=jnp.int32)
     return jax.nn.dot_product_attention(
-        query, key, value, scale=scale, is_causal=mask_spec.heads[0] == "causal",
-        query_seq_lengths=lengths(mask_spec.query_segment_ids),
-        key_value_seq_lengths=lengths(mask_spec.key_segment_ids), implementation="cudnn")
+        query, key, value, scale=scale, is_causal=heads[0] == "causal",
+        query_seq_lengths=lengths(query_ids), key_value_seq_lengths=lengths(key_ids), implementation="cudnn")

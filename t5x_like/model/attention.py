@@ -1,6 +1,24 @@
-"""Attention kernels: softmax(q·kᵀ·scale + bias, masked)·v, computed two ways, and which one a call uses.
+"""Attention: softmax(q·kᵀ·scale + bias, masked)·v, the one function that decides which kernel
+computes it for a call, and the portable kernels.
 
 Owns:
+  attend               the dispatcher: MultiHeadAttention's one call. Picks the kernel
+                       (`kernel_for`), names a fallback in the log once per process
+                       (`log_fallback`), and runs it on the call's masks.AttentionMask: its
+                       dense form for einsum, blockwise and dot_product_attention, its
+                       structure and segment ids for the accelerated kernels.
+  kernel_for           which kernel runs, and why it is not the configured one:
+                         decoding step (one query over the heads-major cache) under
+                           blockwise or accelerated          -> einsum
+                         accelerated that no fused kernel takes (accelerator_attention.
+                           fallback_reason: CPU, a prefix-LM's per-example prefix, a bias,
+                           attention dropout, ...)          -> blockwise's rules below; logged
+                         blockwise with attention dropout    -> einsum (the only kernel that
+                                                                drops weights out); logged
+                         blockwise at lengths where blocks
+                           cannot pay (`blockwise_pays`)     -> einsum
+                       einsum and dot_product_attention always run as configured
+                       (TransformerConfig refuses dot_product_attention with dropout).
   einsum_attention     the reference: the full [B, H, Lq, Lk] logits, the mask's finite fill,
                        one softmax. Serves every case, the decoding step's heads-major cache
                        included, and is the only kernel that shows its weights (attention
@@ -13,18 +31,16 @@ Owns:
                        log-sum-exp per query and recomputes each pair's weights, so neither pass
                        holds [B, H, Lq, Lk] floats; it returns gradients for query, key, value
                        and bias (a learned relative-position table trains through it).
-  kernel_for           which kernel a MultiHeadAttention call runs, from the configured name
-                       and the call's lengths (`blockwise_pays`: blocks lose to einsum on short
-                       or badly padded lengths, e.g. 4x on a prefix-LM over 134 positions).
   add_bias             logits + a bias that broadcasts over batch (and heads), whose gradient sums
                        the broadcast rows as a matrix product with ones: XLA:CPU's reduce over a
                        leading axis ran ~80x slower (a third of a tiny model's train step), and the
                        product adds the rows in order, first to last.
 
 Shapes everywhere: query [B, Lq, H, D]; key/value [B, Lk, H, D] (or, for the einsum path, the
-decoding cache's [B, H, slots, D]); mask [B|1, H|1, Lq, Lk], True = may attend (masks.py);
-bias the same shape or None. Does not own projections, caches, RoPE (applied to q and k before
-any kernel, so kernels need nothing for it) or what a mask means (masks.py).
+decoding cache's [B, H, slots, D]); a dense mask [B|1, H|1, Lq, Lk], True = may attend
+(masks.py); bias the same shape or None. Does not own projections, caches, RoPE (applied to q
+and k before any kernel, so kernels need nothing for it), what a mask means (masks.py) or the
+fused accelerator kernels (accelerator_attention.py).
 
 A query row whose mask is all False (a padding query) gets, like the einsum path's finite fill,
 uniform weights over all Lk keys: the mean of the values.
@@ -39,45 +55,109 @@ from __future__ import annotations
 
 import functools
 import logging
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 
+from t5x_like.model import accelerator_attention
+from t5x_like.model.masks import AttentionMask
+
 Array = jnp.ndarray
 F32 = jnp.float32
 KERNELS = ("einsum", "dot_product_attention", "blockwise", "accelerated")
 
+CACHE_LAYOUT = "bhkd"  # a decoding step's key/value cache: heads before slots
+
 _log = logging.getLogger(__name__)
-_logged_once: set[str] = set()
 
 
-def _log_once(message: str) -> None:
-    if message not in _logged_once:
-        _logged_once.add(message)
-        _log.warning(message)
+class KernelChoice(NamedTuple):
+    """The kernel a call runs; `fallback`: why it is not the configured one (None: it is);
+    `logged`: whether `attend` names that fallback in the log (once per process)."""
+
+    kernel: str
+    fallback: str | None = None
+    logged: bool = False
 
 
-def kernel_for(configured: str, *, decoding_step: bool, dropout_active: bool,
-               lengths: tuple[int, int] | None = None, blocks: tuple[int, int] = (128, 128)) -> str:
-    """The kernel a call runs: the configured one, except that a decoding step (one query over
-    the heads-major cache) runs einsum under blockwise and accelerated, and under blockwise,
-    training with attention dropout and (query, key) `lengths` too short for blocks to pay
-    (`blockwise_pays`) run einsum (accelerated decides those itself)."""
+def attend(query: Array, key: Array, value: Array, mask: AttentionMask, bias: Array | None = None, *,
+           kernel: str, scale: float, blocks: tuple[int, int] = (128, 128), kv_layout: str = "bkhd",
+           implementation: str | None = None, attention_dropout: bool = False,
+           transform_weights: Callable[[Array], Array] | None = None, weights_dtype=F32) -> Array:
+    """softmax(q·kᵀ·scale + bias under mask)·v [B, Lq, H, D] by the kernel `kernel_for` picks.
+
+    kernel: TransformerConfig.attention_kernel; blocks: its (attention_block_q,
+    attention_block_k); implementation: its attention_implementation (dot_product_attention's
+    `implementation`; "interpret" runs accelerated's splash interpreted). kv_layout: "bkhd", or
+    CACHE_LAYOUT for a decoding step's cache (which makes the call a decoding step).
+    transform_weights: applied by the einsum kernel to the weights [B, H, Lq, Lk] before they
+    multiply the values (MultiHeadAttention's `sow` and attention dropout); attention_dropout:
+    whether it drops weights out, so that a kernel without dropout falls back to einsum.
+    weights_dtype: the einsum kernel's weights dtype.
+    """
+    choice = kernel_for(kernel, query, key, mask, bias, decoding_step=kv_layout == CACHE_LAYOUT,
+                        attention_dropout=attention_dropout, blocks=blocks, interpret=implementation == "interpret")
+    if choice.logged:
+        log_fallback(kernel, choice.kernel, choice.fallback)
+    if choice.kernel == "accelerated":
+        return accelerator_attention.accelerated_attention(query, key, value, mask, scale,
+                                                           interpret=implementation == "interpret")
+    if choice.kernel == "dot_product_attention":
+        return _dot_product_attention(query, key, value, mask.dense(), bias, scale, kv_layout, implementation)
+    if choice.kernel == "blockwise":
+        return blockwise_attention(query, key, value, mask.dense(), bias, scale, *blocks)
+    return einsum_attention(query, key, value, mask.dense(), bias, scale, kv_layout, weights_dtype=weights_dtype,
+                            transform_weights=transform_weights)
+
+
+def kernel_for(configured: str, query: Array, key: Array, mask: AttentionMask, bias: Array | None = None, *,
+               decoding_step: bool = False, attention_dropout: bool = False, blocks: tuple[int, int] = (128, 128),
+               interpret: bool = False, platform: str | None = None) -> KernelChoice:
+    """The kernel a call runs (see the module docstring's table). query and key are only read
+    for their shapes (and, under accelerated, dtype); platform: as accelerator_attention's
+    `fallback_reason` (None: the platform being compiled for)."""
     if configured not in KERNELS:
         raise ValueError(f"attention_kernel={configured!r}, expected one of {KERNELS}")
-    if configured in ("blockwise", "accelerated") and decoding_step:
-        return "einsum"
-    if configured != "blockwise":
-        return configured
-    if dropout_active:
-        _log_once("attention_kernel='blockwise' has no attention dropout: training with dropout_rate > 0 "
-                  "runs the einsum kernel")
-        return "einsum"
-    if lengths is not None and not blockwise_pays(*lengths, *blocks):
-        return "einsum"
-    return "blockwise"
+    if configured in ("einsum", "dot_product_attention"):
+        return KernelChoice(configured)
+    if decoding_step:
+        return KernelChoice("einsum", "a decoding step: one query over the heads-major cache")
+    if configured == "accelerated":
+        refusal = accelerator_attention.fallback_reason(query, key, mask, bias, attention_dropout, platform, interpret)
+        if refusal is None:
+            return KernelChoice("accelerated")
+        portable = _portable_choice(attention_dropout, (query.shape[1], key.shape[1]), blocks)
+        return KernelChoice(portable.kernel, refusal, logged=True)
+    return _portable_choice(attention_dropout, (query.shape[1], key.shape[1]), blocks)
+
+
+def _portable_choice(attention_dropout: bool, lengths: tuple[int, int], blocks: tuple[int, int]) -> KernelChoice:
+    """blockwise, unless the call needs attention dropout or its lengths are too short for blocks to pay."""
+    if attention_dropout:
+        return KernelChoice("einsum", "attention dropout (training with dropout_rate > 0): blockwise has none, "
+                                      "einsum drops the weights out", logged=True)
+    if not blockwise_pays(*lengths, *blocks):
+        return KernelChoice("einsum", f"blocks of {blocks} do not pay at (query, key) lengths {lengths}")
+    return KernelChoice("blockwise")
+
+
+@functools.lru_cache(maxsize=None)
+def log_fallback(configured: str, kernel: str, reason: str) -> None:
+    """One log line per distinct fallback per process (not per call or trace); cache_clear() resets."""
+    _log.warning("attention_kernel=%r falls back to the %s kernel: %s", configured, kernel, reason)
+
+
+def _dot_product_attention(query: Array, key: Array, value: Array, mask: Array, bias: Array | None, scale: float,
+                           kv_layout: str, implementation: str | None) -> Array:
+    """jax.nn.dot_product_attention (XLA or cuDNN picks a fused kernel; it has no attention dropout)."""
+    if kv_layout == CACHE_LAYOUT:  # the kernel takes [B, L, H, D]
+        key, value = jnp.swapaxes(key, 1, 2), jnp.swapaxes(value, 1, 2)
+    return jax.nn.dot_product_attention(
+        query, key, value, bias=None if bias is None else bias.astype(query.dtype),
+        mask=jnp.broadcast_to(mask, (query.shape[0], query.shape[2]) + mask.shape[2:]),
+        scale=scale, implementation=implementation)
 
 
 # Above this many logits per (row, head) blockwise runs whatever the lengths: it never holds them.

@@ -70,19 +70,23 @@ class TransformerConfig:
     dropout_rate: float = 0.0
     dtype: str = "float32"        # compute dtype ("bfloat16" for mixed precision)
     param_dtype: str = "float32"  # parameters stay fp32 for the optimizer
-    # "einsum": explicit softmax(QKᵀ + bias); "dot_product_attention":
+    # Which kernel computes attention (model/attention.py's `attend` decides per call).
+    # "einsum": explicit softmax(QKᵀ + bias), the only kernel with attention dropout
+    # and the one that sows the weights. "dot_product_attention":
     # jax.nn.dot_product_attention with implementation=attention_implementation
-    # (None, "xla" or "cudnn"). "blockwise": model/attention.py's online-softmax
-    # kernel, which skips the key blocks a mask hides (decoding steps, attention
-    # dropout and lengths too short for blocks to pay run einsum:
+    # (None, "xla" or "cudnn"); it has no attention dropout, so dropout_rate > 0 is
+    # refused with it. "blockwise": model/attention.py's online-softmax kernel,
+    # which skips the key blocks a mask hides (decoding steps, attention dropout
+    # and lengths too short for blocks to pay run einsum:
     # attention.blockwise_pays); the default: faster than einsum in every
     # layout's train step on the CPU (docs/performance.md), and the same function
     # (tests/model/test_attention.py). "accelerated": the fused kernel of the
     # platform being compiled for (model/accelerator_attention.py): splash
     # attention on TPU, cuDNN flash attention on GPU; a call no kernel can take
     # (CPU, a prefix-LM's per-example prefix, a relative/ALiBi bias, attention
-    # dropout, ...) runs the blockwise kernel and logs the reason once. One name,
-    # not one per kernel, so the same gin file serves TPU, GPU and CPU runs.
+    # dropout, ...) runs blockwise by blockwise's rules (so einsum for dropout)
+    # and logs the reason once; decoding steps run einsum. One name, not one per
+    # kernel, so the same gin file serves TPU, GPU and CPU runs.
     # attention_implementation="interpret" with "accelerated": splash in Pallas
     # interpret mode on any platform (slow; for numerics tests on CPU).
     attention_kernel: Literal["einsum", "dot_product_attention", "blockwise", "accelerated"] = "blockwise"
@@ -115,6 +119,10 @@ class TransformerConfig:
             yield f"mlp_activations={self.mlp_activations}: give one (plain) or two (gated)"
         if self.position == "rope" and self.head_dim % 2:
             yield "rope needs an even head_dim"
+        if self.attention_kernel == "dot_product_attention" and self.dropout_rate > 0:
+            yield (f"attention_kernel='dot_product_attention' has no attention dropout: dropout_rate="
+                   f"{self.dropout_rate} would be silently ignored there; use attention_kernel='einsum' or "
+                   "'blockwise' (which runs einsum when training with dropout), or dropout_rate=0")
         if self.attention_kernel == "accelerated" and self.attention_implementation not in (None, "interpret"):
             yield (f"attention_kernel='accelerated' takes attention_implementation None or 'interpret', "
                    f"got {self.attention_implementation!r}")

@@ -1,11 +1,12 @@
 """The shared Flax layers that every layout is built from (there is no other copy).
 
-Owns: dense projections, embeddings, norms, the MLP, multi-head attention,
-relative-position bias, and the Transformer block (self-attention, optional
-cross-attention, MLP). The attention kernels themselves (einsum, blockwise) and
-which one a call runs are `attention.py`'s. How blocks are stacked into encoders and decoders, and
-which mask each stack uses, is `transformer.py`'s business; what a mask means is
-`masks.py`'s.
+Owns: dense projections, embeddings, norms, the MLP, multi-head attention
+(projections, RoPE, the key/value cache), relative-position bias, and the
+Transformer block (self-attention, optional cross-attention, MLP). Which
+attention kernel a call runs, and the kernels, are `attention.py`'s
+(`attention.attend`, called once per MultiHeadAttention call). How blocks are
+stacked into encoders and decoders, and which mask each stack uses, is
+`transformer.py`'s business; what a mask means is `masks.py`'s.
 
 Every parameter carries logical axis names (`nn.with_logical_partitioning`)
 and key activations are constrained by logical names
@@ -25,7 +26,6 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from t5x_like.model import accelerator_attention
 from t5x_like.model import attention as attention_lib
 from t5x_like.model import masks as mask_lib
 from t5x_like.model import positions as position_lib
@@ -43,9 +43,8 @@ ACTIVATIONS = {
 
 BATCH_LENGTH_EMBED = ("activation_batch", "activation_length", "activation_embed")
 BATCH_LENGTH_HEADS_KV = ("activation_batch", "activation_length", "activation_heads", "activation_kv")
-# The decoding cache's layout (MultiHeadAttention): heads before slots.
+# The decoding cache's layout (MultiHeadAttention): heads before slots (attention.CACHE_LAYOUT).
 CACHE_AXES = ("activation_batch", "activation_heads", "activation_length", "activation_kv")
-CACHE_EINSUM = "bhkd"
 
 
 def partitioned(init, axes: tuple[str | None, ...]):
@@ -156,14 +155,13 @@ class MLP(nn.Module):
 
 
 class MultiHeadAttention(nn.Module):
-    """Attention of queries over keys/values under a boolean mask and an optional bias.
+    """Attention of queries over keys/values under a mask and an optional bias.
 
-    mask: [B or 1, H or 1, Lq, Lk], True = may attend (see masks.py).
+    mask: masks.AttentionMask, which keys each query may see (its dense form is
+    [B or 1, H or 1, Lq, Lk], True = may attend; see masks.py).
     bias: [B or 1, H or 1, Lq, Lk] added to the logits (relative position, ALiBi).
     query_positions / key_positions: [B, L], used for RoPE (and, when decoding,
     as the cache slot of each query).
-    mask_spec: the same mask described statically (masks.MaskSpec), read only by
-    attention_kernel="accelerated", which falls back to einsum without it.
 
     Key/value cache for generation (flax collection 'cache', see transformer.py and inference/decoding.py):
       kv_cache=None       no cache (training, scoring).
@@ -176,10 +174,14 @@ class MultiHeadAttention(nn.Module):
                           and attends over all slots (the caller's mask hides
                           unwritten ones); cross-attention reuses the stored
                           encoder keys/values and ignores inputs_kv.
-    The kernel is `config.attention_kernel` as `attention.kernel_for` resolves it:
-    a decoding step (one query over the heads-major cache), training with
-    attention dropout, and lengths too short for blocks to pay always run
-    einsum, the kernel that sows the weights.
+    The kernel is `config.attention_kernel` as `attention.attend` resolves it
+    (attention.kernel_for): "einsum" and "dot_product_attention" run as
+    configured, decoding steps included; "blockwise" runs einsum for a
+    decoding step, for training with attention dropout and at lengths too
+    short for blocks to pay; "accelerated" runs einsum for a decoding step,
+    and a call no fused kernel takes (logged once) runs by blockwise's rules.
+    Only einsum sows the weights ('intermediates', attention analysis) and
+    applies attention dropout.
     Keys are cached after RoPE, so a cached key never needs re-rotating. The
     cache is heads-major, [B, H, slots, head_dim] (CACHE_AXES): a step's
     q·k and weights·v then contract it as it lies in memory, where a
@@ -190,10 +192,9 @@ class MultiHeadAttention(nn.Module):
     use_rope: bool = False
 
     @nn.compact
-    def __call__(self, inputs_q: Array, inputs_kv: Array, mask: Array, bias: Array | None = None,
+    def __call__(self, inputs_q: Array, inputs_kv: Array, mask: mask_lib.AttentionMask, bias: Array | None = None,
                  query_positions: Array | None = None, key_positions: Array | None = None,
-                 kv_cache: str | None = None, cache_length: int | None = None,
-                 mask_spec: mask_lib.MaskSpec | None = None) -> Array:
+                 kv_cache: str | None = None, cache_length: int | None = None) -> Array:
         cfg = self.config
         if kv_cache not in (None, "prefill", "step"):
             raise ValueError(f"kv_cache={kv_cache!r}, expected None, 'prefill' or 'step'")
@@ -210,35 +211,14 @@ class MultiHeadAttention(nn.Module):
                 self._store_cache(key, value, cache_length)
             elif kv_cache == "step":
                 key, value = self._extend_cache(key, value, query_positions)
-        kv_axes = CACHE_EINSUM if kv_cache == "step" else "bkhd"
-        scale = cfg.head_dim ** -0.5 if cfg.scale_attention_by_head_dim else 1.0
-        choose_kernel = functools.partial(
-            attention_lib.kernel_for, decoding_step=kv_cache == "step",
-            dropout_active=cfg.dropout_rate > 0 and is_training(self),
-            lengths=None if kv_cache == "step" else (query.shape[1], key.shape[1]),
-            blocks=(cfg.attention_block_q, cfg.attention_block_k))
-        kernel = choose_kernel(cfg.attention_kernel)
-        out = None
-        if kernel == "accelerated":
-            out = accelerator_attention.accelerated_attention(
-                query, key, value, mask_spec=mask_spec, bias=bias, scale=scale,
-                attention_dropout=is_training(self) and cfg.dropout_rate > 0,
-                interpret=cfg.attention_implementation == "interpret")
-            if out is None:  # what no accelerator kernel takes runs the portable kernel
-                kernel = choose_kernel("blockwise")
-        if kernel == "dot_product_attention":
-            # Lets XLA / cuDNN pick a fused kernel; it has no attention-probability dropout.
-            if kv_axes == CACHE_EINSUM:  # the kernel takes [B, L, H, D]
-                key, value = jnp.swapaxes(key, 1, 2), jnp.swapaxes(value, 1, 2)
-            out = jax.nn.dot_product_attention(
-                query, key, value, bias=None if bias is None else bias.astype(query.dtype),
-                mask=jnp.broadcast_to(mask, (query.shape[0], cfg.num_heads) + mask.shape[2:]),
-                scale=scale, implementation=cfg.attention_implementation)
-        elif kernel == "blockwise":
-            out = attention_lib.blockwise_attention(query, key, value, mask, bias, scale,
-                                                    cfg.attention_block_q, cfg.attention_block_k)
-        elif out is None:
-            out = self._einsum_attention(query, key, value, mask, bias, scale, kv_axes)
+        out = attention_lib.attend(
+            query, key, value, mask, bias, kernel=cfg.attention_kernel,
+            scale=cfg.head_dim ** -0.5 if cfg.scale_attention_by_head_dim else 1.0,
+            blocks=(cfg.attention_block_q, cfg.attention_block_k),
+            kv_layout=attention_lib.CACHE_LAYOUT if kv_cache == "step" else "bkhd",
+            implementation=cfg.attention_implementation,
+            attention_dropout=cfg.dropout_rate > 0 and is_training(self),
+            transform_weights=self._sow_and_drop, weights_dtype=cfg.dtype)
         out = constrain(out, BATCH_LENGTH_HEADS_KV)
         return dense(cfg, cfg.d_model, ("heads", "kv", "embed"), "out", num_contracted=2)(out)
 
@@ -277,15 +257,11 @@ class MultiHeadAttention(nn.Module):
             cached.append(constrain(variable.value, CACHE_AXES))
         return cached[0], cached[1]
 
-    def _einsum_attention(self, query, key, value, mask, bias, scale, kv_axes: str = "bkhd"):
-        """attention.einsum_attention with the weights sown and dropped out here."""
-        def sow_and_drop(weights):
-            # Kept only when 'intermediates' is mutable (attention analysis); free otherwise.
-            self.sow("intermediates", "attention_weights", weights)
-            return nn.Dropout(self.config.dropout_rate)(weights, deterministic=not is_training(self))
-
-        return attention_lib.einsum_attention(query, key, value, mask, bias, scale, kv_axes,
-                                              weights_dtype=self.config.dtype, transform_weights=sow_and_drop)
+    def _sow_and_drop(self, weights: Array) -> Array:
+        """The einsum kernel's weights [B, H, Lq, Lk]: sown (kept only when 'intermediates' is
+        mutable: attention analysis; free otherwise), then dropped out when training."""
+        self.sow("intermediates", "attention_weights", weights)
+        return nn.Dropout(self.config.dropout_rate)(weights, deterministic=not is_training(self))
 
 
 class RelativePositionBias(nn.Module):
@@ -332,9 +308,9 @@ class Block(nn.Module):
     Cross-attention parameters are created only if the block is ever called
     with `encoded`, so the same block class serves encoders and decoders, and
     an encoder block reused by a decoder (shared encoder-decoder) gains just
-    its cross-attention. `kv_cache` / `cache_length` are MultiHeadAttention's
-    decoding arguments (self-attention gets both, cross-attention kv_cache only);
-    `mask_spec` / `cross_mask_spec` its static mask descriptions.
+    its cross-attention. `mask` / `cross_mask` are masks.AttentionMasks;
+    `kv_cache` / `cache_length` are MultiHeadAttention's decoding arguments
+    (self-attention gets both, cross-attention kv_cache only).
     """
 
     config: TransformerConfig
@@ -350,18 +326,15 @@ class Block(nn.Module):
         self.mlp_norm = make_norm(cfg, "mlp_norm")
         self.dropout = nn.Dropout(cfg.dropout_rate)
 
-    def __call__(self, x: Array, mask: Array, bias: Array | None, positions: Array,
-                 encoded: Array | None = None, cross_mask: Array | None = None,
-                 kv_cache: str | None = None, cache_length: int | None = None,
-                 mask_spec: mask_lib.MaskSpec | None = None,
-                 cross_mask_spec: mask_lib.MaskSpec | None = None) -> Array:
+    def __call__(self, x: Array, mask: mask_lib.AttentionMask, bias: Array | None, positions: Array,
+                 encoded: Array | None = None, cross_mask: mask_lib.AttentionMask | None = None,
+                 kv_cache: str | None = None, cache_length: int | None = None) -> Array:
         x = self._residual(x, self.self_attention_norm,
                            lambda h: self.self_attention(h, h, mask, bias, positions, positions, kv_cache=kv_cache,
-                                                         cache_length=cache_length, mask_spec=mask_spec))
+                                                         cache_length=cache_length))
         if encoded is not None:
             x = self._residual(x, self.cross_attention_norm,
-                               lambda h: self.cross_attention(h, encoded, cross_mask, kv_cache=kv_cache,
-                                                              mask_spec=cross_mask_spec))
+                               lambda h: self.cross_attention(h, encoded, cross_mask, kv_cache=kv_cache))
         x = self._residual(x, self.mlp_norm, self.mlp)
         return constrain(x, BATCH_LENGTH_EMBED)
 
@@ -376,9 +349,8 @@ class ScannableBlock(Block):
     """A Block with the (carry, output) signature that nn.scan needs."""
 
     def __call__(self, x, mask, bias, positions, encoded=None, cross_mask=None, kv_cache=None,
-                 cache_length=None, mask_spec=None, cross_mask_spec=None):
-        return super().__call__(x, mask, bias, positions, encoded, cross_mask, kv_cache, cache_length,
-                                mask_spec, cross_mask_spec), None
+                 cache_length=None):
+        return super().__call__(x, mask, bias, positions, encoded, cross_mask, kv_cache, cache_length), None
 
 
 REMAT_POLICIES = {

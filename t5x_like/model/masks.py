@@ -22,9 +22,15 @@ prefix indicator `decoder_causal_attention` although 1 there means
 *bidirectional*; t5x_like converts it once, in `model.py`, to
 `prefix_positions` and never uses the inverted name itself.
 
-`MaskSpec` describes the same masks without the [B, H, Lq, Lk] array (a static
-structure per head plus segment ids), for kernels that take static masks
-(accelerator_attention.py).
+The builders above give dense arrays. What travels to an attention layer is
+one `AttentionMask`: the ingredients of one call's mask (a structure per head,
+validity, segment ids, a prefix-LM's prefix, a decoding step's query slots).
+Kernels that take a dense mask ask it for `dense()`, which combines exactly the
+builders above; kernels that take static masks (accelerator_attention.py) read
+its structure and `segment_ids()` and never build the [B, H, Lq, Lk] array.
+`transformer.py` builds one per stack (per layer for forward_backward_layers)
+with `self_attention_mask`, `cross_attention_mask`, `decoding_step_mask` and
+`decoding_step_cross_mask`.
 """
 from __future__ import annotations
 
@@ -112,67 +118,143 @@ def mask_to_bias(mask: Array, dtype=jnp.float32) -> Array:
     return jnp.where(mask, jnp.asarray(0, dtype), big_negative)
 
 
-# --- a static description of the same masks, for kernels that take no dense mask ---------------
+# --- one attention call's mask, as every kernel needs it ----------------------------------------
 HeadStructure = Literal["causal", "bidirectional", "backward"]
+PREFIX_LM_IS_DYNAMIC = ("prefix-LM: each example's prefix length is dynamic, and splash and cuDNN take "
+                        "static masks")
 
 
 @struct.dataclass
-class MaskSpec:
-    """A self- or cross-attention mask described as kernels with static masks need it.
+class AttentionMask:
+    """Which keys each query of one attention call may see: one argument for every kernel.
 
-    Splash attention (TPU) and cuDNN flash attention (GPU) take no [B, H, Lq, Lk]
-    boolean array: they take a mask structure fixed at trace time plus segment
-    ids (or sequence lengths). `transformer.py` builds this next to the dense
-    mask when `attention_kernel="accelerated"`; `dense()` rebuilds the dense mask.
+    heads: the structure of every head (one entry: all heads alike), static. "causal" sees
+        keys at or before the query's slot, "backward" at or after it, "bidirectional" all.
+    lengths: (Lq, Lk), static.
+    query_valid / key_valid: [B, Lq] / [B, Lk] bool, real (non-padding) positions; None:
+        no padding term (a decoding step's cache: its `query_slots` hide unwritten slots).
+    query_segment_ids / key_segment_ids: [B, Lq] / [B, Lk], packed examples (a query sees
+        a key only with an equal id); None: unpacked.
+    prefix_positions: [B, L], a prefix-LM's bidirectional prefix per example (with heads
+        ("causal",)); None otherwise.
+    query_slots: [B, Lq], the key index each query sits at (a decoding step: its position
+        in the cache); None: query i sits at key i.
 
-    heads: the structure of every head (one entry: all heads alike), static.
-    query_segment_ids / key_segment_ids: [B, Lq] / [B, Lk] int32; 0 at padding,
-        else 1 + the packing segment id (1 when unpacked). A query may attend
-        a key only with an equal id, so padding and packing are one mechanism.
-        Padding queries see padding keys here, where the dense mask lets them
-        see nothing: their outputs are never used (no loss, no real query
-        attends them), and splash needs every row to see some key.
-    packed: several examples share a row (segment ids were given), static.
-    dynamic: why no static description exists (e.g. a prefix-LM's prefix
-        length differs per example), else None; heads and ids are then unused.
+    `dense()` is the [B|1, H|1, Lq, Lk] boolean array (True = may attend) that the einsum,
+    blockwise and dot_product_attention kernels take, built by the builders above in the
+    order transformer.py always combined them: structure, padding, packing. A padding query
+    there sees no key. `segment_ids()` is what splash and cuDNN take instead: padding and
+    packing folded into one id per position, 0 at padding, so a padding query sees the
+    padding keys there (its output is never used: no loss, no real query attends it, and
+    splash needs every row to see some key). `dynamic` says why no static structure exists.
 
     Worked example, a packed causal row [a b | c _] (two examples, one pad):
-        valid = [1, 1, 1, 0], segment_ids = [0, 0, 1, 0] → ids = [1, 1, 2, 0]
-        heads = ("causal",)        dense() for that row: 1 0 0 0
-                                                         1 1 0 0
-                                                         0 0 1 0
-                                                         0 0 0 1 (padding sees padding)
+        valid = [1, 1, 1, 0], segment_ids = [0, 0, 1, 0]
+        dense():  1 0 0 0     segment_ids(): [1, 1, 2, 0]
+                  1 1 0 0
+                  0 0 1 0
+                  0 0 0 0     (splash: padding sees padding, 0 0 0 1)
     """
 
+    heads: tuple[HeadStructure, ...] = struct.field(pytree_node=False)
+    lengths: tuple[int, int] = struct.field(pytree_node=False)
+    query_valid: Array | None = None
+    key_valid: Array | None = None
     query_segment_ids: Array | None = None
     key_segment_ids: Array | None = None
-    heads: tuple[HeadStructure, ...] = struct.field(pytree_node=False, default=("bidirectional",))
-    packed: bool = struct.field(pytree_node=False, default=False)
-    dynamic: str | None = struct.field(pytree_node=False, default=None)
+    prefix_positions: Array | None = None
+    query_slots: Array | None = None
+
+    @property
+    def packed(self) -> bool:
+        """Several examples share a row (segment ids were given)."""
+        return self.query_segment_ids is not None
+
+    @property
+    def dynamic(self) -> str | None:
+        """Why no static structure describes this mask (kernels with static masks cannot take it), or None."""
+        if self.prefix_positions is not None:
+            return PREFIX_LM_IS_DYNAMIC
+        if self.query_slots is not None:
+            return "a decoding step: each row's query sits at its own cache slot"
+        return None
 
     def dense(self) -> Array:
-        """[B, H or 1, Lq, Lk] boolean: the mask this spec describes."""
-        if self.dynamic:
-            raise ValueError(f"no static mask to rebuild: {self.dynamic}")
-        lq, lk = self.query_segment_ids.shape[1], self.key_segment_ids.shape[1]
-        rows, cols = jnp.arange(lq)[:, None], jnp.arange(lk)[None, :]
-        by_structure = {"causal": cols <= rows, "backward": cols >= rows, "bidirectional": jnp.ones((lq, lk), bool)}
-        structure = jnp.stack([by_structure[h] for h in self.heads])[None]
-        return structure & segment_mask(self.query_segment_ids, self.key_segment_ids)
+        """[B|1, H|1, Lq, Lk] bool, True = may attend: structure & padding & packing."""
+        present = [m for m in (self._structure(), self._padding(), self._packing()) if m is not None]
+        return combine(*present) if present else bidirectional_mask(*self.lengths)
+
+    def segment_ids(self, batch: int) -> tuple[Array, Array]:
+        """([B, Lq], [B, Lk]) int32 for kernels with static masks: 0 at padding, else 1 + segment id."""
+        valid = lambda given, length: jnp.ones((batch, length), bool) if given is None else given
+        return (segment_ids_with_padding(valid(self.query_valid, self.lengths[0]), self.query_segment_ids),
+                segment_ids_with_padding(valid(self.key_valid, self.lengths[1]), self.key_segment_ids))
+
+    def _structure(self) -> Array | None:
+        if self.prefix_positions is not None:
+            return prefix_lm_mask(self.prefix_positions)
+        if self.query_slots is not None:
+            if self.heads != ("causal",):
+                raise ValueError(f"query_slots take heads ('causal',), got {self.heads}")
+            return (jnp.arange(self.lengths[1])[None, None, :] <= self.query_slots[:, :, None])[:, None]
+        if set(self.heads) == {"bidirectional"}:
+            return None
+        per_head = [_head_structure(h, *self.lengths) for h in self.heads]
+        return per_head[0] if len(per_head) == 1 else jnp.concatenate(per_head, axis=1)
+
+    def _padding(self) -> Array | None:
+        if self.query_valid is not None and self.key_valid is not None:
+            return padding_mask(self.query_valid, self.key_valid)
+        if self.key_valid is not None:
+            return self.key_valid.astype(bool)[:, None, None, :]
+        if self.query_valid is not None:
+            return self.query_valid.astype(bool)[:, None, :, None]
+        return None
+
+    def _packing(self) -> Array | None:
+        if self.query_segment_ids is None:
+            return None
+        return segment_mask(self.query_segment_ids, self.key_segment_ids)
+
+
+def _head_structure(head: HeadStructure, query_length: int, key_length: int) -> Array:
+    """[1, 1, Lq, Lk] for one head (causal and backward need Lq = Lk)."""
+    if head == "bidirectional":
+        return bidirectional_mask(query_length, key_length)
+    if query_length != key_length:
+        raise ValueError(f"a {head} head needs equal query and key lengths, got {query_length} and {key_length}")
+    return causal_mask(query_length) if head == "causal" else backward_mask(query_length)
+
+
+def self_attention_mask(heads: tuple[HeadStructure, ...], valid: Array, segment_ids: Array | None = None,
+                        prefix_positions: Array | None = None) -> AttentionMask:
+    """A stack's self-attention: `heads` (or a prefix-LM's prefix) & padding (& packing)."""
+    length = valid.shape[1]
+    return AttentionMask(tuple(heads), (length, length), valid, valid, segment_ids, segment_ids, prefix_positions)
+
+
+def cross_attention_mask(valid: Array, encoder_valid: Array, segment_ids: Array | None = None,
+                         encoder_segment_ids: Array | None = None) -> AttentionMask:
+    """Decoder queries over encoder keys: padding (& packing when the decoder is packed)."""
+    packed = segment_ids is not None
+    return AttentionMask(("bidirectional",), (valid.shape[1], encoder_valid.shape[1]), valid, encoder_valid,
+                         segment_ids if packed else None, encoder_segment_ids if packed else None)
+
+
+def decoding_step_mask(positions: Array, cache_length: int) -> AttentionMask:
+    """One query per row at `positions` [B, 1] over `cache_length` slots: slots up to the position."""
+    return AttentionMask(("causal",), (positions.shape[1], cache_length), query_slots=positions)
+
+
+def decoding_step_cross_mask(encoder_valid: Array, num_queries: int = 1) -> AttentionMask:
+    """A decoding step's queries over the encoder's real positions."""
+    return AttentionMask(("bidirectional",), (num_queries, encoder_valid.shape[1]), key_valid=encoder_valid)
 
 
 def segment_ids_with_padding(valid: Array, segment_ids: Array | None = None) -> Array:
     """[B, L] int32: 0 at padding, 1 + segment id elsewhere (1 when there are no segment ids)."""
     ids = jnp.ones(valid.shape, jnp.int32) if segment_ids is None else segment_ids.astype(jnp.int32) + 1
     return jnp.where(valid.astype(bool), ids, 0)
-
-
-def mask_spec(heads: tuple[HeadStructure, ...], query_valid: Array, key_valid: Array,
-              query_segment_ids: Array | None = None, key_segment_ids: Array | None = None) -> MaskSpec:
-    """The MaskSpec of `heads` & padding (& packing when segment ids are given)."""
-    return MaskSpec(segment_ids_with_padding(query_valid, query_segment_ids),
-                    segment_ids_with_padding(key_valid, key_segment_ids),
-                    heads=tuple(heads), packed=query_segment_ids is not None)
 
 
 def forward_backward_head_structures(num_heads: int) -> tuple[HeadStructure, ...]:

@@ -9,9 +9,10 @@
                    the decoder reuse the encoder's layers (T5 Table 2 "shared").
 The token embedding is shared by all stacks. Each stack has its own position
 parameters (learned table or relative-bias table) and its own final norm.
-Which mask each stack uses is decided here (`encode`, `decode`), from
-`masks.py`'s builders (with `attention_kernel="accelerated"`, also its static
-`MaskSpec`); what the mask does to the logits is `layers.py`'s.
+Which mask each stack uses is decided here (`encode`, `decode`, `decode_step`):
+one `masks.AttentionMask` per stack (per layer for forward_backward_layers),
+built by `masks.py`'s constructors; which kernel it reaches and what it does
+to the logits is `attention.py`'s.
 
 Generation uses a key/value cache (flax collection 'cache'): `prefill` runs
 the encoder once and the decoder over the prompts (a prefix-LM's prompt with
@@ -88,27 +89,14 @@ class Transformer(nn.Module):
         bias_positions = _bias_positions(tokens, positions)
         positions = _default_positions(tokens) if positions is None else positions
         valid = tokens != PAD_ID
-        base_mask = mask_lib.combine(
-            mask_lib.padding_mask(valid, valid),
-            None if segment_ids is None else mask_lib.segment_mask(segment_ids, segment_ids))
-        length = tokens.shape[1]
 
-        def layer_mask(layer_index: int) -> Array:
-            if cfg.encoder_mask == "forward_backward_heads":
-                return base_mask & mask_lib.forward_backward_heads_mask(length, cfg.num_heads)
-            if cfg.encoder_mask == "forward_backward_layers":
-                return base_mask & mask_lib.forward_backward_layer_mask(length, layer_index)
-            return base_mask
-
-        def layer_spec(layer_index: int) -> mask_lib.MaskSpec | None:  # the same mask, for the accelerated kernels
-            if cfg.attention_kernel != "accelerated":
-                return None
+        def layer_mask(layer_index: int) -> mask_lib.AttentionMask:
             heads = mask_lib.encoder_head_structures(cfg.encoder_mask, cfg.num_heads, layer_index)
-            return mask_lib.mask_spec(heads, valid, valid, segment_ids, segment_ids)
+            return mask_lib.self_attention_mask(heads, valid, segment_ids)
 
         bias = self._position_bias(self.encoder_positions, bias_positions, None)
         x = self._embed(tokens, positions, self.encoder_positions)
-        x = self._run_layers(self.encoder_layers, x, layer_mask, bias, positions, layer_spec=layer_spec)
+        x = self._run_layers(self.encoder_layers, x, layer_mask, bias, positions)
         return self._finish_stack(x, self.encoder_norm)
 
     def decode(self, tokens: Array, valid: Array, prefix_positions: Array | None = None,
@@ -128,26 +116,17 @@ class Transformer(nn.Module):
         cfg = self.config
         bias_positions = _bias_positions(tokens, positions)
         positions = _default_positions(tokens) if positions is None else positions
-        if cfg.layout == "prefix_lm":
-            if prefix_positions is None:
-                raise ValueError("a prefix_lm model needs prefix positions: train it on a task with "
-                                 "'inputs' and 'targets' (PrefixLMFeatureConverter)")
-            structure = mask_lib.prefix_lm_mask(prefix_positions)
-        else:
-            structure = mask_lib.causal_mask(tokens.shape[1])
-        mask = mask_lib.combine(
-            structure, mask_lib.padding_mask(valid, valid),
-            None if segment_ids is None else mask_lib.segment_mask(segment_ids, segment_ids))
-        cross_mask = None
-        if encoded is not None:
-            cross_mask = mask_lib.combine(
-                mask_lib.padding_mask(valid, encoder_valid),
-                None if segment_ids is None else mask_lib.segment_mask(segment_ids, encoder_segment_ids))
-        spec, cross_spec = self._decoder_mask_specs(valid, segment_ids, encoder_valid, encoder_segment_ids)
+        if cfg.layout == "prefix_lm" and prefix_positions is None:
+            raise ValueError("a prefix_lm model needs prefix positions: train it on a task with "
+                             "'inputs' and 'targets' (PrefixLMFeatureConverter)")
+        mask = mask_lib.self_attention_mask(("causal",), valid, segment_ids,
+                                            prefix_positions if cfg.layout == "prefix_lm" else None)
+        cross_mask = None if encoded is None else mask_lib.cross_attention_mask(
+            valid, encoder_valid, segment_ids, encoder_segment_ids)
         bias = self._position_bias(self.decoder_positions, bias_positions, prefix_positions)
         x = self._embed(tokens, positions, self.decoder_positions)
         x = self._run_layers(self.decoder_layers, x, lambda _: mask, bias, positions, encoded, cross_mask,
-                             kv_cache, cache_length, lambda _: spec, cross_spec)
+                             kv_cache, cache_length)
         hidden = self._finish_stack(x, self.decoder_norm)
         if logit_positions is not None:
             hidden = jnp.take_along_axis(hidden, logit_positions[:, None, None], axis=1)
@@ -189,8 +168,8 @@ class Transformer(nn.Module):
         cfg = self.config
         tokens, positions = tokens[:, None], positions[:, None]
         key_positions = jnp.broadcast_to(jnp.arange(cache_length), (tokens.shape[0], cache_length))
-        mask = (key_positions <= positions)[:, None, None, :]
-        cross_mask = None if encoded is None else encoder_valid.astype(bool)[:, None, None, :]
+        mask = mask_lib.decoding_step_mask(positions, cache_length)
+        cross_mask = None if encoded is None else mask_lib.decoding_step_cross_mask(encoder_valid)
         prefix = jnp.zeros_like(positions) if cfg.layout == "prefix_lm" else None
         bias = self._position_bias(self.decoder_positions, positions, prefix, key_positions)
         x = self._embed(tokens, positions, self.decoder_positions)
@@ -229,28 +208,14 @@ class Transformer(nn.Module):
             return position_lib.alibi_bias(positions, key_positions, cfg.num_heads).astype(cfg.dtype)
         return None
 
-    def _decoder_mask_specs(self, valid, segment_ids, encoder_valid, encoder_segment_ids):
-        """(self-attention, cross-attention) MaskSpecs for the accelerated kernels; (None, None) otherwise."""
-        if self.config.attention_kernel != "accelerated":
-            return None, None
-        if self.config.layout == "prefix_lm":
-            spec = mask_lib.MaskSpec(dynamic="prefix-LM: each example's prefix length is dynamic, and splash "
-                                             "and cuDNN take static masks")
-        else:
-            spec = mask_lib.mask_spec(("causal",), valid, valid, segment_ids, segment_ids)
-        cross_spec = None if encoder_valid is None else mask_lib.mask_spec(
-            ("bidirectional",), valid, encoder_valid, segment_ids, encoder_segment_ids)
-        return spec, cross_spec
-
     def _run_layers(self, stack, x, layer_mask, bias, positions, encoded=None, cross_mask=None,
-                    kv_cache=None, cache_length=None, layer_spec=lambda _: None, cross_spec=None):
+                    kv_cache=None, cache_length=None):
+        """x through every layer; layer_mask(i): layer i's self-attention AttentionMask."""
         if self.config.scan_layers:
-            x, _ = stack(x, layer_mask(0), bias, positions, encoded, cross_mask, kv_cache, cache_length,
-                         layer_spec(0), cross_spec)
+            x, _ = stack(x, layer_mask(0), bias, positions, encoded, cross_mask, kv_cache, cache_length)
             return x
         for i, block in enumerate(stack):
-            x = block(x, layer_mask(i), bias, positions, encoded, cross_mask, kv_cache, cache_length,
-                      layer_spec(i), cross_spec)
+            x = block(x, layer_mask(i), bias, positions, encoded, cross_mask, kv_cache, cache_length)
         return x
 
     def _finish_stack(self, x, final_norm) -> Array:

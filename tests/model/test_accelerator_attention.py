@@ -3,8 +3,9 @@
 Splash attention runs in Pallas interpret mode (the TPU kernel's own code,
 interpreted) and must match the einsum reference in values and gradients on
 every real query; padding queries are the one documented difference. Calls no
-kernel can take fall back to einsum and log one line per reason. The TPU
-lowering itself is checked by compiling a train step for a v5e slice.
+kernel can take fall back to the portable kernels (attention.attend) and log one
+line per reason. The TPU lowering itself is checked by compiling a train step
+for a v5e slice.
 """
 import functools
 import logging
@@ -15,18 +16,18 @@ import numpy as np
 import pytest
 
 from t5x_like.model import accelerator_attention as accel
-from t5x_like.model import masks
+from t5x_like.model import attention, masks
 from t5x_like.model.config import TransformerConfig
 from tests.model_fixtures import init_params, random_tokens, tiny_config
 
-LOGGER = "t5x_like.model.accelerator_attention"
+LOGGER = "t5x_like.model.attention"  # the dispatcher names every fallback
 
 
 @pytest.fixture(autouse=True)
 def _fresh_fallback_log():
-    accel.log_fallback.cache_clear()
+    attention.log_fallback.cache_clear()
     yield
-    accel.log_fallback.cache_clear()
+    attention.log_fallback.cache_clear()
 
 
 def _fallback_lines(caplog) -> list[str]:
@@ -49,55 +50,53 @@ def _valid(batch, length, real_lengths):
     return jnp.arange(length)[None, :] < jnp.asarray(real_lengths)[:, None]
 
 
-def _assert_matches_reference_on_real_queries(spec, q, k, v, scale=0.25):
+def _assert_matches_reference_on_real_queries(mask, q, k, v, scale=0.25):
     """Outputs on real queries, and the gradients of a random projection of them, equal einsum's."""
-    real = (spec.query_segment_ids != 0)[:, :, None, None]
+    real = mask.query_valid[:, :, None, None]
     cotangent = jnp.asarray(np.random.default_rng(9).standard_normal(q.shape[:3] + v.shape[-1:]), q.dtype) * real
 
     # under jit the interpreted kernel runs as compiled loops, much faster than op by op
     @functools.partial(jax.jit, static_argnames="use_splash")
-    def values_and_gradients(q, k, v, spec, use_splash):
+    def values_and_gradients(q, k, v, mask, use_splash):
         if use_splash:
-            attention = lambda q, k, v: accel.accelerated_attention(
-                q, k, v, mask_spec=spec, bias=None, scale=scale, platform="tpu", interpret=True)
+            attend = lambda q, k, v: accel.accelerated_attention(q, k, v, mask, scale, platform="tpu", interpret=True)
         else:
-            attention = lambda q, k, v: _einsum_reference(q, k, v, spec.dense(), scale)
-        out, vjp = jax.vjp(attention, q, k, v)
+            attend = lambda q, k, v: _einsum_reference(q, k, v, mask.dense(), scale)
+        out, vjp = jax.vjp(attend, q, k, v)
         return out * real, vjp(cotangent)
 
-    (got, got_grads), (want, want_grads) = (values_and_gradients(q, k, v, spec, s) for s in (True, False))
+    assert accel.fallback_reason(q, k, mask, None, False, platform="tpu", interpret=True) is None
+    (got, got_grads), (want, want_grads) = (values_and_gradients(q, k, v, mask, s) for s in (True, False))
     np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=2e-5, rtol=2e-5)
     for name, g, w in zip("qkv", got_grads, want_grads):
         np.testing.assert_allclose(np.asarray(g), np.asarray(w), atol=5e-5, rtol=5e-5, err_msg=f"d{name}")
 
 
-# --- the mask description ------------------------------------------------------------------------------
-def test_mask_spec_describes_the_dense_decoder_mask_with_padding_and_packing():
+# --- the mask as splash and cuDNN take it -----------------------------------------------------------------
+def test_segment_ids_describe_the_dense_decoder_mask_with_padding_and_packing():
     valid = _valid(2, 8, [8, 6])
     segments = jnp.asarray([[0, 0, 0, 1, 1, 1, 1, 1], [0, 0, 1, 1, 1, 1, 0, 0]])
-    dense = masks.combine(masks.causal_mask(8), masks.padding_mask(valid, valid), masks.segment_mask(segments, segments))
-    spec = masks.mask_spec(("causal",), valid, valid, segments, segments)
+    mask = masks.self_attention_mask(("causal",), valid, segments)
+    query_ids, key_ids = mask.segment_ids(2)
+    as_splash_sees_it = masks.causal_mask(8) & masks.segment_mask(query_ids, key_ids)
     real_rows = valid[:, None, :, None]
-    np.testing.assert_array_equal(np.asarray(spec.dense() & real_rows), np.asarray(dense & real_rows))
-    assert spec.packed and spec.query_segment_ids[1].tolist() == [1, 1, 2, 2, 2, 2, 0, 0]
-    # every row of the spec sees some key (splash needs it); the dense mask's padding rows see none
-    assert bool(jnp.all(jnp.any(spec.dense(), axis=-1)))
+    np.testing.assert_array_equal(np.asarray(as_splash_sees_it & real_rows), np.asarray(mask.dense() & real_rows))
+    assert mask.packed and query_ids[1].tolist() == [1, 1, 2, 2, 2, 2, 0, 0]
+    # every row sees some key as splash sees it (splash needs it); the dense mask's padding rows see none
+    assert bool(jnp.all(jnp.any(as_splash_sees_it, axis=-1)))
+    assert not bool(jnp.all(jnp.any(mask.dense(), axis=-1)))
 
 
 @pytest.mark.parametrize("encoder_mask", ["bidirectional", "forward_backward_heads", "forward_backward_layers"])
-def test_mask_spec_heads_follow_the_encoder_mask(encoder_mask):
+def test_splash_head_structures_follow_the_encoder_mask(encoder_mask):
     valid = _valid(1, 6, [5])
     for layer in (0, 1):
-        heads = masks.encoder_head_structures(encoder_mask, 4, layer)
-        dense = masks.padding_mask(valid, valid)
-        if encoder_mask == "forward_backward_heads":
-            dense = dense & masks.forward_backward_heads_mask(6, 4)
-        elif encoder_mask == "forward_backward_layers":
-            dense = dense & masks.forward_backward_layer_mask(6, layer)
-        spec = masks.mask_spec(heads, valid, valid)
+        mask = masks.self_attention_mask(masks.encoder_head_structures(encoder_mask, 4, layer), valid)
+        heads = mask.heads * 4 if len(mask.heads) == 1 else mask.heads
+        splash_mask = np.asarray(accel._splash_mask(heads, 6, 6)[:, :, :])[None]  # [1, H, L, L]
         real_rows = valid[:, None, :, None]
-        np.testing.assert_array_equal(np.asarray(jnp.broadcast_to(spec.dense(), (1, 4, 6, 6)) & real_rows),
-                                      np.asarray(jnp.broadcast_to(dense, (1, 4, 6, 6)) & real_rows))
+        np.testing.assert_array_equal(splash_mask & np.asarray(real_rows & valid[:, None, None, :]),
+                                      np.asarray(jnp.broadcast_to(mask.dense(), (1, 4, 6, 6))))
 
 
 # --- splash, interpreted, against einsum ----------------------------------------------------------------------
@@ -106,7 +105,7 @@ def test_mask_spec_heads_follow_the_encoder_mask(encoder_mask):
 def test_splash_matches_einsum_values_and_gradients(heads):
     q, k, v = _qkv(np.random.default_rng(0), 2, 128, 128)
     valid = _valid(2, 128, [128, 100])
-    _assert_matches_reference_on_real_queries(masks.mask_spec(heads, valid, valid), q, k, v)
+    _assert_matches_reference_on_real_queries(masks.self_attention_mask(heads, valid), q, k, v)
 
 
 def test_splash_with_packed_examples_and_skipped_blocks_matches_einsum(monkeypatch):
@@ -115,14 +114,14 @@ def test_splash_with_packed_examples_and_skipped_blocks_matches_einsum(monkeypat
     q, k, v = _qkv(np.random.default_rng(1), 1, 256, 256)
     segments = jnp.asarray([[0] * 90 + [1] * 100 + [2] * 66])
     valid = _valid(1, 256, [230])
-    _assert_matches_reference_on_real_queries(masks.mask_spec(("causal",), valid, valid, segments, segments), q, k, v)
+    _assert_matches_reference_on_real_queries(masks.self_attention_mask(("causal",), valid, segments), q, k, v)
 
 
 @pytest.mark.slow  # interpreted splash over 128 x 256; the fast loop keeps the per-head and packed cases
 def test_splash_cross_attention_over_a_longer_padded_encoder_matches_einsum():
     q, k, v = _qkv(np.random.default_rng(2), 2, 128, 256)
-    spec = masks.mask_spec(("bidirectional",), _valid(2, 128, [128, 70]), _valid(2, 256, [256, 150]))
-    _assert_matches_reference_on_real_queries(spec, q, k, v)
+    mask = masks.cross_attention_mask(_valid(2, 128, [128, 70]), _valid(2, 256, [256, 150]))
+    _assert_matches_reference_on_real_queries(mask, q, k, v)
 
 
 @pytest.mark.slow  # two models' forward and backward passes, one interpreted
@@ -145,8 +144,8 @@ def test_decoder_only_model_with_splash_matches_einsum_loss_and_gradients(caplog
 
 
 @pytest.mark.slow  # an interpreted encoder-decoder (about 15 s here)
-def test_scanned_encoder_decoder_passes_its_mask_specs_to_splash(caplog):
-    """nn.scan broadcasts the MaskSpecs to every layer: scanned + splash gives unscanned einsum's logits."""
+def test_scanned_encoder_decoder_passes_its_masks_to_splash(caplog):
+    """nn.scan broadcasts the AttentionMasks to every layer: scanned + splash gives unscanned einsum's logits."""
     from tests.model.test_layer_options import _stack_layers
 
     config = tiny_config("encoder_decoder", position="rope", num_heads=2, head_dim=16, num_encoder_layers=1,
@@ -189,39 +188,36 @@ def test_model_falls_back_to_the_same_einsum_logits_and_logs_one_line(caplog, la
 
 
 def test_each_fallback_reason_is_logged_once(caplog):
-    q, k, v = _qkv(np.random.default_rng(5), 1, 128, 128)
-    valid = _valid(1, 128, [128])
-    spec = masks.mask_spec(("causal",), valid, valid)
-    bias = jnp.zeros((1, 2, 128, 128))
-    calls = [dict(mask_spec=spec, bias=bias, platform="tpu"),
-             dict(mask_spec=spec, bias=None, platform="tpu", attention_dropout=True),
-             dict(mask_spec=spec, bias=None, platform="cpu"),
-             dict(mask_spec=None, bias=None, platform="tpu")]
+    q, k, v = _qkv(np.random.default_rng(5), 2, 8, 8)
+    causal = masks.self_attention_mask(("causal",), _valid(2, 8, [8, 6]))
+    prefix_lm = masks.self_attention_mask(("causal",), _valid(2, 8, [8, 6]), prefix_positions=_valid(2, 8, [3, 5]))
+    calls = [dict(mask=causal, bias=jnp.zeros((1, 2, 8, 8))), dict(mask=causal, attention_dropout=True),
+             dict(mask=causal), dict(mask=prefix_lm)]
     with caplog.at_level(logging.WARNING, logger=LOGGER):
         for kwargs in calls + calls:
-            assert accel.accelerated_attention(q, k, v, scale=1.0, **kwargs) is None
+            attention.attend(q, k, v, kernel="accelerated", scale=1.0, **kwargs)
     lines = _fallback_lines(caplog)
     assert len(lines) == 4, lines
-    for words in ("position bias", "dropout", "no accelerator kernel on cpu", "no static mask description"):
+    for words in ("position bias", "dropout", "no accelerator kernel on cpu", "prefix-LM"):
         assert sum(words in line for line in lines) == 1, (words, lines)
 
 
 def test_splash_refuses_lengths_off_its_128_blocks():
     q, k, _ = _qkv(np.random.default_rng(6), 1, 64, 64)
     valid = _valid(1, 64, [64])
-    assert "multiples of 128" in accel.splash_fallback_reason(q, k, masks.mask_spec(("causal",), valid, valid))
+    assert "multiples of 128" in accel.splash_fallback_reason(q, k, masks.self_attention_mask(("causal",), valid))
 
 
 def test_cudnn_takes_unpacked_causal_or_padding_masks_in_half_precision_only():
     valid = _valid(2, 128, [128, 90])
     segments = jnp.zeros((2, 128), jnp.int32)
     bf16, f32 = (jnp.zeros((2, 128, 2, 16), dtype) for dtype in (jnp.bfloat16, jnp.float32))
-    causal, full = (masks.mask_spec((h,), valid, valid) for h in ("causal", "bidirectional"))
+    causal, full = (masks.self_attention_mask((h,), valid) for h in ("causal", "bidirectional"))
     assert accel.cudnn_fallback_reason(bf16, causal) is None
     assert accel.cudnn_fallback_reason(bf16, full) is None
     assert "bfloat16" in accel.cudnn_fallback_reason(f32, causal)
-    assert "packed" in accel.cudnn_fallback_reason(bf16, masks.mask_spec(("causal",), valid, valid, segments, segments))
-    assert "per-head" in accel.cudnn_fallback_reason(bf16, masks.mask_spec(("causal", "backward"), valid, valid))
+    assert "packed" in accel.cudnn_fallback_reason(bf16, masks.self_attention_mask(("causal",), valid, segments))
+    assert "per-head" in accel.cudnn_fallback_reason(bf16, masks.self_attention_mask(("causal", "backward"), valid))
     assert "head_dim" in accel.cudnn_fallback_reason(jnp.zeros((2, 128, 2, 12), jnp.bfloat16), causal)
 
 

@@ -1,6 +1,9 @@
 """The blockwise attention kernel computes the einsum kernel's function: values and gradients
 (query, key, value, bias) under every mask kind, and whole models give the same loss and
-parameter gradients with either kernel."""
+parameter gradients with either kernel. The dispatcher (`attend`, `kernel_for`) picks each
+case's kernel, names its fallback, and runs the kernel on the mask's dense form unchanged."""
+import logging
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -161,22 +164,151 @@ def test_a_pair_is_needed_if_any_row_or_head_needs_it():
                                   [[1, 0], [1, 1]])
 
 
-def test_kernel_choice_falls_back_to_einsum_for_decoding_steps_and_dropout():
-    assert attention.kernel_for("blockwise", decoding_step=False, dropout_active=False) == "blockwise"
-    assert attention.kernel_for("blockwise", decoding_step=True, dropout_active=False) == "einsum"
-    assert attention.kernel_for("blockwise", decoding_step=False, dropout_active=True) == "einsum"
-    assert attention.kernel_for("einsum", decoding_step=False, dropout_active=False) == "einsum"
+# --- the dispatcher ----------------------------------------------------------------------------
+
+def _shapes(q_len, k_len=None, head_dim=DIM, dtype=jnp.float32):
+    """Query and key as kernel_for reads them: shapes (and dtype) only."""
+    return (jax.ShapeDtypeStruct((BATCH, q_len, HEADS, head_dim), dtype),
+            jax.ShapeDtypeStruct((BATCH, k_len or q_len, HEADS, head_dim), dtype))
+
+
+def _causal(length=LENGTH, rows=(LENGTH, 13)):
+    return masks.self_attention_mask(("causal",), _valid(length, rows))
+
+
+def _prefix_lm(length=LENGTH, prefixes=(5, 12)):
+    prefix = jnp.arange(length)[None] < jnp.asarray(prefixes)[:, None]
+    return masks.self_attention_mask(("causal",), _valid(length), prefix_positions=prefix)
+
+
+SMALL_BLOCKS = dict(blocks=(4, 4))  # 20 positions in blocks of 4: blocks pay (blockwise_pays)
+BIAS = jnp.zeros((1, HEADS, LENGTH, LENGTH))
+# (configured kernel, mask, bias, kernel_for options) -> (kernel that runs, words of the fallback or None, logged)
+CHOICES = {
+    "einsum": ("einsum", _causal, None, {}, ("einsum", None, False)),
+    "dot_product_attention decoding": ("dot_product_attention", _causal, None, dict(decoding_step=True),
+                                       ("dot_product_attention", None, False)),
+    "blockwise": ("blockwise", _causal, None, SMALL_BLOCKS, ("blockwise", None, False)),
+    "blockwise decoding": ("blockwise", _causal, None, dict(decoding_step=True), ("einsum", "decoding step", False)),
+    "blockwise dropout": ("blockwise", _causal, None, dict(attention_dropout=True, **SMALL_BLOCKS),
+                          ("einsum", "attention dropout", True)),
+    "blockwise short": ("blockwise", _causal, None, {}, ("einsum", "do not pay", False)),
+    "accelerated decoding": ("accelerated", _causal, None, dict(decoding_step=True),
+                             ("einsum", "decoding step", False)),
+    "accelerated prefix-LM cpu": ("accelerated", _prefix_lm, None, SMALL_BLOCKS, ("blockwise", "prefix-LM", True)),
+    "accelerated bias tpu": ("accelerated", _causal, BIAS, dict(platform="tpu", **SMALL_BLOCKS),
+                             ("blockwise", "position bias", True)),
+    "accelerated dropout tpu": ("accelerated", _causal, None,
+                                dict(platform="tpu", attention_dropout=True, **SMALL_BLOCKS), ("einsum", "dropout", True)),
+    "accelerated cpu": ("accelerated", _causal, None, dict(platform="cpu", **SMALL_BLOCKS),
+                        ("blockwise", "no accelerator kernel on cpu", True)),
+    "accelerated cpu short": ("accelerated", _causal, None, dict(platform="cpu"),
+                              ("einsum", "no accelerator kernel on cpu", True)),
+    "accelerated tpu off-block lengths": ("accelerated", _causal, None, dict(platform="tpu", **SMALL_BLOCKS),
+                                          ("blockwise", "multiples of 128", True)),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CHOICES))
+def test_kernel_for_picks_each_case_and_names_its_fallback(case):
+    configured, mask, bias, options, (kernel, words, logged) = CHOICES[case]
+    choice = attention.kernel_for(configured, *_shapes(LENGTH), mask(), bias, **options)
+    assert (choice.kernel, choice.logged) == (kernel, logged), choice
+    assert choice.fallback is None if words is None else words in choice.fallback, choice
+
+
+def test_accelerated_runs_splash_where_it_takes_the_call():
+    mask = _causal(128, (128, 100))
+    assert attention.kernel_for("accelerated", *_shapes(128, head_dim=16), mask, platform="tpu") == ("accelerated",
+                                                                                                       None, False)
+    bf16 = _shapes(128, head_dim=16, dtype=jnp.bfloat16)
+    assert attention.kernel_for("accelerated", *bf16, mask, platform="gpu").kernel == "accelerated"
+
+
+def test_kernel_for_refuses_an_unknown_kernel():
     with pytest.raises(ValueError, match="attention_kernel='flash'"):
-        attention.kernel_for("flash", decoding_step=False, dropout_active=False)
+        attention.kernel_for("flash", *_shapes(LENGTH), _causal())
 
 
 @pytest.mark.parametrize("length,pays", [(512, True), (384, True), (1000, True), (256, False), (320, False),
                                          (134, False), (128, False)])
 def test_blockwise_runs_only_at_lengths_where_its_blocks_can_beat_einsum(length, pays):
     # Blocks of 128, as benchmarks/attention_kernel.py measured them on CPU (see blockwise_pays).
-    chosen = attention.kernel_for("blockwise", decoding_step=False, dropout_active=False,
-                                  lengths=(length, length), blocks=(128, 128))
-    assert chosen == ("blockwise" if pays else "einsum")
+    chosen = attention.kernel_for("blockwise", *_shapes(length), _causal(length, (length, length)), blocks=(128, 128))
+    assert chosen.kernel == ("blockwise" if pays else "einsum")
+
+
+@pytest.fixture
+def fallback_lines(caplog):
+    """The dispatcher's fallback log lines, with its once-per-process memory cleared around the test."""
+    attention.log_fallback.cache_clear()
+    with caplog.at_level(logging.WARNING, logger=attention.__name__):
+        yield lambda: [r.getMessage() for r in caplog.records if r.name == attention.__name__]
+    attention.log_fallback.cache_clear()
+
+
+def _count_calls(monkeypatch, name):
+    calls, kernel = [], getattr(attention, name)
+    monkeypatch.setattr(attention, name, lambda *args, **kwargs: calls.append(name) or kernel(*args, **kwargs))
+    return calls
+
+
+def test_accelerated_prefix_lm_on_cpu_runs_blockwise_and_logs_the_reason_once(monkeypatch, fallback_lines):
+    q, k, v = _qkv(np.random.default_rng(8))
+    mask = _prefix_lm()
+    calls = _count_calls(monkeypatch, "blockwise_attention")
+    outs = [attention.attend(q, k, v, mask, kernel="accelerated", scale=0.35, blocks=(4, 4)) for _ in range(2)]
+    assert calls == ["blockwise_attention"] * 2
+    lines = fallback_lines()
+    assert len(lines) == 1 and "'accelerated' falls back to the blockwise kernel: prefix-LM" in lines[0], lines
+    direct = attention.blockwise_attention(q, k, v, masks.prefix_lm_mask(mask.prefix_positions)
+                                           & masks.padding_mask(_valid(LENGTH), _valid(LENGTH)), None, 0.35, 4, 4)
+    np.testing.assert_array_equal(outs[0], direct)
+
+
+def test_blockwise_with_attention_dropout_runs_einsum_through_the_weights_hook(fallback_lines):
+    q, k, v = _qkv(np.random.default_rng(9))
+    hooked = []
+    halve = lambda weights: hooked.append(weights.shape) or weights * 0.5
+    for _ in range(2):
+        out = attention.attend(q, k, v, _causal(), kernel="blockwise", scale=0.35, blocks=(4, 4),
+                               attention_dropout=True, transform_weights=halve)
+    assert hooked == [(BATCH, HEADS, LENGTH, LENGTH)] * 2
+    np.testing.assert_array_equal(out, attention.einsum_attention(q, k, v, _causal().dense(), None, 0.35,
+                                                                  transform_weights=lambda w: w * 0.5))
+    lines = fallback_lines()
+    assert len(lines) == 1 and "'blockwise' falls back to the einsum kernel: attention dropout" in lines[0], lines
+
+
+@pytest.mark.parametrize("kernel", ["einsum", "blockwise", "dot_product_attention"])
+def test_attend_runs_the_kernel_on_the_dense_mask_unchanged(kernel, fallback_lines):
+    rng = np.random.default_rng(10)
+    q, k, v = _qkv(rng)
+    mask, bias = _causal(), _bias("relative", LENGTH, LENGTH, rng)
+    got = attention.attend(q, k, v, mask, bias, kernel=kernel, scale=0.35, blocks=(4, 4))
+    dense = masks.combine(masks.causal_mask(LENGTH), masks.padding_mask(_valid(LENGTH), _valid(LENGTH)))
+    want = {"einsum": lambda: attention.einsum_attention(q, k, v, dense, bias, 0.35),
+            "blockwise": lambda: attention.blockwise_attention(q, k, v, dense, bias, 0.35, 4, 4),
+            "dot_product_attention": lambda: jax.nn.dot_product_attention(
+                q, k, v, bias=bias, mask=jnp.broadcast_to(dense, (BATCH, HEADS, LENGTH, LENGTH)), scale=0.35)}[kernel]()
+    np.testing.assert_array_equal(got, want)
+    assert fallback_lines() == []
+
+
+@pytest.mark.parametrize("kernel", ["einsum", "blockwise", "dot_product_attention", "accelerated"])
+def test_a_decoding_step_over_the_heads_major_cache_matches_the_reference(kernel):
+    rng = np.random.default_rng(11)
+    q, k, v = _qkv(rng, 1, 12)
+    positions = jnp.asarray([[7], [3]])
+    mask = masks.decoding_step_mask(positions, 12)
+    cache = lambda x: jnp.swapaxes(x, 1, 2)  # [B, H, slots, D]
+    got = attention.attend(q, cache(k), cache(v), mask, kernel=kernel, scale=0.35, kv_layout=attention.CACHE_LAYOUT)
+    want = attention.einsum_attention(q, k, v, jnp.arange(12)[None, None, None] <= positions[:, None, :, None],
+                                      None, 0.35)
+    np.testing.assert_allclose(got, want, **TOL)
+    if kernel != "dot_product_attention":  # the einsum kernel itself, not another one
+        np.testing.assert_array_equal(got, attention.einsum_attention(q, cache(k), cache(v), mask.dense(), None,
+                                                                      0.35, attention.CACHE_LAYOUT))
 
 
 def test_blocks_too_large_to_pay_still_run_blockwise_where_einsum_logits_would_not_fit():

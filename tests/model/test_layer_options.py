@@ -1,4 +1,5 @@
-"""Options that must not change the function a model computes: scan, remat, attention kernel."""
+"""Options that must not change the function a model computes: scan, remat, attention kernel;
+and a kernel that cannot do what the config asks is refused."""
 import jax
 import numpy as np
 import pytest
@@ -56,3 +57,16 @@ def test_dropout_only_with_a_dropout_rng():
     a, b = (np.asarray(model.logits(params, batch, jax.random.PRNGKey(k))) for k in (0, 1))
     assert not np.allclose(a, b)
     assert not np.allclose(a, deterministic[0])
+
+
+def test_a_kernel_without_attention_dropout_is_refused_with_dropout():
+    with pytest.raises(ValueError) as refused:
+        tiny_config("decoder_only", dropout_rate=0.1, attention_kernel="dot_product_attention")
+    message = str(refused.value)
+    assert message.startswith("invalid TransformerConfig: attention_kernel='dot_product_attention' has no "
+                              "attention dropout"), message
+    assert "dropout_rate=0.1" in message and "attention_kernel='einsum'" in message, message
+    # The kernels that drop attention weights out (einsum), or fall back to einsum for it, are accepted.
+    for kernel in ("einsum", "blockwise", "accelerated"):
+        tiny_config("decoder_only", dropout_rate=0.1, attention_kernel=kernel)
+    tiny_config("decoder_only", dropout_rate=0.0, attention_kernel="dot_product_attention")

@@ -1,7 +1,9 @@
 """Mask properties, checked by perturbing tokens and watching which outputs move.
 
 A hidden token must leave an output bitwise unchanged (fp32); a visible one
-must change it. Every layout and mask kind is covered.
+must change it. Every layout and mask kind is covered. The AttentionMask that
+carries a call's mask gives, as its dense form, exactly the dense mask the
+builders compose for every layout, packing and decoding case.
 """
 import flax.linen as nn
 import jax
@@ -111,7 +113,7 @@ def test_forward_backward_layers_two_layers_see_everything():
 
 
 def _single_head_outputs(mask, head, x, perturb_at):
-    """Output of one head of an attention layer, before and after changing input j."""
+    """Output of one head of an attention layer (mask: an AttentionMask), before and after changing input j."""
     attention = layers.MultiHeadAttention(tiny_config("encoder_only"))
     params = nn.unbox(attention.init(jax.random.PRNGKey(1), x, x, mask)["params"])
     out_kernel = np.zeros_like(params["out"]["kernel"])
@@ -123,7 +125,7 @@ def _single_head_outputs(mask, head, x, perturb_at):
 
 @pytest.mark.parametrize("head,expected", [(0, range(4, L)), (1, range(4, L)), (2, range(0, 5)), (3, range(0, 5))])
 def test_forward_backward_heads_obey_their_triangle(head, expected):
-    mask = masks.forward_backward_heads_mask(L, 4)
+    mask = masks.AttentionMask(masks.forward_backward_head_structures(4), (L, L))
     x = jax.random.normal(jax.random.PRNGKey(2), (1, L, 32))
     before, after = _single_head_outputs(mask, head, x, 4)
     assert changed_positions(before, after) == list(expected)
@@ -179,3 +181,69 @@ def test_mask_semantics_worked_example():
     np.testing.assert_array_equal(np.asarray(masks.prefix_lm_mask(prefix))[0, 0], expected)
     np.testing.assert_array_equal(np.asarray(masks.causal_mask(4))[0, 0], np.tril(np.ones((4, 4), bool)))
     np.testing.assert_array_equal(np.asarray(masks.backward_mask(4))[0, 0], np.triu(np.ones((4, 4), bool)))
+
+
+# --- the AttentionMask's dense form: the builders' composition, for every case -------------------------
+VALID = jnp.arange(L)[None] < jnp.array([[L], [5]])
+ENCODER_VALID = jnp.arange(L + 2)[None] < jnp.array([[7], [L + 2]])
+SEGMENTS = jnp.array([[1, 1, 1, 2, 2, 2, 2, 2], [1, 1, 1, 1, 1, 0, 0, 0]])
+ENCODER_SEGMENTS = jnp.array([[1] * 4 + [2] * 6, [1] * 10])
+PREFIX = jnp.arange(L)[None] < jnp.array([[3], [5]])
+STEP_POSITIONS = jnp.array([[4], [9]])
+ENCODER_HEADS = {layer: masks.encoder_head_structures("forward_backward_layers", 4, layer) for layer in (0, 1)}
+
+
+def _padding(valid=VALID):
+    return masks.padding_mask(valid, valid)
+
+
+DENSE_CASES = {  # name: (the AttentionMask, the dense mask the builders compose)
+    "decoder": (masks.self_attention_mask(("causal",), VALID), masks.combine(masks.causal_mask(L), _padding())),
+    "decoder_packed": (masks.self_attention_mask(("causal",), VALID, SEGMENTS),
+                       masks.combine(masks.causal_mask(L), _padding(), masks.segment_mask(SEGMENTS, SEGMENTS))),
+    "prefix_lm": (masks.self_attention_mask(("causal",), VALID, prefix_positions=PREFIX),
+                  masks.combine(masks.prefix_lm_mask(PREFIX), _padding())),
+    "prefix_lm_packed": (masks.self_attention_mask(("causal",), VALID, SEGMENTS, PREFIX),
+                         masks.combine(masks.prefix_lm_mask(PREFIX), _padding(),
+                                       masks.segment_mask(SEGMENTS, SEGMENTS))),
+    "encoder": (masks.self_attention_mask(("bidirectional",), VALID), _padding()),
+    "encoder_packed": (masks.self_attention_mask(("bidirectional",), VALID, SEGMENTS),
+                       masks.combine(_padding(), masks.segment_mask(SEGMENTS, SEGMENTS))),
+    "forward_backward_heads_packed": (
+        masks.self_attention_mask(masks.forward_backward_head_structures(4), VALID, SEGMENTS),
+        masks.combine(_padding(), masks.segment_mask(SEGMENTS, SEGMENTS)) & masks.forward_backward_heads_mask(L, 4)),
+    "forward_backward_layers_even": (masks.self_attention_mask(ENCODER_HEADS[0], VALID),
+                                     _padding() & masks.forward_backward_layer_mask(L, 0)),
+    "forward_backward_layers_odd": (masks.self_attention_mask(ENCODER_HEADS[1], VALID),
+                                    _padding() & masks.forward_backward_layer_mask(L, 1)),
+    "cross": (masks.cross_attention_mask(VALID, ENCODER_VALID), masks.padding_mask(VALID, ENCODER_VALID)),
+    "cross_packed": (masks.cross_attention_mask(VALID, ENCODER_VALID, SEGMENTS, ENCODER_SEGMENTS),
+                     masks.combine(masks.padding_mask(VALID, ENCODER_VALID),
+                                   masks.segment_mask(SEGMENTS, ENCODER_SEGMENTS))),
+    "decoding_step": (masks.decoding_step_mask(STEP_POSITIONS, 12),
+                      (jnp.broadcast_to(jnp.arange(12), (2, 12)) <= STEP_POSITIONS)[:, None, None, :]),
+    "decoding_step_cross": (masks.decoding_step_cross_mask(ENCODER_VALID), ENCODER_VALID[:, None, None, :]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(DENSE_CASES))
+def test_attention_mask_dense_form_is_the_builders_mask(case):
+    mask, expected = DENSE_CASES[case]
+    dense = mask.dense()
+    assert dense.dtype == jnp.bool_ and dense.shape == expected.shape, (dense.shape, expected.shape)
+    np.testing.assert_array_equal(np.asarray(dense), np.asarray(expected))
+
+
+def test_attention_mask_without_padding_or_structure_sees_everything():
+    np.testing.assert_array_equal(masks.AttentionMask(("bidirectional",), (3, 5)).dense(), np.ones((1, 1, 3, 5), bool))
+
+
+def test_only_masks_without_per_example_structure_are_static():
+    assert DENSE_CASES["decoder_packed"][0].dynamic is None and DENSE_CASES["decoder_packed"][0].packed
+    assert "prefix-LM" in DENSE_CASES["prefix_lm"][0].dynamic
+    assert "decoding step" in DENSE_CASES["decoding_step"][0].dynamic
+
+
+def test_attention_mask_passes_through_jit_as_one_argument():
+    mask = DENSE_CASES["prefix_lm_packed"][0]
+    np.testing.assert_array_equal(jax.jit(lambda m: m.dense())(mask), mask.dense())
