@@ -43,6 +43,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from t5x_like.data import settings as data_settings
 from t5x_like.data.sources import (
     DataRequest,
     DatasetFn,
@@ -52,9 +53,8 @@ from t5x_like.data.sources import (
     task_has_split,
 )
 from t5x_like.data.task_vocab import check_model_vocab_size
-from t5x_like.model import sizing
+from t5x_like.model import features, sizing
 from t5x_like.training import optimizers, partitioning, programs, run_dir
-from t5x_like.data import settings as data_settings
 from t5x_like.training.checkpoints import (
     CHECKPOINT_SUBDIR,
     Checkpointer,
@@ -226,10 +226,11 @@ def make_batches(config: TrainConfig, split: str, start_batch: int, *, train: bo
 
 
 def make_logger(config: TrainConfig) -> MetricsLogger:
-    lengths = config.task_feature_lengths
-    flops = sizing.train_flops_per_example(config.model.config, lengths.get("inputs", 0), lengths["targets"])
+    layout, lengths = config.model.config.layout, config.task_feature_lengths
+    flops = sizing.train_flops_for_task(config.model.config, lengths)
+    tokens = sum(features.stack_lengths(layout, lengths).values())  # an MLM's inputs and targets are one text
     return MetricsLogger(config.model_dir, config.train_steps, config.batch_size,
-                         tokens_per_example=sum(lengths.values()), flops_per_example=float(flops),
+                         tokens_per_example=tokens, flops_per_example=float(flops),
                          tensorboard=config.tensorboard, peak_flops=config.peak_flops_per_device)
 
 

@@ -11,6 +11,7 @@ from t5x_like.cli.gin_loading import model_config_from_file as load_model_config
 from t5x_like.cli.size import main as size_main
 from t5x_like.model import model as models
 from t5x_like.model import sizing
+from t5x_like.model.config import TransformerConfig
 from tests import REPO_ROOT as REPO
 from tests.model_fixtures import tiny_config
 
@@ -119,3 +120,12 @@ def test_size_command_names_a_bad_binding(capsys):
     code = size_main(["--gin_file=gin_configs/models/decoder_only/tiny.gin", "--gin.TransformerConfig.no_such_field=3"])
     assert code == 2
     assert "no_such_field" in capsys.readouterr().err
+
+
+def test_a_run_s_flops_count_an_mlm_text_once():
+    """An encoder-only run's task lengths name the same text twice (inputs = the corrupted text,
+    targets = the original): its FLOPs are those of one pass over the text."""
+    config = TransformerConfig(layout="encoder_only", num_encoder_layers=2, num_decoder_layers=0)
+    task = {"inputs": 64, "targets": 64}
+    assert sizing.train_flops_for_task(config, task) == sizing.train_flops_per_example(config, 64, 0)
+    assert sizing.train_flops_for_task(config, task) < sizing.train_flops_per_example(config, 64, 64)
