@@ -30,7 +30,7 @@ from t5x_like.data import tasks
 from t5x_like.data.settings import DataSettings
 from t5x_like.experiments.spec import Arm, Experiment, arm_lengths, in_dependency_order
 from t5x_like.model.features import matched_feature_lengths
-from t5x_like.training import programs
+from t5x_like.training import program_cache
 from t5x_like.training.run import TrainConfig
 
 RESULT_FILE = "result.json"
@@ -64,7 +64,7 @@ class GridCache:
     """What the cells of one grid invocation share: compiled programs, and the shared metric's
     validation batches (the same for every arm with that eval task, lengths and layout)."""
 
-    programs: programs.ProgramCache = dataclasses.field(default_factory=programs.ProgramCache)
+    programs: program_cache.ProgramCache = dataclasses.field(default_factory=program_cache.ProgramCache)
     score_batches: dict = dataclasses.field(default_factory=dict)
 
 

@@ -31,7 +31,7 @@ arm on the same task) gets a row in the report's adaptation table: how many
 steps of the baseline its final loss is worth.
 
 Speed: the cells of one `run_grid` share a `GridCache`: compiled train, eval
-and scoring programs (training/programs.py: the seeds of an arm, and arms of
+and scoring programs (training/program_cache.py: the seeds of an arm, and arms of
 the same model and shapes, compile once) and the shared metric's validation
 batches; `cells_at_once` trains several cells at a time in threads. The
 records are the same with or without either. Since every cell runs in one

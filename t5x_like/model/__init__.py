@@ -3,9 +3,12 @@
 Imports nothing else of t5x_like, and neither seqio, TensorFlow nor gin (a
 test holds it to that). Modules, in the order a batch flows through them:
   config       TransformerConfig: every architectural choice, typed and validated
-  masks        what a mask means (1 = may attend), composable builders, MaskSpec (static form)
+  features     which arrays each layout's batches hold, and how long (seqio's converters' rule)
+  masks        what a mask means (1 = may attend), composable builders, AttentionMask
+               (one object: the structure fused kernels take, and its dense form)
   positions    learned, sinusoidal, T5 relative bias, RoPE, ALiBi
   attention    the attention kernels (einsum reference, blockwise with masked-block skipping)
+               and `attend`, which decides which kernel runs and names any fallback
   layers       the one shared Flax layers module (attention + KV cache, MLP, norms, blocks)
   accelerator_attention  splash (TPU) / cuDNN (GPU) attention kernels and when they fall back
   transformer  Transformer: every layout from those layers, and which mask each stack uses

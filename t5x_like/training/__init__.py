@@ -14,6 +14,6 @@ Modules:
   run           TrainConfig and train(config): the named set-up steps
   resume        where a run starts (resume, finetune init, fresh) and its refusals
   run_dir       one run per MODEL_DIR (a lock)
-  programs      compiled steps shared by the runs of one process with the same model, shapes and optimizer
+  program_cache compiled steps shared by the runs of one process with the same model, shapes and optimizer
   aot           TPU slices, and compiling the train step for one on any host (`t5x-like compile`)
 """

@@ -54,7 +54,7 @@ from t5x_like.data.sources import (
 )
 from t5x_like.data.task_vocab import check_model_vocab_size
 from t5x_like.model import features, sizing
-from t5x_like.training import optimizers, partitioning, programs, run_dir
+from t5x_like.training import optimizers, partitioning, program_cache, run_dir
 from t5x_like.training.checkpoints import (
     CHECKPOINT_SUBDIR,
     Checkpointer,
@@ -194,7 +194,7 @@ class TrainResult:
 
 # -- named set-up steps ----------------------------------------------------------------
 def build_trainer(config: TrainConfig, mesh: jax.sharding.Mesh,
-                  cache: programs.ProgramCache | None = None) -> Trainer:
+                  cache: program_cache.ProgramCache | None = None) -> Trainer:
     """The run's Trainer; from `cache` (its compiled steps shared) when an earlier run had the same programs."""
     rules = config.logical_axis_rules
     optimizer = config.optimizer or optimizers.adafactor()
@@ -205,7 +205,7 @@ def build_trainer(config: TrainConfig, mesh: jax.sharding.Mesh,
                        num_microbatches=config.num_microbatches, loss=loss, seed=config.seed)
     if cache is None:
         return build()
-    key = programs.trainer_key(config.model, optimizer, mesh, rules, config.batch_size,
+    key = program_cache.trainer_key(config.model, optimizer, mesh, rules, config.batch_size,
                                config.task_feature_lengths, config.num_microbatches, loss)
     return cache.trainer(key, config.seed, build)
 
@@ -275,12 +275,12 @@ def usable_eval_split(config: TrainConfig) -> str | None:
     return config.eval_split
 
 
-def train(config: TrainConfig, cache: programs.ProgramCache | None = None,
+def train(config: TrainConfig, cache: program_cache.ProgramCache | None = None,
           stop: StopRequested | None = None) -> TrainResult:
     """Trains (or resumes) one run; returns the final train/eval metrics and MODEL_DIR.
 
     `cache`: compiled steps shared with the other runs of this process that have the same
-    model, shapes, optimizer recipe and loss (programs.py); the results are the same without it.
+    model, shapes, optimizer recipe and loss (program_cache.py); the results are the same without it.
     `stop`: the stop request to obey, when the caller owns the signal handlers (runs trained in
     threads, which cannot install them); by default the run installs its own for SIGTERM and SIGINT."""
     config.validate()
@@ -313,7 +313,7 @@ def hold_run_dir(model_dir: str) -> Iterator[None]:
 
 
 def _train_in_run_dir(config: TrainConfig, eval_split: str | None,
-                      cache: programs.ProgramCache | None, stop: StopRequested | None) -> TrainResult:
+                      cache: program_cache.ProgramCache | None, stop: StopRequested | None) -> TrainResult:
     mesh = partitioning.make_mesh(config.mesh_shape)
     trainer = build_trainer(config, mesh, cache)
     checkpointer = build_checkpointer(config)

@@ -1,4 +1,4 @@
-"""Compiled programs shared between runs (training/programs.py): same answers, complete keys."""
+"""Compiled programs shared between runs (training/program_cache.py): same answers, complete keys."""
 import concurrent.futures
 import dataclasses
 import json
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from t5x_like.model import model as models
-from t5x_like.training import optimizers, partitioning, programs
+from t5x_like.training import optimizers, partitioning, program_cache
 from t5x_like.training import run as train
 from t5x_like.training.checkpoints import load_params
 from t5x_like.training.trainer import LossOptions
@@ -40,7 +40,7 @@ def _runs(root, seeds):
 
 
 def test_runs_sharing_compiled_steps_log_and_save_exactly_what_they_do_alone(tmp_path):
-    cache = programs.ProgramCache()
+    cache = program_cache.ProgramCache()
     shared = _runs(tmp_path / "shared", (0, 1))
     alone = _runs(tmp_path / "alone", (0, 1))
     for config in shared:
@@ -62,7 +62,7 @@ def _key(**changes):
     arguments = dict(model=tiny_model(), optimizer=optimizers.adafactor(), mesh=partitioning.make_mesh((1, 1, 1)),
                      rules=partitioning.DEFAULT_RULES, batch_size=8, task_feature_lengths=dict(LENGTHS),
                      num_microbatches=1, loss=LossOptions())
-    return programs.trainer_key(**{**arguments, **changes})
+    return program_cache.trainer_key(**{**arguments, **changes})
 
 
 @pytest.mark.parametrize("change", [
@@ -102,7 +102,7 @@ def test_no_key_without_a_complete_description():
 
 
 def test_a_cached_trainer_serves_another_seed_with_that_seeds_init():
-    cache = programs.ProgramCache()
+    cache = program_cache.ProgramCache()
     config = tiny_run("/unused")
     mesh = partitioning.make_mesh((1, 1, 1))
     first = train.build_trainer(config, mesh, cache)
@@ -126,7 +126,7 @@ def test_replayed_batches_are_the_first_ones_of_one_build():
 
 
 def test_a_key_asked_for_by_two_threads_at_once_is_built_once():
-    cache, builds = programs.ProgramCache(), []
+    cache, builds = program_cache.ProgramCache(), []
 
     def build():
         builds.append(1)
