@@ -9,7 +9,7 @@ files and bindings are parsed here once (`load_arm`); its cells' TrainConfigs
 are made from that one in Python (experiments/cells.py).
 Rerunning the command resumes an interrupted grid; finished runs are kept.
 Within one invocation the seeds of an arm (and arms of the same model and
-shapes) share compiled train, eval and scoring programs (experiments.grid.GridCache).
+shapes) share compiled train, eval and scoring programs (experiments.cells.GridCache).
 Compiled programs are also cached on disk (OUTPUT_DIR/jax_cache unless
 --compilation_cache_dir says otherwise; '' disables it) for a rerun.
 A report states only what the runs did: finished runs made with another
@@ -17,7 +17,9 @@ configuration (a changed TRAIN_STEPS, say) are refused, not reused; runs not
 finished yet are named in the report.
 Exit codes: 0 done, 2 bad experiment file, a matching claim that does not
 hold, finished runs of another configuration, or --report_only with no
-finished run.
+finished run; 4 OUTPUT_DIR in use by another `t5x-like compare` (each grid
+holds OUTPUT_DIR/.lock while it trains) or not writable; 130 / 143 stopped
+by SIGINT / SIGTERM (every running cell saved a checkpoint).
 """
 from __future__ import annotations
 
@@ -35,6 +37,9 @@ from t5x_like.cli.train import use_compilation_cache
 from t5x_like.data import settings as data_settings
 from t5x_like.experiments import cells, claims, grid, report, spec, threaded
 from t5x_like.training import run as train_lib
+from t5x_like.training import run_dir
+
+EXIT_OUTPUT_DIR_UNUSABLE = 4
 
 
 def load_experiment(gin_files: list[str], bindings: list[str]) -> spec.Experiment:
@@ -134,11 +139,17 @@ def main(argv: list[str] | None = None) -> int:
         use_compilation_cache(os.path.join(experiment.output_dir, "jax_cache")
                               if args.compilation_cache_dir is None else args.compilation_cache_dir)
     try:
-        records = (grid.load_records(experiment) if args.report_only else
-                   grid.run_grid(experiment, arm_runs, args.cells_at_once or default_cells_at_once()))
+        if args.report_only:
+            records = grid.load_records(experiment)
+        else:
+            with run_dir.exclusive(experiment.output_dir, name="OUTPUT_DIR"):  # one grid at a time there
+                records = grid.run_grid(experiment, arm_runs, args.cells_at_once or default_cells_at_once())
     except threaded.GridStopped as e:
         print(f"t5x-like compare: {e}", file=sys.stderr)
         return 128 + (e.signal_number or signal.SIGINT)
+    except (run_dir.RunDirLockedError, run_dir.RunDirUnusableError) as e:
+        print(f"t5x-like compare: {e}", file=sys.stderr)
+        return EXIT_OUTPUT_DIR_UNUSABLE
     if not records:
         print(f"t5x-like compare: no finished runs under {experiment.output_dir}/runs: run without "
               "--report_only first", file=sys.stderr)

@@ -32,9 +32,10 @@ class RunDirUnusableError(RuntimeError):
 
 
 @contextlib.contextmanager
-def exclusive(model_dir: str) -> Iterator[None]:
+def exclusive(model_dir: str, name: str = "MODEL_DIR") -> Iterator[None]:
     """Holds MODEL_DIR's lock for the duration of the block; RunDirLockedError if another run has
-    it, RunDirUnusableError if MODEL_DIR cannot be created or written."""
+    it, RunDirUnusableError if MODEL_DIR cannot be created or written. `name`: what the messages
+    call the directory (a comparison grid locks its OUTPUT_DIR the same way)."""
     path = os.path.join(model_dir, LOCK_FILE)
     try:
         os.makedirs(model_dir, exist_ok=True)
@@ -43,13 +44,13 @@ def exclusive(model_dir: str) -> Iterator[None]:
             raise PermissionError(errno.EACCES, "it is not writable", model_dir)
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     except OSError as e:
-        raise RunDirUnusableError(_unusable(model_dir, e)) from None
+        raise RunDirUnusableError(_unusable(model_dir, e, name)) from None
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise RunDirLockedError(f"MODEL_DIR {model_dir} is in use by another run ({_holder(path)}); "
-                                    "wait for it to finish, or use another MODEL_DIR") from None
+            raise RunDirLockedError(f"{name} {model_dir} is in use by another run ({_holder(path)}); "
+                                    f"wait for it to finish, or use another {name}") from None
         os.ftruncate(fd, 0)
         os.write(fd, json.dumps({"host": socket.gethostname(), "pid": os.getpid(),
                                  "since": time.strftime("%Y-%m-%d %H:%M:%S")}).encode())
@@ -67,10 +68,10 @@ def _holder(path: str) -> str:
         return "holder unknown"
 
 
-def _unusable(model_dir: str, error: OSError) -> str:
+def _unusable(model_dir: str, error: OSError, name: str) -> str:
     if os.path.exists(model_dir) and not os.path.isdir(model_dir):
         why = "it is a file, not a directory"
     else:
         where = f" ({error.filename})" if error.filename and error.filename != model_dir else ""
         why = f"{error.strerror or error}{where}"
-    return f"MODEL_DIR {model_dir} cannot be used: {why}; choose a writable directory for MODEL_DIR"
+    return f"{name} {model_dir} cannot be used: {why}; choose a writable directory for {name}"
