@@ -164,12 +164,12 @@ class MultiHeadAttention(nn.Module):
     as the cache slot of each query).
 
     Key/value cache for generation (flax collection 'cache', see transformer.py and inference/decoding.py):
-      kv_cache=None       no cache (training, scoring).
-      kv_cache="prefill"  attend as usual and store this call's keys/values.
+      cache_mode=None       no cache (training, scoring).
+      cache_mode="prefill"  attend as usual and store this call's keys/values.
                           Self-attention (cache_length given) stores them in
                           `cache_length` slots, slot = position 0..L-1; cross-
                           attention (cache_length None) stores the encoder's.
-      kv_cache="step"     one query per row at position query_positions[:, 0].
+      cache_mode="step"     one query per row at position query_positions[:, 0].
                           Self-attention writes its key/value into that slot
                           and attends over all slots (the caller's mask hides
                           unwritten ones); cross-attention reuses the stored
@@ -194,28 +194,28 @@ class MultiHeadAttention(nn.Module):
     @nn.compact
     def __call__(self, inputs_q: Array, inputs_kv: Array, mask: mask_lib.AttentionMask, bias: Array | None = None,
                  query_positions: Array | None = None, key_positions: Array | None = None,
-                 kv_cache: str | None = None, cache_length: int | None = None) -> Array:
+                 cache_mode: str | None = None, cache_length: int | None = None) -> Array:
         cfg = self.config
-        if kv_cache not in (None, "prefill", "step"):
-            raise ValueError(f"kv_cache={kv_cache!r}, expected None, 'prefill' or 'step'")
+        if cache_mode not in (None, "prefill", "step"):
+            raise ValueError(f"cache_mode={cache_mode!r}, expected None, 'prefill' or 'step'")
         heads_kv = (cfg.num_heads, cfg.head_dim)
         project = lambda name, x: constrain(dense(cfg, heads_kv, ("embed", "heads", "kv"), name)(x),
                                             BATCH_LENGTH_HEADS_KV)
         query = self._rotate(project("query", inputs_q), query_positions)
-        if kv_cache == "step" and cache_length is None:  # cross: projected once, at prefill
+        if cache_mode == "step" and cache_length is None:  # cross: projected once, at prefill
             key, value = self._cache_variable("cached_key").value, self._cache_variable("cached_value").value
         else:
             key = self._rotate(project("key", inputs_kv), key_positions)
             value = project("value", inputs_kv)
-            if kv_cache == "prefill":
+            if cache_mode == "prefill":
                 self._store_cache(key, value, cache_length)
-            elif kv_cache == "step":
+            elif cache_mode == "step":
                 key, value = self._extend_cache(key, value, query_positions)
         out = attention_lib.attend(
             query, key, value, mask, bias, kernel=cfg.attention_kernel,
             scale=cfg.head_dim ** -0.5 if cfg.scale_attention_by_head_dim else 1.0,
             blocks=(cfg.attention_block_q, cfg.attention_block_k),
-            kv_layout=attention_lib.CACHE_LAYOUT if kv_cache == "step" else "bkhd",
+            kv_layout=attention_lib.CACHE_LAYOUT if cache_mode == "step" else "bkhd",
             implementation=cfg.attention_implementation,
             attention_dropout=cfg.dropout_rate > 0 and is_training(self),
             transform_weights=self._sow_and_drop, weights_dtype=cfg.dtype)
@@ -229,7 +229,7 @@ class MultiHeadAttention(nn.Module):
 
     def _cache_variable(self, name: str, initial: Array | None = None):
         if initial is None and not self.has_variable("cache", name):
-            raise ValueError(f"{self.path}: no cached '{name}'; run a prefill (kv_cache='prefill') "
+            raise ValueError(f"{self.path}: no cached '{name}'; run a prefill (cache_mode='prefill') "
                              "before decoding steps, and pass the 'cache' collection back in")
         return self.variable("cache", name, lambda: initial)
 
@@ -279,7 +279,7 @@ class RelativePositionBias(nn.Module):
 
     @nn.compact
     def __call__(self, query_positions: Array, key_positions: Array,
-                 prefix_positions: Array | None = None) -> Array:
+                 prefix_indicator: Array | None = None) -> Array:
         cfg = self.config
         rows = cfg.relative_num_buckets * (2 if self.mode == "prefix" else 1)
         table = self.param("rel_embedding", partitioned(nn.initializers.normal(1.0), ("relpos_buckets", "heads")),
@@ -293,7 +293,7 @@ class RelativePositionBias(nn.Module):
         elif self.mode == "causal":
             buckets = bucket(relative, bidirectional=False)
         else:
-            prefix = prefix_positions.astype(bool)
+            prefix = prefix_indicator.astype(bool)
             both_in_prefix = prefix[:, :, None] & prefix[:, None, :]
             buckets = jnp.where(both_in_prefix,
                                 cfg.relative_num_buckets + bucket(relative, bidirectional=True),
@@ -309,8 +309,8 @@ class Block(nn.Module):
     with `encoded`, so the same block class serves encoders and decoders, and
     an encoder block reused by a decoder (shared encoder-decoder) gains just
     its cross-attention. `mask` / `cross_mask` are masks.AttentionMasks;
-    `kv_cache` / `cache_length` are MultiHeadAttention's decoding arguments
-    (self-attention gets both, cross-attention kv_cache only).
+    `cache_mode` / `cache_length` are MultiHeadAttention's decoding arguments
+    (self-attention gets both, cross-attention cache_mode only).
     """
 
     config: TransformerConfig
@@ -328,13 +328,13 @@ class Block(nn.Module):
 
     def __call__(self, x: Array, mask: mask_lib.AttentionMask, bias: Array | None, positions: Array,
                  encoded: Array | None = None, cross_mask: mask_lib.AttentionMask | None = None,
-                 kv_cache: str | None = None, cache_length: int | None = None) -> Array:
+                 cache_mode: str | None = None, cache_length: int | None = None) -> Array:
         x = self._residual(x, self.self_attention_norm,
-                           lambda h: self.self_attention(h, h, mask, bias, positions, positions, kv_cache=kv_cache,
+                           lambda h: self.self_attention(h, h, mask, bias, positions, positions, cache_mode=cache_mode,
                                                          cache_length=cache_length))
         if encoded is not None:
             x = self._residual(x, self.cross_attention_norm,
-                               lambda h: self.cross_attention(h, encoded, cross_mask, kv_cache=kv_cache))
+                               lambda h: self.cross_attention(h, encoded, cross_mask, cache_mode=cache_mode))
         x = self._residual(x, self.mlp_norm, self.mlp)
         return constrain(x, BATCH_LENGTH_EMBED)
 
@@ -348,9 +348,9 @@ class Block(nn.Module):
 class ScannableBlock(Block):
     """A Block with the (carry, output) signature that nn.scan needs."""
 
-    def __call__(self, x, mask, bias, positions, encoded=None, cross_mask=None, kv_cache=None,
+    def __call__(self, x, mask, bias, positions, encoded=None, cross_mask=None, cache_mode=None,
                  cache_length=None):
-        return super().__call__(x, mask, bias, positions, encoded, cross_mask, kv_cache, cache_length), None
+        return super().__call__(x, mask, bias, positions, encoded, cross_mask, cache_mode, cache_length), None
 
 
 REMAT_POLICIES = {

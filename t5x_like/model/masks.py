@@ -8,7 +8,7 @@ Masks compose with `combine` (logical AND): a layout's structural mask
 and packing masks of the batch.
 
 Worked example, a prefix-LM over 4 positions whose first 2 are the prefix
-(`prefix_positions = [1, 1, 0, 0]`): query rows, key columns
+(`prefix_indicator = [1, 1, 0, 0]`): query rows, key columns
 
     prefix_lm_mask          causal_mask            forward_backward (backward head)
     1 1 0 0                 1 0 0 0                1 1 1 1
@@ -20,7 +20,7 @@ Position 0 sees position 1 (the prefix is bidirectional); no position sees a
 later target. Naming note: seqio's PrefixLM feature converter calls the
 prefix indicator `decoder_causal_attention` although 1 there means
 *bidirectional*; t5x_like converts it once, in `model.py`, to
-`prefix_positions` and never uses the inverted name itself.
+`prefix_indicator` and never uses the inverted name itself.
 
 The builders above give dense arrays. What travels to an attention layer is
 one `AttentionMask`: the ingredients of one call's mask (a structure per head,
@@ -59,13 +59,13 @@ def bidirectional_mask(query_length: int, key_length: int | None = None) -> Arra
     return jnp.ones((1, 1, query_length, key_length or query_length), dtype=bool)
 
 
-def prefix_lm_mask(prefix_positions: Array) -> Array:
+def prefix_lm_mask(prefix_indicator: Array) -> Array:
     """[B, 1, L, L]: causal, plus full visibility among the prefix positions.
 
-    prefix_positions: [B, L], 1 where the position belongs to the bidirectional
+    prefix_indicator: [B, L], 1 where the position belongs to the bidirectional
     prefix (per example, so prefix lengths may differ).
     """
-    prefix = prefix_positions.astype(bool)
+    prefix = prefix_indicator.astype(bool)
     both_in_prefix = prefix[:, :, None] & prefix[:, None, :]
     return causal_mask(prefix.shape[1]) | both_in_prefix[:, None]
 
@@ -135,7 +135,7 @@ class AttentionMask:
         no padding term (a decoding step's cache: its `query_slots` hide unwritten slots).
     query_segment_ids / key_segment_ids: [B, Lq] / [B, Lk], packed examples (a query sees
         a key only with an equal id); None: unpacked.
-    prefix_positions: [B, L], a prefix-LM's bidirectional prefix per example (with heads
+    prefix_indicator: [B, L], a prefix-LM's bidirectional prefix per example (with heads
         ("causal",)); None otherwise.
     query_slots: [B, Lq], the key index each query sits at (a decoding step: its position
         in the cache); None: query i sits at key i.
@@ -162,7 +162,7 @@ class AttentionMask:
     key_valid: Array | None = None
     query_segment_ids: Array | None = None
     key_segment_ids: Array | None = None
-    prefix_positions: Array | None = None
+    prefix_indicator: Array | None = None
     query_slots: Array | None = None
 
     @property
@@ -173,7 +173,7 @@ class AttentionMask:
     @property
     def dynamic(self) -> str | None:
         """Why no static structure describes this mask (kernels with static masks cannot take it), or None."""
-        if self.prefix_positions is not None:
+        if self.prefix_indicator is not None:
             return PREFIX_LM_IS_DYNAMIC
         if self.query_slots is not None:
             return "a decoding step: each row's query sits at its own cache slot"
@@ -191,8 +191,8 @@ class AttentionMask:
                 segment_ids_with_padding(valid(self.key_valid, self.lengths[1]), self.key_segment_ids))
 
     def _structure(self) -> Array | None:
-        if self.prefix_positions is not None:
-            return prefix_lm_mask(self.prefix_positions)
+        if self.prefix_indicator is not None:
+            return prefix_lm_mask(self.prefix_indicator)
         if self.query_slots is not None:
             if self.heads != ("causal",):
                 raise ValueError(f"query_slots take heads ('causal',), got {self.heads}")
@@ -227,10 +227,10 @@ def _head_structure(head: HeadStructure, query_length: int, key_length: int) -> 
 
 
 def self_attention_mask(heads: tuple[HeadStructure, ...], valid: Array, segment_ids: Array | None = None,
-                        prefix_positions: Array | None = None) -> AttentionMask:
+                        prefix_indicator: Array | None = None) -> AttentionMask:
     """A stack's self-attention: `heads` (or a prefix-LM's prefix) & padding (& packing)."""
     length = valid.shape[1]
-    return AttentionMask(tuple(heads), (length, length), valid, valid, segment_ids, segment_ids, prefix_positions)
+    return AttentionMask(tuple(heads), (length, length), valid, valid, segment_ids, segment_ids, prefix_indicator)
 
 
 def cross_attention_mask(valid: Array, encoder_valid: Array, segment_ids: Array | None = None,

@@ -3,7 +3,7 @@
 `Model` wraps one `Transformer` (transformer.py) and maps seqio
 feature-converter batches to its inputs: it is the one place that turns
 seqio's inverted `decoder_causal_attention` (1 = bidirectional prefix) into
-the module's `prefix_positions`. It initializes parameters and
+the module's `prefix_indicator`. It initializes parameters and
 computes the unnormalized loss sums that the trainer normalizes, per-example
 scores, and the prompts / prefill / decode_step that `inference/decoding.py`
 drives. It knows nothing of seqio or TensorFlow: which feature converter
@@ -118,7 +118,7 @@ class Model:
             # seqio's name is inverted: decoder_causal_attention == 1 marks the
             # *bidirectional* prefix. A decoder_only model ignores it (Su's
             # controlled comparison: only the mask differs).
-            inputs["prefix_positions"] = batch.get("decoder_causal_attention")
+            inputs["prefix_indicator"] = batch.get("decoder_causal_attention")
         if self.config.layout == "encoder_decoder":
             inputs.update(encoder_input_tokens=batch["encoder_input_tokens"],
                           encoder_segment_ids=batch.get("encoder_segment_ids"),

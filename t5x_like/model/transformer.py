@@ -99,34 +99,34 @@ class Transformer(nn.Module):
         x = self._run_layers(self.encoder_layers, x, layer_mask, bias, positions)
         return self._finish_stack(x, self.encoder_norm)
 
-    def decode(self, tokens: Array, valid: Array, prefix_positions: Array | None = None,
+    def decode(self, tokens: Array, valid: Array, prefix_indicator: Array | None = None,
                encoded: Array | None = None, encoder_valid: Array | None = None,
                segment_ids: Array | None = None, positions: Array | None = None,
-               encoder_segment_ids: Array | None = None, kv_cache: str | None = None,
+               encoder_segment_ids: Array | None = None, cache_mode: str | None = None,
                cache_length: int | None = None, logit_positions: Array | None = None) -> Array:
         """Causal (or prefix-LM) stack over `tokens` [B, L]; returns logits [B, L, V].
 
-        valid: [B, L] real (non-padding) positions. prefix_positions: [B, L], 1
+        valid: [B, L] real (non-padding) positions. prefix_indicator: [B, L], 1
         inside a prefix-LM's bidirectional prefix (required for prefix_lm).
         encoded / encoder_valid: the encoder's output and its real positions.
-        kv_cache="prefill" with cache_length: also store every layer's keys and
+        cache_mode="prefill" with cache_length: also store every layer's keys and
         values for generation (see `prefill`). logit_positions [B]: logits only
         at these positions, [B, 1, V].
         """
         cfg = self.config
         bias_positions = _bias_positions(tokens, positions)
         positions = _default_positions(tokens) if positions is None else positions
-        if cfg.layout == "prefix_lm" and prefix_positions is None:
+        if cfg.layout == "prefix_lm" and prefix_indicator is None:
             raise ValueError("a prefix_lm model needs prefix positions: train it on a task with "
                              "'inputs' and 'targets' (PrefixLMFeatureConverter)")
         mask = mask_lib.self_attention_mask(("causal",), valid, segment_ids,
-                                            prefix_positions if cfg.layout == "prefix_lm" else None)
+                                            prefix_indicator if cfg.layout == "prefix_lm" else None)
         cross_mask = None if encoded is None else mask_lib.cross_attention_mask(
             valid, encoder_valid, segment_ids, encoder_segment_ids)
-        bias = self._position_bias(self.decoder_positions, bias_positions, prefix_positions)
+        bias = self._position_bias(self.decoder_positions, bias_positions, prefix_indicator)
         x = self._embed(tokens, positions, self.decoder_positions)
         x = self._run_layers(self.decoder_layers, x, lambda _: mask, bias, positions, encoded, cross_mask,
-                             kv_cache, cache_length)
+                             cache_mode, cache_length)
         hidden = self._finish_stack(x, self.decoder_norm)
         if logit_positions is not None:
             hidden = jnp.take_along_axis(hidden, logit_positions[:, None, None], axis=1)
@@ -153,7 +153,7 @@ class Transformer(nn.Module):
             encoded = self.encode(encoder_tokens)
             encoder_valid = encoder_tokens != PAD_ID
         prefix = valid if cfg.layout == "prefix_lm" else None
-        logits = self.decode(tokens, valid, prefix, encoded, encoder_valid, kv_cache="prefill",
+        logits = self.decode(tokens, valid, prefix, encoded, encoder_valid, cache_mode="prefill",
                              cache_length=cache_length, logit_positions=lengths - 1)
         return logits[:, 0], encoded
 
@@ -198,24 +198,24 @@ class Transformer(nn.Module):
         x = self.dropout(x, deterministic=not layers.is_training(self))
         return layers.constrain(x, layers.BATCH_LENGTH_EMBED)
 
-    def _position_bias(self, position_module, positions, prefix_positions,
+    def _position_bias(self, position_module, positions, prefix_indicator,
                        key_positions=None) -> Array | None:
         cfg = self.config
         key_positions = positions if key_positions is None else key_positions
         if cfg.position == "relative":
-            return position_module(positions, key_positions, prefix_positions)
+            return position_module(positions, key_positions, prefix_indicator)
         if cfg.position == "alibi":
             return position_lib.alibi_bias(positions, key_positions, cfg.num_heads).astype(cfg.dtype)
         return None
 
     def _run_layers(self, stack, x, layer_mask, bias, positions, encoded=None, cross_mask=None,
-                    kv_cache=None, cache_length=None):
+                    cache_mode=None, cache_length=None):
         """x through every layer; layer_mask(i): layer i's self-attention AttentionMask."""
         if self.config.scan_layers:
-            x, _ = stack(x, layer_mask(0), bias, positions, encoded, cross_mask, kv_cache, cache_length)
+            x, _ = stack(x, layer_mask(0), bias, positions, encoded, cross_mask, cache_mode, cache_length)
             return x
         for i, block in enumerate(stack):
-            x = block(x, layer_mask(i), bias, positions, encoded, cross_mask, kv_cache, cache_length)
+            x = block(x, layer_mask(i), bias, positions, encoded, cross_mask, cache_mode, cache_length)
         return x
 
     def _finish_stack(self, x, final_norm) -> Array:
@@ -225,7 +225,7 @@ class Transformer(nn.Module):
 
     # --- whole model ---------------------------------------------------------
     def __call__(self, encoder_input_tokens=None, decoder_input_tokens=None, decoder_valid=None,
-                 prefix_positions=None, encoder_segment_ids=None, decoder_segment_ids=None,
+                 prefix_indicator=None, encoder_segment_ids=None, decoder_segment_ids=None,
                  encoder_positions=None, decoder_positions=None) -> Array:
         """Logits [B, L, V] over the decoder positions (encoder positions for encoder_only)."""
         cfg = self.config
@@ -235,5 +235,5 @@ class Transformer(nn.Module):
         if cfg.layout == "encoder_decoder":
             encoded = self.encode(encoder_input_tokens, encoder_segment_ids, encoder_positions)
             encoder_valid = encoder_input_tokens != PAD_ID
-        return self.decode(decoder_input_tokens, decoder_valid, prefix_positions, encoded, encoder_valid,
+        return self.decode(decoder_input_tokens, decoder_valid, prefix_indicator, encoded, encoder_valid,
                            decoder_segment_ids, decoder_positions, encoder_segment_ids)

@@ -108,10 +108,10 @@ class ShiftedCacheModel(models.Model):
 
 
 class _CausalPrefillTransformer(models.Transformer):
-    def decode(self, tokens, valid, prefix_positions=None, *args, **kwargs):
-        if kwargs.get("kv_cache") == "prefill":
-            prefix_positions = jnp.zeros_like(prefix_positions)
-        return super().decode(tokens, valid, prefix_positions, *args, **kwargs)
+    def decode(self, tokens, valid, prefix_indicator=None, *args, **kwargs):
+        if kwargs.get("cache_mode") == "prefill":
+            prefix_indicator = jnp.zeros_like(prefix_indicator)
+        return super().decode(tokens, valid, prefix_indicator, *args, **kwargs)
 
 
 class CausalPrefillModel(models.Model):
@@ -124,10 +124,10 @@ class CausalPrefillModel(models.Model):
 
 
 class _LeakyTransformer(models.Transformer):
-    def decode(self, tokens, valid, prefix_positions=None, *args, **kwargs):
-        if kwargs.get("kv_cache") is None:  # training and scoring, not generation
-            prefix_positions = valid.astype(prefix_positions.dtype)
-        return super().decode(tokens, valid, prefix_positions, *args, **kwargs)
+    def decode(self, tokens, valid, prefix_indicator=None, *args, **kwargs):
+        if kwargs.get("cache_mode") is None:  # training and scoring, not generation
+            prefix_indicator = valid.astype(prefix_indicator.dtype)
+        return super().decode(tokens, valid, prefix_indicator, *args, **kwargs)
 
 
 class LeakyMaskModel(models.Model):

@@ -54,7 +54,7 @@ class Uncached:
             layout = model.config.layout
             return model.module.apply(
                 {"params": params}, encoder_input_tokens=encoder_tokens, decoder_input_tokens=sequence,
-                decoder_valid=valid, prefix_positions=prefix if layout == "prefix_lm" else None)
+                decoder_valid=valid, prefix_indicator=prefix if layout == "prefix_lm" else None)
         self.forward = jax.jit(forward)
 
     def _log_probs(self, sequence, num_tokens):

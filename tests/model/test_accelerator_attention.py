@@ -190,7 +190,7 @@ def test_model_falls_back_to_the_same_einsum_logits_and_logs_one_line(caplog, la
 def test_each_fallback_reason_is_logged_once(caplog):
     q, k, v = _qkv(np.random.default_rng(5), 2, 8, 8)
     causal = masks.self_attention_mask(("causal",), _valid(2, 8, [8, 6]))
-    prefix_lm = masks.self_attention_mask(("causal",), _valid(2, 8, [8, 6]), prefix_positions=_valid(2, 8, [3, 5]))
+    prefix_lm = masks.self_attention_mask(("causal",), _valid(2, 8, [8, 6]), prefix_indicator=_valid(2, 8, [3, 5]))
     calls = [dict(mask=causal, bias=jnp.zeros((1, 2, 8, 8))), dict(mask=causal, attention_dropout=True),
              dict(mask=causal), dict(mask=prefix_lm)]
     with caplog.at_level(logging.WARNING, logger=LOGGER):

@@ -178,7 +178,7 @@ def _causal(length=LENGTH, rows=(LENGTH, 13)):
 
 def _prefix_lm(length=LENGTH, prefixes=(5, 12)):
     prefix = jnp.arange(length)[None] < jnp.asarray(prefixes)[:, None]
-    return masks.self_attention_mask(("causal",), _valid(length), prefix_positions=prefix)
+    return masks.self_attention_mask(("causal",), _valid(length), prefix_indicator=prefix)
 
 
 SMALL_BLOCKS = dict(blocks=(4, 4))  # 20 positions in blocks of 4: blocks pay (blockwise_pays)
@@ -261,7 +261,7 @@ def test_accelerated_prefix_lm_on_cpu_runs_blockwise_and_logs_the_reason_once(mo
     assert calls == ["blockwise_attention"] * 2
     lines = fallback_lines()
     assert len(lines) == 1 and "'accelerated' falls back to the blockwise kernel: prefix-LM" in lines[0], lines
-    direct = attention.blockwise_attention(q, k, v, masks.prefix_lm_mask(mask.prefix_positions)
+    direct = attention.blockwise_attention(q, k, v, masks.prefix_lm_mask(mask.prefix_indicator)
                                            & masks.padding_mask(_valid(LENGTH), _valid(LENGTH)), None, 0.35, 4, 4)
     np.testing.assert_array_equal(outs[0], direct)
 

@@ -201,7 +201,7 @@ DENSE_CASES = {  # name: (the AttentionMask, the dense mask the builders compose
     "decoder": (masks.self_attention_mask(("causal",), VALID), masks.combine(masks.causal_mask(L), _padding())),
     "decoder_packed": (masks.self_attention_mask(("causal",), VALID, SEGMENTS),
                        masks.combine(masks.causal_mask(L), _padding(), masks.segment_mask(SEGMENTS, SEGMENTS))),
-    "prefix_lm": (masks.self_attention_mask(("causal",), VALID, prefix_positions=PREFIX),
+    "prefix_lm": (masks.self_attention_mask(("causal",), VALID, prefix_indicator=PREFIX),
                   masks.combine(masks.prefix_lm_mask(PREFIX), _padding())),
     "prefix_lm_packed": (masks.self_attention_mask(("causal",), VALID, SEGMENTS, PREFIX),
                          masks.combine(masks.prefix_lm_mask(PREFIX), _padding(),
