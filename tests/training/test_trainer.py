@@ -7,9 +7,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from t5x_like.training import guards, optimizers
-from t5x_like.training.trainer import LossOptions
-from tests.training_fixtures import make_trainer, synthetic_batch, tiny_model
+from t5x_like.training import guards, optimizers, partitioning
+from t5x_like.training.trainer import LossOptions, Trainer
+from tests.training_fixtures import make_trainer, one_device_mesh, synthetic_batch, tiny_model
 
 pytestmark = pytest.mark.usefixtures("persistent_compilation_cache")  # runs here recompile the same programs
 
@@ -120,3 +120,12 @@ def test_a_non_finite_loss_is_caught_at_its_step_before_any_collapse_rule():
     guard = guards.DivergenceGuard(vocab_size=128, start_param_norm=30.0)
     with pytest.raises(guards.NonFiniteLossError, match="non-finite training loss .* at step 7"):
         guard.check(7, dict(COLLAPSED, param_norm=float("nan")))
+
+
+def test_a_trainer_for_a_large_batch_builds_and_traces_its_step_without_the_batch_s_dense_masks():
+    """Parameters come from a small traced batch and the step is lowered on abstract values: nothing
+    of shape batch x L x L (32 GiB of bools here) is built in host memory (issue: compile died in numpy)."""
+    trainer = Trainer(tiny_model(), optimizers.adafactor(), one_device_mesh(), partitioning.logical_axis_rules(),
+                      batch_size=2048, task_feature_lengths={"targets": 4096})
+    lowered = trainer.train_step.lower(trainer.abstract_state(), trainer.abstract_batch())
+    assert "4096" in lowered.as_text()[:20000]
