@@ -92,13 +92,10 @@ class Trainer:
         self.batch_size, self.num_microbatches, self.loss, self.seed = (
             batch_size, num_microbatches, loss, seed)
         self.task_feature_lengths = dict(task_feature_lengths)
-        self.dummy_batch = model.dummy_batch(batch_size, self.task_feature_lengths)  # the steps' batch shapes
-        # Parameters do not depend on the batch's shape: init traces a small one (the steps' own
-        # would have the model build a batch x L x L mask in host memory, 32 GiB at 2048 x 4096).
-        self._init_batch = model.dummy_batch(1, {k: min(v, INIT_LENGTH) for k, v in self.task_feature_lengths.items()})
+        self.dummy_batch = model.dummy_batch(batch_size, self.task_feature_lengths)
         self.batch_shardings = partitioning.batch_shardings(self.dummy_batch, mesh)
         self._abstract_boxed = self._eval_shape(
-            lambda: model.init(jax.random.key(0), self._init_batch))["params"]
+            lambda: model.init(jax.random.key(0), self._traced_batch()))["params"]
         self.params_shardings = partitioning.logical_to_shardings(self._abstract_boxed, mesh, self.rules)
         abstract_params = nn.unbox(self._abstract_boxed)
         self.abstract_params = _with_shardings(abstract_params, self.params_shardings)
@@ -145,9 +142,15 @@ class Trainer:
         return stack
 
     # -- state ----------------------------------------------------------------
+    def _traced_batch(self) -> Batch:
+        """The steps' batch as ones built inside the trace that calls it (init reads only shapes):
+        the numpy dummy batch there would have the model build its batch x L x L masks in host
+        memory before anything is traced (32 GiB at 2048 x 4096)."""
+        return {k: jnp.ones(v.shape, v.dtype) for k, v in self.dummy_batch.items()}
+
     def _init_params_fn(self, rng: jax.Array) -> Any:
         with self._context():
-            return nn.unbox(self.model.init(rng, self._init_batch)["params"])
+            return nn.unbox(self.model.init(rng, self._traced_batch())["params"])
 
     def init_params(self, seed: int | None = None) -> Any:
         """Fresh parameters, placed in their shardings.
@@ -162,7 +165,7 @@ class Trainer:
         if _nbytes(self.abstract_params) >= SMALL_MODEL_BYTES:
             return self._init_params(key)
         with jax.default_device(jax.local_devices()[0]):
-            local = jax.device_get(_init_unsharded(self.model, self.rules, self._init_batch, key))
+            local = jax.device_get(_init_unsharded(self.model, self.rules, self.dummy_batch, key))
         return jax.tree.map(lambda x, s: jax.make_array_from_callback(x.shape, s, lambda i: x[i]),
                             local, self.params_shardings)
 
@@ -245,7 +248,6 @@ class Trainer:
 
 
 SMALL_MODEL_BYTES = 256 * 2**20
-INIT_LENGTH = 8  # positions per feature of the batch init traces (any length gives the same parameters)
 
 
 def _nbytes(tree: Any) -> int:

@@ -41,7 +41,7 @@ def test_quick_runs_end_to_end_and_resumes(tmp_path, capsys):
     capsys.readouterr()
     assert compare_cli.main(changed) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "another configuration" in err and "TRAIN_STEPS=8" in err
+    assert err.count("\n") == 1 and "another configuration" in err and "train_steps: 6 -> 8" in err
     record_path = out / "runs" / "prefix_lm_seed1" / "result.json"
     record_path.unlink()  # as if killed after its final checkpoint, before its record
     assert compare_cli.main(argv + ["--report_only"]) == 0
