@@ -16,7 +16,6 @@ plain objects:
 """
 from __future__ import annotations
 
-import dataclasses
 import difflib
 import logging
 import os
@@ -27,6 +26,7 @@ import gin
 
 from t5x_like.cli import configurables
 from t5x_like.inference import evaluation
+from t5x_like.interop.common import config_to_gin
 from t5x_like.model.config import TransformerConfig
 from t5x_like.model.model import Model
 from t5x_like.training import checkpoints
@@ -244,10 +244,7 @@ def load_saved_model(model_dir: str, gin_files=(), gin_bindings=()) -> tuple[Mod
 def saved_config_as_gin(saved: checkpoints.SavedModelConfig) -> str:
     """A MODEL_DIR's model_config.json as gin bindings (MODEL, TASK_FEATURE_LENGTHS, the data
     settings), for commands that let gin files and bindings override it."""
-    lines = ["import t5x_like.cli.configurables", "MODEL = @models.Model()",
-             "models.Model.config = @config.TransformerConfig()"]
-    lines += [f"config.TransformerConfig.{name} = {value!r}" for name, value in
-              ((f.name, getattr(saved.model, f.name)) for f in dataclasses.fields(saved.model))]
+    lines = [config_to_gin(saved.model).rstrip("\n")]  # the model part: what a converted model.gin holds
     lines.append(f"TASK_FEATURE_LENGTHS = {dict(saved.task_feature_lengths)!r}")
     data = saved.data
     bindings = {"tfds_data_dir.data_dir": data.tfds_data_dir, "ul2_mixing_rates.rates": data.ul2_mixing_rates,
