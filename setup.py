@@ -37,6 +37,8 @@ EXTRAS = {
     "tpu": ["jax[tpu]==0.10.2"],
     # Only the Hugging Face converter and its tests use these.
     "hf": ["torch==2.13.0", "transformers==5.24.0", "safetensors==0.8.0"],
+    # `t5x-like harness` and the lm-evaluation-harness adapter (inference/harness.py).
+    "eval": ["lm-eval==0.4.13"],
 }
 
 setuptools.setup(

@@ -15,9 +15,9 @@ fi
 # test: pytest, hypothesis, libtpu (jax[tpu]: `t5x-like compile` compiles for TPU
 # slices on any host; jax.devices() stays the CPU where no TPU is attached).
 # hf: torch (CPU build) + transformers, so the Hugging Face parity tests run
-# instead of skipping. T5X_LIKE_ACCELERATOR=cuda adds the CUDA 12 build of jax
+# instead of skipping. eval: lm-eval, for `t5x-like harness`. T5X_LIKE_ACCELERATOR=cuda adds the CUDA 12 build of jax
 # (the `cuda` extra) for NVIDIA GPU hosts; see docs/scale.md.
-EXTRAS=test,hf
+EXTRAS=test,hf,eval
 case "${T5X_LIKE_ACCELERATOR:-cpu}" in
   cpu|tpu) ;;
   cuda|gpu) EXTRAS=$EXTRAS,cuda ;;
