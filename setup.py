@@ -37,8 +37,9 @@ EXTRAS = {
     "tpu": ["jax[tpu]==0.10.2"],
     # Only the Hugging Face converter and its tests use these.
     "hf": ["torch==2.13.0", "transformers==5.24.0", "safetensors==0.8.0"],
-    # `t5x-like harness` and the lm-evaluation-harness adapter (inference/harness.py).
-    "eval": ["lm-eval==0.4.13"],
+    # `t5x-like harness` and the lm-evaluation-harness adapter (inference/harness.py);
+    # accelerate: lm-eval's own `hf` model, which the parity tests and benchmarks/harness.py run.
+    "eval": ["lm-eval==0.4.13", "accelerate==1.15.0"],
 }
 
 setuptools.setup(

@@ -7,7 +7,8 @@ The declared order (docs/architecture.md):
                                interop   ->  model, training.checkpoints
 
 model/ and data/ are the ground floor and ignore each other; inference/ and
-interop/ may use only training.checkpoints from training/; nothing imports cli/
+interop/ may use only training.checkpoints from training/; inference/ may read
+an imported model's tokenizer through interop/; nothing imports cli/
 except the `python -m` entry points (t5x_like/train.py, t5x_like/__main__.py).
 """
 from __future__ import annotations
@@ -28,7 +29,8 @@ ALLOWED: dict[str, tuple[str, ...]] = {
     "model": ("t5x_like.model",),
     "data": ("t5x_like.data",),
     "training": ("t5x_like.training", "t5x_like.model", "t5x_like.data"),
-    "inference": ("t5x_like.inference", "t5x_like.model", "t5x_like.data", "t5x_like.training.checkpoints"),
+    "inference": ("t5x_like.inference", "t5x_like.model", "t5x_like.data", "t5x_like.training.checkpoints",
+                  "t5x_like.interop"),  # the harness reads an imported model's tokenizer
     "interop": ("t5x_like.interop", "t5x_like.model", "t5x_like.training.checkpoints"),
     "experiments": ("t5x_like.experiments", "t5x_like.inference", "t5x_like.training", "t5x_like.model",
                     "t5x_like.data"),

@@ -23,6 +23,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "convert": ("t5x_like.cli.convert", "import/export Hugging Face T5 and GPT-2 checkpoints"),
     "analyze-attention": ("t5x_like.cli.analyze_attention", "rank and entropy of every attention head"),
     "compile": ("t5x_like.cli.compile", "compile the train step for a TPU slice here: memory and FLOPs per chip"),
+    "harness": ("t5x_like.cli.harness", "lm-evaluation-harness tasks on a checkpoint of any layout"),
 }
 
 

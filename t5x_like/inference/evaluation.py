@@ -122,10 +122,12 @@ def make_predict_fn(model: model_lib.Model, params, feature_lengths: dict[str, i
 
 
 @functools.lru_cache(maxsize=8)
-def _jitted(model: model_lib.Model, name: str):
-    if name == "score":
-        return jax.jit(model.score)
-    return jax.jit(lambda params, batch: model.loss_sums(params, batch)[1])
+def jitted(model: model_lib.Model, name: str):
+    """`model.score` or `model.score_tokens` (name "score" / "score_tokens"), or the loss sums'
+    metrics ("loss"), jitted once per model."""
+    if name == "loss":
+        return jax.jit(lambda params, batch: model.loss_sums(params, batch)[1])
+    return jax.jit(getattr(model, name))
 
 
 def make_score_fn(model: model_lib.Model, params, batch_size: int):
@@ -133,7 +135,7 @@ def make_score_fn(model: model_lib.Model, params, batch_size: int):
     def score_fn(dataset, model_feature_shapes=None):
         results = []
         for indices, real, batch in _batches(dataset, batch_size):
-            scores = np.asarray(_jitted(model, "score")(params, batch))
+            scores = np.asarray(jitted(model, "score")(params, batch))
             results.extend((int(i), float(s)) for i, s in zip(indices, scores[:real]))
         return results
     return score_fn
@@ -150,7 +152,7 @@ def teacher_forced_metrics(model: model_lib.Model, params, dataset, batch_size: 
         target_key = key.replace("loss_weights", "target_tokens")
         base = batch.get(key, (batch[target_key] != model_lib.PAD_ID))
         batch = dict(batch, **{key: (np.asarray(base, np.float32) * weights)})
-        sums = jax.device_get(_jitted(model, "loss")(params, batch))
+        sums = jax.device_get(jitted(model, "loss")(params, batch))
         for name in totals:
             totals[name] += float(sums[name])
         examples += real

@@ -109,8 +109,10 @@ class Model:
         inputs = {
             "decoder_input_tokens": batch["decoder_input_tokens"],
             # decoder inputs are shifted right and start with id 0, so real
-            # positions are read off the targets.
-            "decoder_valid": batch["decoder_target_tokens"] != PAD_ID,
+            # positions are read off the targets, unless a batch states them
+            # (a vocabulary whose id 0 is a real token: an imported GPT-2's).
+            "decoder_valid": batch["decoder_valid"] if "decoder_valid" in batch
+            else batch["decoder_target_tokens"] != PAD_ID,
             "decoder_segment_ids": batch.get("decoder_segment_ids"),
             "decoder_positions": batch.get("decoder_positions"),
         }
@@ -179,11 +181,16 @@ class Model:
 
     def score(self, params, batch: dict) -> Array:
         """Per-example sum of target-token log-likelihoods (weighted), [B]."""
+        token_ll, _, weights = self.score_tokens(params, batch)
+        return jnp.sum(token_ll * weights, axis=-1)
+
+    def score_tokens(self, params, batch: dict) -> tuple[Array, Array, Array]:
+        """Per target token: (log-likelihood, whether it is the argmax, loss weight), each [B, L]."""
         logits = self.logits(params, batch)
         targets, weights = self.targets_and_weights(batch)
         log_probs = jax.nn.log_softmax(logits, axis=-1)
         token_ll = jnp.take_along_axis(log_probs, targets[..., None], axis=-1)[..., 0]
-        return jnp.sum(token_ll * weights, axis=-1)
+        return token_ll, jnp.argmax(logits, axis=-1) == targets, weights
 
     # --- generation (the search itself is decoding.py's) ------------------------
     @functools.cached_property
