@@ -102,7 +102,7 @@ def attend(query: Array, key: Array, value: Array, mask: AttentionMask, bias: Ar
     if choice.logged:
         log_fallback(kernel, choice.kernel, choice.fallback)
     if choice.kernel == "accelerated":
-        return accelerator_attention.accelerated_attention(query, key, value, mask, scale,
+        return accelerator_attention.accelerated_attention(query, key, value, mask, scale, bias,
                                                            interpret=implementation == "interpret")
     if choice.kernel == "dot_product_attention":
         return _dot_product_attention(query, key, value, mask.dense(), bias, scale, kv_layout, implementation)
