@@ -120,8 +120,8 @@ def mask_to_bias(mask: Array, dtype=jnp.float32) -> Array:
 
 # --- one attention call's mask, as every kernel needs it ----------------------------------------
 HeadStructure = Literal["causal", "bidirectional", "backward"]
-PREFIX_LM_IS_DYNAMIC = ("prefix-LM: each example's prefix length is dynamic, and splash and cuDNN take "
-                        "static masks")
+PREFIX_LM_IS_DYNAMIC = ("prefix-LM: each example's prefix length is dynamic (the accelerated kernels take it "
+                        "as a dynamic splash mask or cuDNN's boolean mask)")
 
 
 @struct.dataclass
@@ -172,7 +172,8 @@ class AttentionMask:
 
     @property
     def dynamic(self) -> str | None:
-        """Why no static structure describes this mask (kernels with static masks cannot take it), or None."""
+        """Why no static structure describes this mask (a kernel with static masks cannot take it;
+        accelerator_attention builds a prefix-LM's mask on the device), or None."""
         if self.prefix_indicator is not None:
             return PREFIX_LM_IS_DYNAMIC
         if self.query_slots is not None:
