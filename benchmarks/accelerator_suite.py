@@ -225,6 +225,9 @@ def decode_line(row: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if "--smoke" in argv:  # tiny programs: XLA's backend optimizations cost more compile time than they save
+        os.environ.setdefault("XLA_FLAGS", "--xla_backend_optimization_level=0")
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--smoke", action="store_true", help="tiny models and lengths: checks the suite runs (CPU)")
     p.add_argument("--out", default=None, help="JSON path (default benchmarks/results/accelerator_suite[_smoke].json)")

@@ -11,8 +11,8 @@ Owns:
                          decoding step (one query over the heads-major cache) under
                            blockwise or accelerated          -> einsum
                          accelerated that no fused kernel takes (accelerator_attention.
-                           fallback_reason: CPU, a prefix-LM's per-example prefix, a bias,
-                           attention dropout, ...)          -> blockwise's rules below; logged
+                           fallback_reason: CPU, attention dropout, lengths off the
+                           TPU kernels' blocks, ...)        -> blockwise's rules below; logged
                          blockwise with attention dropout    -> einsum (the only kernel that
                                                                 drops weights out); logged
                          blockwise at lengths where blocks
@@ -31,6 +31,9 @@ Owns:
                        log-sum-exp per query and recomputes each pair's weights, so neither pass
                        holds [B, H, Lq, Lk] floats; it returns gradients for query, key, value
                        and bias (a learned relative-position table trains through it).
+  recording_kernels    while open, collects the kernel each attention role (encoder self,
+                       decoder self, cross) traced, by name (`describe_choice`), with any
+                       fallback: what `t5x-like compile` prints.
   add_bias             logits + a bias that broadcasts over batch (and heads), whose gradient sums
                        the broadcast rows as a matrix product with ones: XLA:CPU's reduce over a
                        leading axis ran ~80x slower (a third of a tiny model's train step), and the
