@@ -18,6 +18,7 @@ import pytest
 from t5x_like.model import accelerator_attention as accel
 from t5x_like.model import attention, masks
 from t5x_like.model.config import TransformerConfig
+from t5x_like.model.model import Model
 from tests.model_fixtures import init_params, random_tokens, tiny_config
 
 LOGGER = "t5x_like.model.attention"  # the dispatcher names every fallback
@@ -78,6 +79,20 @@ def _assert_matches_reference_on_real_queries(mask, q, k, v, scale=0.25, bias=No
     np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=2e-5, rtol=2e-5)
     for name, g, w in zip(("dq", "dk", "dv", "dbias"), got_grads, want_grads):
         np.testing.assert_allclose(np.asarray(g), np.asarray(w), atol=5e-5, rtol=5e-5, err_msg=name)
+
+
+def _assert_model_fused_without_fallback_matches_einsum(caplog, config, params, batch):
+    """The model under accelerated (interpreted) logs no fallback and gives the einsum model's loss and gradients."""
+    model = Model(config)
+    accelerated = Model(config.replace(attention_kernel="accelerated", attention_implementation="interpret"))
+    loss = lambda m: lambda p: m.loss_sums(p, batch)[0]
+    with caplog.at_level(logging.WARNING, logger=LOGGER):
+        (want, want_grads), (got, got_grads) = (jax.jit(jax.value_and_grad(loss(m)))(params)
+                                                for m in (model, accelerated))
+    assert _fallback_lines(caplog) == []
+    np.testing.assert_allclose(float(got), float(want), rtol=1e-5)
+    for g, w in zip(jax.tree.leaves(got_grads), jax.tree.leaves(want_grads)):
+        np.testing.assert_allclose(np.asarray(g), np.asarray(w), atol=1e-4, rtol=1e-4)
 
 
 # --- the mask as splash and cuDNN take it -----------------------------------------------------------------
@@ -193,41 +208,25 @@ def test_flash_cross_attention_with_a_bias_over_a_longer_padded_encoder_matches_
 @pytest.mark.slow  # an interpreted prefix-LM with T5's relative bias, forward and backward
 def test_prefix_lm_model_with_relative_bias_runs_fused_and_matches_einsum_loss_and_gradients(caplog):
     config = tiny_config("prefix_lm", position="relative", num_heads=2, head_dim=16)
-    model, params = init_params(config, 2, 64, 64)
-    accelerated = type(model)(config.replace(attention_kernel="accelerated", attention_implementation="interpret"))
+    _, params = init_params(config, 2, 64, 64)
     targets = random_tokens(np.random.default_rng(15), (2, 128))
     targets[1, 100:] = 0
     prefix = (np.arange(128) < np.array([[40], [70]])).astype(np.int32)
     batch = {"decoder_target_tokens": targets, "decoder_input_tokens": np.pad(targets[:, :-1], ((0, 0), (1, 0))),
              "decoder_loss_weights": ((targets != 0) & (prefix == 0)).astype(np.int32),
              "decoder_causal_attention": prefix}
-    loss = lambda m: lambda p: m.loss_sums(p, batch)[0]
-    with caplog.at_level(logging.WARNING, logger=LOGGER):
-        (want, want_grads), (got, got_grads) = (jax.jit(jax.value_and_grad(loss(m)))(params)
-                                                for m in (model, accelerated))
-    assert _fallback_lines(caplog) == []
-    np.testing.assert_allclose(float(got), float(want), rtol=1e-5)
-    for g, w in zip(jax.tree.leaves(got_grads), jax.tree.leaves(want_grads)):
-        np.testing.assert_allclose(np.asarray(g), np.asarray(w), atol=1e-4, rtol=1e-4)
+    _assert_model_fused_without_fallback_matches_einsum(caplog, config, params, batch)
 
 
 @pytest.mark.slow  # two models' forward and backward passes, one interpreted
 def test_decoder_only_model_with_splash_matches_einsum_loss_and_gradients(caplog):
     config = tiny_config("decoder_only", position="rope", num_heads=2, head_dim=16)
-    model, params = init_params(config, 2, 0, 128)
-    accelerated = type(model)(config.replace(attention_kernel="accelerated", attention_implementation="interpret"))
+    _, params = init_params(config, 2, 0, 128)
     targets = random_tokens(np.random.default_rng(3), (2, 128))
     targets[1, 90:] = 0  # right padding
     batch = {"decoder_target_tokens": targets, "decoder_loss_weights": (targets != 0).astype(np.int32),
              "decoder_input_tokens": np.pad(targets[:, :-1], ((0, 0), (1, 0)))}
-    loss = lambda m: lambda p: m.loss_sums(p, batch)[0]
-    with caplog.at_level(logging.WARNING, logger=LOGGER):
-        (want, want_grads), (got, got_grads) = (jax.jit(jax.value_and_grad(loss(m)))(params)
-                                                for m in (model, accelerated))
-    assert _fallback_lines(caplog) == []
-    np.testing.assert_allclose(float(got), float(want), rtol=1e-5)
-    for g, w in zip(jax.tree.leaves(got_grads), jax.tree.leaves(want_grads)):
-        np.testing.assert_allclose(np.asarray(g), np.asarray(w), atol=1e-4, rtol=1e-4)
+    _assert_model_fused_without_fallback_matches_einsum(caplog, config, params, batch)
 
 
 @pytest.mark.slow  # an interpreted encoder-decoder (about 15 s here)
