@@ -154,9 +154,6 @@ def tpu_fallback_reason(query: Array, key: Array, mask: AttentionMask) -> str | 
     return None
 
 
-splash_fallback_reason = tpu_fallback_reason  # the name the tests and callers before flash_bias use
-
-
 def _splash(query: Array, key: Array, value: Array, query_ids: Array, key_ids: Array, *,
             heads: tuple[str, ...], interpret: bool) -> Array:
     """One device's splash call: [B, L, H, D] in and out; the kernel itself is per example, [H, L, D]."""
