@@ -10,7 +10,7 @@ test holds it to that). Modules, in the order a batch flows through them:
   attention    the attention kernels (einsum reference, blockwise with masked-block skipping)
                and `attend`, which decides which kernel runs and names any fallback
   layers       the one shared Flax layers module (attention + KV cache, MLP, norms, blocks)
-  accelerator_attention  splash (TPU) / cuDNN (GPU) attention kernels and when they fall back
+  accelerator_attention  Pallas splash / flash (TPU) and cuDNN (GPU) attention kernels and when they fall back
   transformer  Transformer: every layout from those layers, and which mask each stack uses
   model        Model: feature-converted batch -> loss sums / scores / prompts / cache steps
   sizing       exact parameter counts, FLOPs, and the matching solver

@@ -11,8 +11,8 @@ Owns:
                          decoding step (one query over the heads-major cache) under
                            blockwise or accelerated          -> einsum
                          accelerated that no fused kernel takes (accelerator_attention.
-                           fallback_reason: CPU, a prefix-LM's per-example prefix, a bias,
-                           attention dropout, ...)          -> blockwise's rules below; logged
+                           fallback_reason: CPU, attention dropout, lengths off the
+                           TPU kernels' blocks, ...)        -> blockwise's rules below; logged
                          blockwise with attention dropout    -> einsum (the only kernel that
                                                                 drops weights out); logged
                          blockwise at lengths where blocks
@@ -31,6 +31,9 @@ Owns:
                        log-sum-exp per query and recomputes each pair's weights, so neither pass
                        holds [B, H, Lq, Lk] floats; it returns gradients for query, key, value
                        and bias (a learned relative-position table trains through it).
+  recording_kernels    while open, collects the kernel each attention role (encoder self,
+                       decoder self, cross) traced, by name (`describe_choice`), with any
+                       fallback: what `t5x-like compile` prints.
   add_bias             logits + a bias that broadcasts over batch (and heads), whose gradient sums
                        the broadcast rows as a matrix product with ones: XLA:CPU's reduce over a
                        leading axis ran ~80x slower (a third of a tiny model's train step), and the
@@ -53,9 +56,10 @@ Worked example of the skipping, causal mask over L = 8 with blocks of 4 (2 x 2 p
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
-from typing import Callable, NamedTuple
+from typing import Callable, Iterator, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -101,8 +105,11 @@ def attend(query: Array, key: Array, value: Array, mask: AttentionMask, bias: Ar
                         attention_dropout=attention_dropout, blocks=blocks, interpret=implementation == "interpret")
     if choice.logged:
         log_fallback(kernel, choice.kernel, choice.fallback)
+    if _recorded is not None:
+        _recorded.setdefault(attention_role(), set()).add(
+            describe_choice(choice, mask, bias, interpret=implementation == "interpret"))
     if choice.kernel == "accelerated":
-        return accelerator_attention.accelerated_attention(query, key, value, mask, scale,
+        return accelerator_attention.accelerated_attention(query, key, value, mask, scale, bias,
                                                            interpret=implementation == "interpret")
     if choice.kernel == "dot_product_attention":
         return _dot_product_attention(query, key, value, mask.dense(), bias, scale, kv_layout, implementation)
@@ -141,6 +148,41 @@ def _portable_choice(attention_dropout: bool, lengths: tuple[int, int], blocks: 
     if not blockwise_pays(*lengths, *blocks):
         return KernelChoice("einsum", f"blocks of {blocks} do not pay at (query, key) lengths {lengths}")
     return KernelChoice("blockwise")
+
+
+# --- which kernel each attention ran, as `t5x-like compile` prints it ---------------------------
+_recorded: dict[str, set[str]] | None = None
+
+
+@contextlib.contextmanager
+def recording_kernels() -> Iterator[dict[str, set[str]]]:
+    """While open, every `attend` traced adds `describe_choice` of its call to the yielded dict
+    under its `attention_role` (several layers of one role add one entry)."""
+    global _recorded
+    outer, _recorded = _recorded, {}
+    try:
+        yield _recorded
+    finally:
+        _recorded = outer
+
+
+def attention_role() -> str:
+    """"encoder self", "decoder self" or "cross", from the Flax module running the call
+    (transformer.py names its stacks encoder_layers / decoder_layers and layers.py the
+    attentions self_attention / cross_attention); "attention" outside a model."""
+    from flax.linen import module as flax_module  # its module stack: the one public-enough path to the caller
+    current = flax_module._context.module_stack[-1]
+    path = "/".join(getattr(current, "path", ()) or ()) if current is not None else ""
+    if "cross_attention" in path:
+        return "cross"
+    return "encoder self" if "encoder" in path else "decoder self" if path else "attention"
+
+
+def describe_choice(choice: KernelChoice, mask: AttentionMask, bias: Array | None, interpret: bool = False) -> str:
+    """The kernel a call runs, by name (the fused kernel's own under accelerated), and any fallback."""
+    if choice.kernel == "accelerated":
+        return f"accelerated: {accelerator_attention.kernel_name(mask, bias, interpret=interpret)}"
+    return choice.kernel if choice.fallback is None else f"{choice.kernel} (fallback: {choice.fallback})"
 
 
 @functools.lru_cache(maxsize=None)

@@ -81,14 +81,15 @@ class TransformerConfig:
     # attention.blockwise_pays); the default: faster than einsum in every
     # layout's train step on the CPU (docs/performance.md), and the same function
     # (tests/model/test_attention.py). "accelerated": the fused kernel of the
-    # platform being compiled for (model/accelerator_attention.py): splash
-    # attention on TPU, cuDNN flash attention on GPU; a call no kernel can take
-    # (CPU, a prefix-LM's per-example prefix, a relative/ALiBi bias, attention
-    # dropout, ...) runs blockwise by blockwise's rules (so einsum for dropout)
-    # and logs the reason once; decoding steps run einsum. One name, not one per
+    # platform being compiled for (model/accelerator_attention.py): Pallas splash
+    # or flash attention (with a bias) on TPU, cuDNN flash attention on GPU, for
+    # every mask (prefix-LM and packing included) and bias; a call no kernel can
+    # take (CPU, attention dropout, lengths off 128-wide TPU blocks, float32 on
+    # GPU, ...) runs blockwise by blockwise's rules (so einsum for dropout) and
+    # logs the reason once; decoding steps run einsum. One name, not one per
     # kernel, so the same gin file serves TPU, GPU and CPU runs.
-    # attention_implementation="interpret" with "accelerated": splash in Pallas
-    # interpret mode on any platform (slow; for numerics tests on CPU).
+    # attention_implementation="interpret" with "accelerated": the TPU kernels in
+    # Pallas interpret mode on any platform (slow; for numerics tests on CPU).
     attention_kernel: Literal["einsum", "dot_product_attention", "blockwise", "accelerated"] = "blockwise"
     attention_implementation: str | None = None
     # Blockwise kernel: queries and keys per block (a block longer than the sequence shrinks to it).

@@ -120,8 +120,6 @@ def mask_to_bias(mask: Array, dtype=jnp.float32) -> Array:
 
 # --- one attention call's mask, as every kernel needs it ----------------------------------------
 HeadStructure = Literal["causal", "bidirectional", "backward"]
-PREFIX_LM_IS_DYNAMIC = ("prefix-LM: each example's prefix length is dynamic, and splash and cuDNN take "
-                        "static masks")
 
 
 @struct.dataclass
@@ -146,7 +144,7 @@ class AttentionMask:
     there sees no key. `segment_ids()` is what splash and cuDNN take instead: padding and
     packing folded into one id per position, 0 at padding, so a padding query sees the
     padding keys there (its output is never used: no loss, no real query attends it, and
-    splash needs every row to see some key). `dynamic` says why no static structure exists.
+    splash needs every row to see some key).
 
     Worked example, a packed causal row [a b | c _] (two examples, one pad):
         valid = [1, 1, 1, 0], segment_ids = [0, 0, 1, 0]
@@ -169,15 +167,6 @@ class AttentionMask:
     def packed(self) -> bool:
         """Several examples share a row (segment ids were given)."""
         return self.query_segment_ids is not None
-
-    @property
-    def dynamic(self) -> str | None:
-        """Why no static structure describes this mask (kernels with static masks cannot take it), or None."""
-        if self.prefix_indicator is not None:
-            return PREFIX_LM_IS_DYNAMIC
-        if self.query_slots is not None:
-            return "a decoding step: each row's query sits at its own cache slot"
-        return None
 
     def dense(self) -> Array:
         """[B|1, H|1, Lq, Lk] bool, True = may attend: structure & padding & packing."""

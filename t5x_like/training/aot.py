@@ -25,6 +25,11 @@ FLOPs: `xla_flops_per_chip` is XLA's cost analysis of the compiled program
 layers, microbatches — is counted once, not once per iteration).
 `model_flops_per_chip` is `model.sizing`'s training FLOPs of the global batch
 divided by the chips: the MFU convention, and what the step-time estimates use.
+
+Attention kernels: while the train step is traced, `attention.recording_kernels` collects
+the kernel each attention role (encoder self, decoder self, cross) runs, and any fallback
+with its reason; the table prints one row per role, so a prefix-LM or a T5 bias that the
+fused TPU kernels do not take shows up before the run does.
 """
 from __future__ import annotations
 
@@ -40,11 +45,12 @@ from typing import Any
 import jax
 from jax.sharding import Mesh
 
-from t5x_like.model import sizing
+from t5x_like.model import attention, sizing
 from t5x_like.training import partitioning
 from t5x_like.training.run import TrainConfig, build_trainer
 
 GiB = 2**30
+ATTENTION_ROLES = ("encoder self", "decoder self", "cross")  # the compile table's order
 # How a Pallas (Mosaic) kernel, e.g. splash attention, appears in compiled TPU HLO.
 PALLAS_CUSTOM_CALL = 'custom_call_target="tpu_custom_call"'
 
@@ -219,7 +225,10 @@ class CompileReport:
     compile_seconds: float
     eval_total_bytes: int | None = None
     eval_temp_bytes: int | None = None
-    pallas_kernel_calls: int = 0           # Mosaic custom calls in the train step (splash attention)
+    pallas_kernel_calls: int = 0           # Mosaic custom calls in the train step (splash / flash attention)
+    # role ("encoder self", "decoder self", "cross") -> the kernels its calls ran in the train step,
+    # with any fallback's reason (attention.describe_choice)
+    attention_kernels: dict[str, list[str]] = dataclasses.field(default_factory=dict)
 
     @property
     def total_bytes(self) -> int:
@@ -264,6 +273,7 @@ class CompileReport:
         ]
         if self.pallas_kernel_calls:
             rows.append(("Pallas kernel calls", f"{self.pallas_kernel_calls} (tpu_custom_call in the train step)"))
+        rows += [(f"attention, {role}", "; ".join(kernels)) for role, kernels in self.attention_kernels.items()]
         if measured_step_seconds:
             rows.append((f"MFU at a measured {measured_step_seconds:g} s",
                          f"{100 * self.mfu(measured_step_seconds):.1f}%"))
@@ -394,7 +404,9 @@ def compile_train_step(config: TrainConfig, tpu_slice: Slice | str, *, eval_step
     trainer = build_trainer(config, mesh)
     started = time.perf_counter()
     try:
-        compiled = trainer.train_step.lower(trainer.abstract_state(), trainer.abstract_batch()).compile()
+        with attention.recording_kernels() as kernels:
+            lowered = trainer.train_step.lower(trainer.abstract_state(), trainer.abstract_batch())
+        compiled = lowered.compile()
     except Exception as e:
         if _is_out_of_memory(e):
             raise _does_not_fit(e, config, tpu_slice, "train step", mesh.devices.shape, num_processes) from None
@@ -429,4 +441,5 @@ def compile_train_step(config: TrainConfig, tpu_slice: Slice | str, *, eval_step
         xla_flops_per_chip=_xla_flops(compiled), model_flops_per_chip=model_flops / num_chips,
         peak_flops=tpu_slice.peak_flops, compile_seconds=seconds,
         eval_total_bytes=eval_total, eval_temp_bytes=eval_temp,
-        pallas_kernel_calls=compiled.as_text().count(PALLAS_CUSTOM_CALL))
+        pallas_kernel_calls=compiled.as_text().count(PALLAS_CUSTOM_CALL),
+        attention_kernels={role: sorted(kernels[role]) for role in ATTENTION_ROLES if role in kernels})

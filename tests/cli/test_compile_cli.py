@@ -101,3 +101,24 @@ def test_every_fix_a_refusal_suggests_is_one_the_command_accepts(capsys, topolog
     for binding in suggested:
         rc = compile_cli.main([f"--topology={topology}", *args, f"--gin.{binding}"])
         assert rc in (0, compile_cli.EXIT_DOES_NOT_FIT), (binding, capsys.readouterr().err)
+
+
+@pytest.mark.slow  # two TPU compiles (about 12 s each here)
+@pytest.mark.parametrize("model_file, roles", [
+    ("gin_configs/models/prefix_lm/tiny.gin", {"decoder self": "flash_bias"}),
+    ("gin_configs/models/encoder_decoder/tiny.gin",
+     {"encoder self": "flash_bias", "decoder self": "flash_bias", "cross": "splash"}),
+])
+def test_prefix_lm_and_t5_bias_compile_for_tpu_on_the_fused_kernels_without_fallback(capsys, model_file, roles):
+    """T5's relative bias (architecture.gin) and a packed prefix-LM: the printed kernel table names
+    the Pallas kernel of every attention role and no fallback."""
+    rc = compile_cli.main(["--topology=v5e:2x2", f"--gin_file={model_file}", "--gin_file=gin_configs/runs/pretrain.gin",
+                           "--gin.BATCH_SIZE=8", "--gin.TASK_FEATURE_LENGTHS={'inputs': 128, 'targets': 128}",
+                           "--gin.TransformerConfig.attention_kernel='accelerated'",
+                           "--gin.TransformerConfig.dtype='bfloat16'", "--skip_eval"])
+    out = capsys.readouterr().out
+    assert rc == 0
+    rows = dict(re.split(r"\s{2,}", line.strip().removeprefix("attention, "), maxsplit=1)
+                for line in out.splitlines() if line.strip().startswith("attention, "))
+    assert rows == {role: f"accelerated: {kernel}" for role, kernel in roles.items()}, out
+    assert "fallback" not in out

@@ -195,9 +195,10 @@ CHOICES = {
     "blockwise short": ("blockwise", _causal, None, {}, ("einsum", "do not pay", False)),
     "accelerated decoding": ("accelerated", _causal, None, dict(decoding_step=True),
                              ("einsum", "decoding step", False)),
-    "accelerated prefix-LM cpu": ("accelerated", _prefix_lm, None, SMALL_BLOCKS, ("blockwise", "prefix-LM", True)),
-    "accelerated bias tpu": ("accelerated", _causal, BIAS, dict(platform="tpu", **SMALL_BLOCKS),
-                             ("blockwise", "position bias", True)),
+    "accelerated prefix-LM cpu": ("accelerated", _prefix_lm, None, SMALL_BLOCKS,
+                                  ("blockwise", "no accelerator kernel on cpu", True)),
+    "accelerated bias off-block lengths tpu": ("accelerated", _causal, BIAS, dict(platform="tpu", **SMALL_BLOCKS),
+                                               ("blockwise", "multiples of 128", True)),
     "accelerated dropout tpu": ("accelerated", _causal, None,
                                 dict(platform="tpu", attention_dropout=True, **SMALL_BLOCKS), ("einsum", "dropout", True)),
     "accelerated cpu": ("accelerated", _causal, None, dict(platform="cpu", **SMALL_BLOCKS),
@@ -260,7 +261,8 @@ def test_accelerated_prefix_lm_on_cpu_runs_blockwise_and_logs_the_reason_once(mo
     outs = [attention.attend(q, k, v, mask, kernel="accelerated", scale=0.35, blocks=(4, 4)) for _ in range(2)]
     assert calls == ["blockwise_attention"] * 2
     lines = fallback_lines()
-    assert len(lines) == 1 and "'accelerated' falls back to the blockwise kernel: prefix-LM" in lines[0], lines
+    assert len(lines) == 1 and "'accelerated' falls back to the blockwise kernel: no accelerator kernel on cpu" \
+        in lines[0], lines
     direct = attention.blockwise_attention(q, k, v, masks.prefix_lm_mask(mask.prefix_indicator)
                                            & masks.padding_mask(_valid(LENGTH), _valid(LENGTH)), None, 0.35, 4, 4)
     np.testing.assert_array_equal(outs[0], direct)

@@ -238,10 +238,8 @@ def test_attention_mask_without_padding_or_structure_sees_everything():
     np.testing.assert_array_equal(masks.AttentionMask(("bidirectional",), (3, 5)).dense(), np.ones((1, 1, 3, 5), bool))
 
 
-def test_only_masks_without_per_example_structure_are_static():
-    assert DENSE_CASES["decoder_packed"][0].dynamic is None and DENSE_CASES["decoder_packed"][0].packed
-    assert "prefix-LM" in DENSE_CASES["prefix_lm"][0].dynamic
-    assert "decoding step" in DENSE_CASES["decoding_step"][0].dynamic
+def test_only_masks_with_segment_ids_are_packed():
+    assert DENSE_CASES["decoder_packed"][0].packed and not DENSE_CASES["prefix_lm"][0].packed
 
 
 def test_attention_mask_passes_through_jit_as_one_argument():
