@@ -1,4 +1,5 @@
-"""Generation with a key/value cache: greedy, sampling, and beam search.
+"""Generation with a key/value cache: greedy, sampling, and beam search; and scoring given
+continuations through the same cache (`score_continuations`).
 
 Owns the *search*: which token comes next, when a row stops, how beams are
 kept. The model's side (running the encoder once, prefilling the cache over a
@@ -107,6 +108,34 @@ def _generate(model, config, params, prompts, rng):
     if config.method == "beam":
         return _beam_search(model, config, params, prompts.lengths, logits, state)
     return _sample_or_greedy(model, config, params, prompts.lengths, logits, state, rng)
+
+
+def score_continuations(model: model_lib.Model, params, prompts: model_lib.Prompts, rows: Array, tokens: Array,
+                        weights: Array) -> tuple[Array, Array]:
+    """Teacher-forced scores of continuations after shared prompts, through the cache: each prompt
+    is prefilled once; row r continues prompt `rows[r]` with `tokens[r]` (weights[r]: 1 on its real
+    tokens, 0 on padding). Returns (sum of weighted log-likelihoods [R], whether every weighted
+    token is the argmax [R]): what `Model.score_tokens` gives for prompt + continuation, without
+    running the prompt once per continuation (multiple-choice questions share their context)."""
+    return _score_continuations(model, params, prompts, jnp.asarray(rows), jnp.asarray(tokens), jnp.asarray(weights))
+
+
+@functools.partial(jax.jit, static_argnames=("model",))
+def _score_continuations(model, params, prompts, rows, tokens, weights):
+    logits, state = model.prefill(params, prompts, prompts.tokens.shape[1] + tokens.shape[1])
+    logits, state, lengths = logits[rows], state.take_rows(rows), jnp.asarray(prompts.lengths)[rows]
+
+    def step(carry, t):
+        logits, state, score, greedy = carry
+        token, weight = tokens[:, t], weights[:, t]
+        log_prob = jnp.take_along_axis(jax.nn.log_softmax(logits), token[:, None], axis=-1)[:, 0]
+        greedy = greedy & ((jnp.argmax(logits, axis=-1) == token) | (weight == 0))
+        logits, state = model.decode_step(params, state, token, lengths + t)
+        return (logits, state, score + log_prob * weight, greedy), None
+
+    start = (logits, state, jnp.zeros(tokens.shape[0]), jnp.ones(tokens.shape[0], bool))
+    (_, _, score, greedy), _ = jax.lax.scan(step, start, jnp.arange(tokens.shape[1]))
+    return score, greedy
 
 
 # --- one token per row: greedy and sampling ----------------------------------------

@@ -29,10 +29,18 @@ the window, as lm-eval's `hf` seq2seq model does).
 generate_until: the project's cached decoding (greedy, or sampling when a task
 asks for it), cut at EOS and at the first stop sequence.
 
-Batching: requests sorted longest first, cut into batches of `batch_size` rows
-(the last one padded with empty rows), each padded to a power-of-two length, so
-a task compiles a handful of shapes. Results come back in request order and do
-not depend on the batch size or the order (tested). A request longer than the
+Scoring: a batch of short continuations (at most CACHED_CONTINUATION tokens,
+multiple-choice answers) prefills each distinct context once and decodes its
+continuations from the cache (`decoding.score_continuations`), so a question's
+context runs once, not once per choice; longer ones (perplexity windows) run
+context + continuation in one forward pass (`Model.score_tokens`). The two paths
+agree to float rounding (tested); `share_contexts=False` keeps to the second.
+
+Batching: requests sorted longest first (rows sharing a context together), cut into batches of `batch_size` rows
+(the last one padded with empty rows), each padded to one of eight lengths
+per power of two (`_bucket`), so a task compiles a handful of shapes. Results
+come back in request order and do not depend on the batch size or the order
+(tested). A request longer than the
 model's length loses the start of its context, as lm-eval's `hf` model does,
 and the run says how many did (`truncation="error"` refuses them instead); a
 continuation that cannot fit at all is refused.
@@ -61,6 +69,7 @@ log = logging.getLogger(__name__)
 
 NO_CONTEXT = -1  # lm-eval's "prefix token" of an empty context, for models that need none
 MIN_BUCKET = 16
+CACHED_CONTINUATION = 32  # longer continuations are scored in one forward pass with their context
 PREFIX_CONTEXTS = ("bidirectional", "causal")
 TRUNCATIONS = ("left", "error")
 
@@ -84,7 +93,7 @@ class HarnessLM(TemplateLM):
     def __init__(self, model: model_lib.Model, params: Any, vocabulary: Any, *, batch_size: int = 16,
                  max_length: int | None = None, task_feature_lengths: dict[str, int] | None = None,
                  start_token: int | None = 0, prefix_context: str = "bidirectional",
-                 truncation: str = "left", max_gen_toks: int = 256, seed: int = 0):
+                 truncation: str = "left", max_gen_toks: int = 256, seed: int = 0, share_contexts: bool = True):
         super().__init__()
         layout = model.config.layout
         if layout == "encoder_only":
@@ -106,6 +115,7 @@ class HarnessLM(TemplateLM):
         self.truncation = truncation
         self.max_gen_toks = int(max_gen_toks)
         self.seed = int(seed)
+        self.share_contexts = bool(share_contexts)
         self.lengths = _stack_limits(model.config, task_feature_lengths or {}, max_length)
         self.truncated = 0
 
@@ -166,16 +176,57 @@ class HarnessLM(TemplateLM):
                         self.truncated, len(pairs), _describe(self.lengths))
         results: list[tuple[float, bool] | None] = [None] * len(rows)
         with tqdm(total=len(rows), desc=f"loglikelihood ({self.layout})", unit="req", disable=disable_tqdm) as bar:
-            for indices in self._batches([_row_length(row) for row in rows]):
-                batch = self._pad_batch([rows[i] for i in indices])
-                token_ll, is_argmax, weights = jax.device_get(
-                    evaluation.jitted(self.model, "score_tokens")(self.params, batch))
-                scores = (token_ll * weights).sum(axis=-1)
-                greedy = (is_argmax | (weights == 0)).all(axis=-1)
+            for indices in self._batches([_sort_key(row) for row in rows]):
+                batch_rows = [rows[i] for i in indices]
+                score = self._score_through_cache if self._cacheable(batch_rows) else self._score_whole
+                scores, greedy = score(batch_rows)
                 for slot, i in enumerate(indices):
                     results[i] = (float(scores[slot]), bool(greedy[slot]))
                 bar.update(len(indices))
         return results  # type: ignore[return-value]
+
+    def _score_whole(self, rows: list[dict]) -> tuple[np.ndarray, np.ndarray]:
+        """One forward pass over context + continuation per row (`Model.score_tokens`)."""
+        token_ll, is_argmax, weights = jax.device_get(
+            evaluation.jitted(self.model, "score_tokens")(self.params, self._pad_batch(rows)))
+        return (token_ll * weights).sum(axis=-1), (is_argmax | (weights == 0)).all(axis=-1)
+
+    def _cacheable(self, rows: list[dict]) -> bool:
+        """Whether `_score_through_cache` may take the batch: short continuations (a few decoding
+        steps each), and a cache that a learned position table holds."""
+        if not self.share_contexts or max(len(_continuation(r)) for r in rows) > CACHED_CONTINUATION:
+            return False
+        if self.model.config.position != "learned" or self.layout == "encoder_decoder":
+            return True
+        prompts, continuations = zip(*((_prompt(r), _continuation(r)) for r in rows))
+        cache = _bucket(max(map(len, prompts)), self.lengths["decoder"]) + _steps(max(map(len, continuations)))
+        return cache <= self.model.config.max_length
+
+    def _score_through_cache(self, rows: list[dict]) -> tuple[np.ndarray, np.ndarray]:
+        """Each distinct context prefilled once, its continuations decoded from its cache
+        (`decoding.score_continuations`): multiple-choice questions run their context once."""
+        distinct: dict[tuple, int] = {}
+        which = np.zeros((self.batch_size,), np.int32)
+        for n, row in enumerate(rows):
+            which[n] = distinct.setdefault(_prompt(row), len(distinct))
+        prompts = list(distinct)
+        size = 1 << (len(prompts) - 1).bit_length()
+        continuations = [_continuation(r) for r in rows]
+        steps = _steps(max(map(len, continuations)))
+        tokens = _padded(continuations, self.batch_size, steps)
+        weights = (np.arange(steps)[None, :] < np.asarray([len(c) for c in continuations] +
+                                                           [0] * (self.batch_size - len(rows)))[:, None])
+        if self.layout == "encoder_decoder":
+            encoder = _padded(prompts, size, _bucket(max(map(len, prompts)), self.lengths["encoder"]))
+            prompt = model_lib.Prompts(np.zeros((size, 1), np.int32), np.ones((size,), np.int32), encoder)
+        else:
+            lengths = np.ones((size,), np.int32)
+            lengths[:len(prompts)] = [len(p) for p in prompts]
+            prompt = model_lib.Prompts(_padded(prompts, size, _bucket(int(lengths.max()), self.lengths["decoder"])),
+                                       lengths)
+        scores, greedy = decoding.score_continuations(self.model, self.params, prompt, which, tokens,
+                                                      weights.astype(np.float32))
+        return jax.device_get(scores), jax.device_get(greedy)
 
     def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list[float]:
         windows, owners = [], []
@@ -206,7 +257,7 @@ class HarnessLM(TemplateLM):
                   disable=disable_tqdm) as bar:
             for (max_new, temperature, until), members in groups.items():
                 contexts = [self.tok_encode(requests[n].args[0]) for n in members]
-                for indices in self._batches([len(c) for c in contexts]):
+                for indices in self._batches([-len(c) for c in contexts]):
                     texts = self._generate([contexts[i] for i in indices], max_new, temperature)
                     for i, text in zip(indices, texts):
                         outputs[members[i]] = _cut_at_stops(text, until)
@@ -284,15 +335,15 @@ class HarnessLM(TemplateLM):
                                  f"({_describe(self.lengths)}): pass a larger max_length, or a task with "
                                  "shorter targets")
 
-    def _batches(self, lengths: Sequence[int]) -> Iterator[list[int]]:
-        """Request indices, longest first, in groups of batch_size."""
-        order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    def _batches(self, keys: Sequence) -> Iterator[list[int]]:
+        """Request indices in the order of their sort keys (ties: request order), in groups of batch_size."""
+        order = sorted(range(len(keys)), key=lambda i: (keys[i], i))
         for start in range(0, len(order), self.batch_size):
             yield order[start:start + self.batch_size]
 
     def _pad_batch(self, rows: list[dict]) -> dict[str, np.ndarray]:
-        """Rows -> a batch of batch_size rows (empty rows weigh nothing), each feature padded to a
-        power-of-two length."""
+        """Rows -> a batch of batch_size rows (empty rows weigh nothing), each feature padded to
+        its `_bucket` length."""
         size = self.batch_size
         decoder_length = _bucket(max(len(r["decoder_target_tokens"]) for r in rows), self.lengths["decoder"])
         batch = {name: _padded([r[name] for r in rows], size, decoder_length)
@@ -345,14 +396,35 @@ def _describe(lengths: dict[str, int]) -> str:
     return ", ".join(f"{stack} {n} positions" for stack, n in lengths.items())
 
 
-def _row_length(row: dict) -> int:
-    return len(row["decoder_target_tokens"]) + len(row.get("encoder_input_tokens", ()))
+def _prompt(row: dict) -> tuple[int, ...]:
+    """What a row's continuation follows: the encoder's tokens, or the decoder's inputs up to the
+    first scored position."""
+    if "encoder_input_tokens" in row:
+        return tuple(row["encoder_input_tokens"])
+    return tuple(row["decoder_input_tokens"][:row["scored_from"] + 1])
+
+
+def _continuation(row: dict) -> list[int]:
+    return row["decoder_target_tokens"][row["scored_from"]:]
+
+
+def _sort_key(row: dict) -> tuple:
+    """Longest first; rows that share a context next to each other."""
+    prompt = _prompt(row)
+    return -len(prompt) - len(row["decoder_target_tokens"]), prompt
+
+
+def _steps(length: int) -> int:
+    """Decoding steps for a batch whose longest continuation has `length` tokens: a power of two."""
+    return 1 << max(length - 1, 0).bit_length()
 
 
 def _bucket(length: int, limit: int) -> int:
-    """The padded length of a batch whose longest row has `length` tokens: a power of two (at
-    least MIN_BUCKET), capped at the stack's limit."""
-    return min(max(MIN_BUCKET, 1 << max(length - 1, 0).bit_length()), max(limit, length))
+    """The padded length of a batch whose longest row has `length` tokens: the next multiple of an
+    eighth of the next power of two (at least MIN_BUCKET), capped at the stack's limit. Eight
+    shapes per octave: at most 1/8 of a batch is padding, and a task compiles a handful of shapes."""
+    step = max(MIN_BUCKET, (1 << max(length - 1, 0).bit_length()) // 8)
+    return min(-(-length // step) * step, max(limit, length))
 
 
 def _padded(rows: Sequence[Sequence[int]], size: int, length: int) -> np.ndarray:

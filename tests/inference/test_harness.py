@@ -78,6 +78,18 @@ def test_loglikelihoods_equal_model_score_on_the_layouts_own_features(layout):
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
+def test_shared_contexts_through_the_cache_score_as_whole_sequences_do(layout):
+    """Multiple-choice requests (a context, several answers): prefilling each context once and
+    decoding its answers from the cache gives the one-forward-pass scores."""
+    choices = [(context, answer) for context, _ in REQUESTS[:3] for answer in (" mat", " three four", "?")]
+    requests = instances("loglikelihood", choices)
+    cached = adapter(layout, batch_size=4).loglikelihood(requests, disable_tqdm=True)
+    whole = adapter(layout, batch_size=4, share_contexts=False).loglikelihood(requests, disable_tqdm=True)
+    np.testing.assert_allclose([s for s, _ in cached], [s for s, _ in whole], rtol=1e-5, atol=1e-5)
+    assert [g for _, g in cached] == [g for _, g in whole]
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
 def test_results_do_not_depend_on_batch_size_or_request_order(layout):
     requests = instances("loglikelihood", REQUESTS)
     one_by_one = adapter(layout, batch_size=1).loglikelihood(requests, disable_tqdm=True)
