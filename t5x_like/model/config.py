@@ -32,6 +32,11 @@ class TransformerConfig:
     vocab_size: int = 384
     d_model: int = 64
     num_heads: int = 4
+    # Key/value heads of every attention (self and cross, every layout): None = num_heads
+    # (multi-head), 1 = multi-query, a divisor of num_heads = grouped-query (each key/value
+    # head serves num_heads / num_kv_heads consecutive query heads). The decoding cache holds
+    # only these heads.
+    num_kv_heads: int | None = None
     head_dim: int = 16
     d_ff: int = 256
     # Depth per stack. Decoder-only, prefix-LM: num_decoder_layers only.
@@ -115,6 +120,9 @@ class TransformerConfig:
         if self.share_encoder_decoder and (
                 self.layout != "encoder_decoder" or self.num_encoder_layers != self.num_decoder_layers):
             yield "share_encoder_decoder needs layout='encoder_decoder' and equal stack depths"
+        if self.num_kv_heads is not None and (self.num_kv_heads < 1 or self.num_heads % self.num_kv_heads):
+            yield (f"num_kv_heads={self.num_kv_heads} does not divide num_heads={self.num_heads}: give a divisor "
+                   "of num_heads (1 = multi-query, num_heads = multi-head) or None")
         if not 1 <= len(self.mlp_activations) <= 2:
             yield f"mlp_activations={self.mlp_activations}: give one (plain) or two (gated)"
         if self.position == "rope" and self.head_dim % 2:
@@ -140,6 +148,11 @@ class TransformerConfig:
     @property
     def has_decoder(self) -> bool:
         return self.layout != "encoder_only"
+
+    @property
+    def kv_heads(self) -> int:
+        """Key/value heads of each attention (num_kv_heads, or num_heads when None)."""
+        return self.num_heads if self.num_kv_heads is None else self.num_kv_heads
 
     @property
     def is_gated(self) -> bool:

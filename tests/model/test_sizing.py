@@ -40,6 +40,8 @@ VARIANTS = [
     dict(layout="encoder_decoder", share_encoder_decoder=True, tie_embeddings=False, use_bias=True, norm="layer"),
     dict(layout="decoder_only", position="alibi", scan_layers=True),
     dict(layout="encoder_decoder", position="relative", scan_layers=True, remat_policy="full"),
+    dict(layout="decoder_only", position="rope", num_kv_heads=2, use_bias=True),
+    dict(layout="encoder_decoder", num_kv_heads=1, share_encoder_decoder=True),
 ]
 
 
@@ -116,10 +118,12 @@ def test_size_command_prints_table_and_json(tmp_path, capsys):
         assert f"{row['params']:,}" in printed
 
 
-def test_size_command_names_a_bad_binding(capsys):
-    code = size_main(["--gin_file=gin_configs/models/decoder_only/tiny.gin", "--gin.TransformerConfig.no_such_field=3"])
+@pytest.mark.parametrize("binding,named", [("no_such_field=3", "no_such_field"), ("num_kv_heads=3", "num_kv_heads=3")])
+def test_size_command_names_a_bad_binding(capsys, binding, named):
+    code = size_main(["--gin_file=gin_configs/models/decoder_only/tiny.gin", f"--gin.TransformerConfig.{binding}"])
     assert code == 2
-    assert "no_such_field" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert named in err and len(err.strip().splitlines()) == 1
 
 
 def test_a_run_s_flops_count_an_mlm_text_once():
