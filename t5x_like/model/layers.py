@@ -232,7 +232,11 @@ class MultiHeadAttention(nn.Module):
     def _rotate(self, x: Array, positions: Array | None) -> Array:
         if not self.use_rope:
             return x
-        return position_lib.apply_rope(x, positions, self.config.rope_max_wavelength)
+        cfg = self.config
+        frequencies = position_lib.rope_inverse_frequencies(
+            cfg.head_dim, cfg.rope_max_wavelength, cfg.rope_scaling, cfg.rope_scaling_factor, cfg.rope_low_freq_factor,
+            cfg.rope_high_freq_factor, cfg.rope_original_max_length)
+        return position_lib.apply_rope(x, positions, inverse_frequencies=frequencies)
 
     def _cache_variable(self, name: str, initial: Array | None = None):
         if initial is None and not self.has_variable("cache", name):

@@ -51,6 +51,13 @@ def test_count_equals_initialized_tree_for_variants(overrides):
     assert sizing.count_params(config).total == initialized_param_count(config)
 
 
+@pytest.mark.parametrize("name,published", [("llama_8b", 8_030_261_248), ("llama_1b", 1_235_814_400)])
+def test_llama_configs_have_the_published_llama_3_sizes(name, published):
+    """LLaMA 3 8B (8.03B) and LLaMA 3.2 1B (1.24B, tied): the counts of their safetensors files."""
+    config = load_model_config(os.path.join(REPO, f"gin_configs/models/decoder_only/{name}.gin"), [])
+    assert sizing.count_params(config).total == published
+
+
 def test_base_encoder_decoder_has_t5_base_size():
     config = load_model_config(os.path.join(REPO, "gin_configs/models/encoder_decoder/base.gin"), [])
     assert sizing.count_params(config).total == 222_903_552  # T5-base (32128 vocab)
