@@ -209,23 +209,16 @@ def test_imported_t5_gives_hf_logits_on_padded_batches(case, tmp_path):
     assert diff < TOLERANCE
 
 
-@pytest.mark.parametrize("name", sorted(GPT2_CASES))
-def test_imported_gpt2_gives_hf_logits_with_right_padding(name, tmp_path):
-    hf_model = build_gpt2(GPT2_CASES[name], tmp_path)
-    config, params, _ = convert.from_hf_dir(str(tmp_path))
-    assert config.tie_embeddings == GPT2_CASES[name].get("tie_word_embeddings", True)
-    assert_matches_init_tree(config, params)
-    diff = decoder_logits_diff(hf_model, config, params)
-    print(f"\n{name}: max |logit diff| = {diff:.2e}")
-    assert diff < TOLERANCE
+DECODER_CASES = [(GPT2_CASES, build_gpt2, name) for name in sorted(GPT2_CASES)] + [
+    (LLAMA_CASES, build_llama, name) for name in sorted(LLAMA_CASES)]
 
 
-@pytest.mark.parametrize("name", sorted(LLAMA_CASES))
-def test_imported_llama_gives_hf_logits_with_right_padding(name, tmp_path):
-    hf_model = build_llama(LLAMA_CASES[name], tmp_path)
+@pytest.mark.parametrize("cases,build,name", DECODER_CASES, ids=[case[2] for case in DECODER_CASES])
+def test_imported_gpt2_or_llama_gives_hf_logits_with_right_padding(cases, build, name, tmp_path):
+    hf_model = build(cases[name], tmp_path)
     config, params, _ = convert.from_hf_dir(str(tmp_path))
-    assert config.tie_embeddings == LLAMA_CASES[name]["tie_word_embeddings"]
-    assert config.kv_heads == LLAMA_CASES[name].get("num_key_value_heads", config.num_heads)
+    assert config.tie_embeddings == cases[name].get("tie_word_embeddings", True)
+    assert config.kv_heads == cases[name].get("num_key_value_heads", config.num_heads)
     assert_matches_init_tree(config, params)
     diff = decoder_logits_diff(hf_model, config, params)
     print(f"\n{name}: max |logit diff| = {diff:.2e}")
