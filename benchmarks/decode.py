@@ -1,15 +1,21 @@
 """Decoding throughput: tokens/s of cached greedy generation, and Hugging Face's if available.
 
     python benchmarks/decode.py [--out benchmarks/results/decode.json] [--repeats 3]
+    python benchmarks/decode.py --models decoder_only,decoder_only_gqa --batches 16 --skip_hf \
+        --out benchmarks/results/decode_gqa.json     # multi-head vs grouped-query attention
 
 Models of about 20M parameters (d_model 512, d_ff 2048, 8 heads of 64, byte
 vocabulary 384): decoder-only and prefix-LM with 6 layers (GPT-2 choices),
-encoder-decoder with 3 + 3 layers (T5 1.0 choices). Each generates 128 new
+encoder-decoder with 3 + 3 layers (T5 1.0 choices); decoder_only_gqa is the
+decoder-only model with grouped-query attention (num_kv_heads=2: 4 query heads
+per key/value head, so a quarter of the cache). Each generates 128 new
 tokens after a 128-token prompt (EOS disabled, so every row runs to the end),
 at batch 1 and 16. tokens/s = batch * 128 / seconds, seconds = the median of
 `--repeats` timed runs after one compiling run, prefill included. When torch
 and transformers import, GPT-2 and T5 of the same shapes run `generate`
 (greedy, KV cache, random weights) on the same inputs for comparison.
+cache_bytes: the KV cache (keys and values of every layer, prompt + new
+slots) that prefill allocates for the batch, from its abstract shapes.
 """
 from __future__ import annotations
 
@@ -37,6 +43,7 @@ SHAPES = dict(vocab_size=VOCAB, d_model=512, num_heads=8, head_dim=64, d_ff=2048
 def configs() -> dict[str, config_lib.TransformerConfig]:
     return {
         "decoder_only": config_lib.gpt2(**SHAPES, num_decoder_layers=6),
+        "decoder_only_gqa": config_lib.gpt2(**SHAPES, num_decoder_layers=6, num_kv_heads=2),
         "prefix_lm": config_lib.gpt2(**SHAPES, layout="prefix_lm", num_decoder_layers=6),
         "encoder_decoder": config_lib.t5_1_0(**SHAPES, num_encoder_layers=3, num_decoder_layers=3),
     }
@@ -70,7 +77,10 @@ def ours(name: str, cfg, batch: int, repeats: int) -> dict:
     compile_s, seconds = timed(
         lambda: decoding.generate(model, params, prompts, config).tokens.block_until_ready(), repeats)
     n_params = sum(x.size for x in jax.tree.leaves(params))
+    _, state = jax.eval_shape(lambda p, x: model.prefill(p, x, PROMPT + NEW), params, prompts)
+    cache_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(state.cache))
     return {"impl": "t5x_like", "model": name, "batch": batch, "params": int(n_params),
+            "num_kv_heads": cfg.kv_heads, "cache_bytes": int(cache_bytes),
             "seconds": round(seconds, 3), "first_call_seconds": round(compile_s, 2),
             "tokens_per_second": round(batch * NEW / seconds, 1)}
 
@@ -115,10 +125,11 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--batches", default="1,16")
     p.add_argument("--skip_hf", action="store_true")
+    p.add_argument("--models", default=",".join(configs()), help="comma-separated subset of " + ", ".join(configs()))
     args = p.parse_args(argv)
     rows = []
     for batch in (int(b) for b in args.batches.split(",")):
-        for name, cfg in configs().items():
+        for name, cfg in ((n, configs()[n]) for n in args.models.split(",")):
             rows.append(ours(name, cfg, batch, args.repeats))
             print(json.dumps(rows[-1]), flush=True)
             hf = None if args.skip_hf else hugging_face(name, batch, args.repeats)

@@ -1,6 +1,6 @@
 """`t5x-like convert`: Hugging Face directory <-> t5x_like MODEL_DIR (see docs/interop.md).
 
-    t5x-like convert --from-hf HF_DIR --to MODEL_DIR     # import (T5 1.0/1.1, mT5, GPT-2)
+    t5x-like convert --from-hf HF_DIR --to MODEL_DIR     # import (T5 1.0/1.1, mT5, GPT-2, LLaMA)
     t5x-like convert --from MODEL_DIR --to-hf HF_DIR     # export (config.json + model.safetensors)
 
 Exit codes: 0 done, 1 the directory cannot be converted (one line says why), 2 bad flags.
@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
             gin_file = args.gin_file or _model_gin_of_an_older_conversion(args.from_)
             config = gin_loading.model_config_from_file(gin_file, []) if gin_file else None
             config = convert.export_hf(args.from_, args.to_hf, config)
-            print(f"wrote {args.to_hf}: {convert.EXPORTERS[config.layout].ARCHITECTURE}")
+            print(f"wrote {args.to_hf}: {convert.exporter_for(config).ARCHITECTURE}")
     except (ConversionError, gin_loading.GinConfigError, checkpoints.CheckpointError) as e:
         print(f"t5x-like convert: {e}", file=sys.stderr)
         return 1

@@ -169,9 +169,13 @@ def evaluate_macro(name: str):
 
 # --- loaders: gin files -> the library's plain objects ----------------------------------
 def model_config_from_file(gin_file: str | list[str], bindings: list[str]) -> TransformerConfig:
-    """The TransformerConfig that a model gin file (with any other files) binds to MODEL."""
+    """The TransformerConfig that a model gin file (with any other files) binds to MODEL; a config
+    it refuses (num_kv_heads=3 with 4 heads) is a GinConfigError of one line."""
     load_config([gin_file] if isinstance(gin_file, str) else list(gin_file), bindings, finalize=False)
-    return evaluate_macro("MODEL").config
+    try:
+        return evaluate_macro("MODEL").config
+    except (ValueError, TypeError) as e:  # gin appends "In call to configurable ..."
+        raise GinConfigError(str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__) from e
 
 
 def train_config_from_args(argv: list[str], defaults: dict[str, str] | None = None

@@ -29,8 +29,9 @@ from collections.abc import Callable
 from t5x_like.data import tasks
 from t5x_like.data.settings import DataSettings
 from t5x_like.experiments.spec import Arm, Experiment, arm_lengths, in_dependency_order
+from t5x_like.model.config import TransformerConfig
 from t5x_like.model.features import matched_feature_lengths
-from t5x_like.training import program_cache
+from t5x_like.training import partitioning, program_cache
 from t5x_like.training.run import TrainConfig
 
 RESULT_FILE = "result.json"
@@ -156,11 +157,34 @@ def _changed_fields(recorded: dict, now: dict) -> list[str] | None:
     """The fields that differ, as 'name: old -> new'; None if none does. Where a run lives is not
     what it is: run directories are compared relative to the run's own (a moved OUTPUT_DIR
     keeps its finished runs)."""
-    recorded, now = _located_relative(recorded), _located_relative(now)
+    recorded, now = _located_relative(_with_todays_defaults(recorded, set(now))), _located_relative(now)
     names = sorted(name for name in set(recorded) | set(now) if recorded.get(name) != now.get(name))
     if not names:
         return None
     return [f"{name}: {_short(recorded.get(name))} -> {_short(now.get(name))}" for name in names]
+
+
+def _with_todays_defaults(fields: dict, names: set[str]) -> dict:
+    """A record's fields with what it lacks at today's defaults: a model field or TrainConfig field
+    added after the run (num_kv_heads, profile_steps, ...) is the default the run had in effect,
+    not a change (TransformerConfig.from_dict's rule)."""
+    fields = dict(fields)
+    for field in dataclasses.fields(TrainConfig):
+        if field.name in names and field.name not in fields and field.default is not dataclasses.MISSING:
+            fields[field.name] = json.loads(json.dumps(field.default, default=repr))
+    rules = fields.get("logical_axis_rules")
+    if isinstance(rules, list) and all(isinstance(r, list) and len(r) == 2 for r in rules):
+        # a logical axis name added since (kv_heads) maps as today's rules map it
+        recorded_rules = dict(rules)
+        today = json.loads(json.dumps(partitioning.DEFAULT_RULES))
+        merged = [[name, recorded_rules.pop(name, axes)] for name, axes in today]
+        fields["logical_axis_rules"] = merged + [[name, axes] for name, axes in recorded_rules.items()]
+    if isinstance(fields.get("model"), dict):
+        try:
+            fields["model"] = json.loads(json.dumps(TransformerConfig.from_dict(fields["model"]).to_dict()))
+        except (TypeError, ValueError):  # a model this version cannot read: compared as recorded
+            pass
+    return fields
 
 
 def _located_relative(fields: dict) -> dict:

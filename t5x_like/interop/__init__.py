@@ -1,4 +1,4 @@
-"""Hugging Face interop: import and export T5 (1.0, 1.1, mT5) and GPT-2 checkpoints.
+"""Hugging Face interop: import and export T5 (1.0, 1.1, mT5), GPT-2 and LLaMA checkpoints.
 
 Owns the mapping between HF tensors and the t5x_like params tree and the
 layout of a converted MODEL_DIR. Does not own the model (`model/`), the
@@ -9,6 +9,7 @@ command (`cli/convert.py`). Needs `safetensors` (and torch for
     common.py    files, tensor shape checks, params-tree checks, MODEL_DIR layout
     hf_t5.py     T5ForConditionalGeneration <-> encoder_decoder
     hf_gpt2.py   GPT2LMHeadModel <-> decoder_only, GPT-2 BPE vocabulary
+    hf_llama.py  LlamaForCausalLM <-> decoder_only (RoPE, SwiGLU, RMSNorm, grouped-query attention)
     convert.py   from_hf_dir / to_hf_dir / import_hf / export_hf
 
 See docs/interop.md.

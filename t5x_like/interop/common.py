@@ -14,7 +14,7 @@ params tree against a `TransformerConfig`, and the converted MODEL_DIR layout:
     MODEL_DIR/hf/                      the source config.json and tokenizer files
 
 Does not own: which HF tensor becomes which parameter (`hf_t5.py`,
-`hf_gpt2.py`), the import/export steps (`convert.py`) or the command line
+`hf_gpt2.py`, `hf_llama.py`), the import/export steps (`convert.py`) or the command line
 (`cli/convert.py`).
 
 Only numpy and safetensors are needed to convert safetensors weights;

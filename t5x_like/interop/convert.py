@@ -1,14 +1,15 @@
 """Hugging Face directory <-> t5x_like MODEL_DIR (the library behind `t5x-like convert`).
 
-    import_hf(HF_DIR, MODEL_DIR)     # import (T5 1.0/1.1, mT5, GPT-2)
+    import_hf(HF_DIR, MODEL_DIR)     # import (T5 1.0/1.1, mT5, GPT-2, LLaMA)
     export_hf(MODEL_DIR, HF_DIR)     # export (config.json + model.safetensors)
 
 Import writes MODEL_DIR/model_config.json and model.gin (the architecture), a checkpoint
 MODEL_DIR/checkpoints/0 (params; read it with `training.checkpoints.load_params`)
 and MODEL_DIR/hf/ (the original config.json and tokenizer files, which
 export copies back and `load_vocabulary` reads). Which converter handles a
-directory is decided by config.json's `model_type` (import) or the config's
-layout (export: encoder_decoder -> T5, decoder_only -> GPT-2).
+directory is decided by config.json's `model_type` (import) or the config
+(export, `exporter_for`: encoder_decoder -> T5; decoder_only -> LLaMA with
+RoPE, GPT-2 otherwise).
 """
 from __future__ import annotations
 
@@ -16,12 +17,12 @@ import json
 import os
 from types import ModuleType
 
-from t5x_like.interop import common, hf_gpt2, hf_t5
+from t5x_like.interop import common, hf_gpt2, hf_llama, hf_t5
 from t5x_like.interop.common import ConversionError, Params
 from t5x_like.model.config import TransformerConfig
 
-CONVERTERS: dict[str, ModuleType] = {"t5": hf_t5, "mt5": hf_t5, "gpt2": hf_gpt2}
-EXPORTERS: dict[str, ModuleType] = {"encoder_decoder": hf_t5, "decoder_only": hf_gpt2}
+CONVERTERS: dict[str, ModuleType] = {"t5": hf_t5, "mt5": hf_t5, "gpt2": hf_gpt2, "llama": hf_llama}
+EXPORT_LAYOUTS = ("encoder_decoder", "decoder_only")
 
 
 def converter_for(hf_config: dict) -> ModuleType:
@@ -29,8 +30,20 @@ def converter_for(hf_config: dict) -> ModuleType:
     if model_type not in CONVERTERS:
         raise ConversionError(
             f"config.json: model_type = {model_type!r} (architectures {hf_config.get('architectures')}) is "
-            f"not supported; supported: t5, mt5 ({hf_t5.ARCHITECTURE}) and gpt2 ({hf_gpt2.ARCHITECTURE})")
+            f"not supported; supported: t5, mt5 ({hf_t5.ARCHITECTURE}), gpt2 ({hf_gpt2.ARCHITECTURE}) and "
+            f"llama ({hf_llama.ARCHITECTURE})")
     return CONVERTERS[model_type]
+
+
+def exporter_for(config: TransformerConfig) -> ModuleType:
+    """The HF architecture a config exports to: T5 for encoder-decoder; for decoder-only, LLaMA
+    when it rotates positions (RoPE), GPT-2 otherwise (each refuses what it cannot hold)."""
+    if config.layout not in EXPORT_LAYOUTS:
+        raise ConversionError(f"cannot export layout={config.layout!r}: Hugging Face export covers "
+                              f"{sorted(EXPORT_LAYOUTS)} (T5; GPT-2 or LLaMA)")
+    if config.layout == "encoder_decoder":
+        return hf_t5
+    return hf_llama if config.position == "rope" else hf_gpt2
 
 
 def from_hf_dir(hf_dir: str) -> tuple[TransformerConfig, Params, list[str]]:
@@ -45,10 +58,7 @@ def from_hf_dir(hf_dir: str) -> tuple[TransformerConfig, Params, list[str]]:
 
 def to_hf_dir(config: TransformerConfig, params: Params, hf_dir: str, base: dict | None = None) -> None:
     """Writes config.json + model.safetensors; `base` is an original HF config to keep token ids from."""
-    if config.layout not in EXPORTERS:
-        raise ConversionError(f"cannot export layout={config.layout!r}: Hugging Face export covers "
-                              f"{sorted(EXPORTERS)} (T5, GPT-2)")
-    hf_config, tensors = EXPORTERS[config.layout].to_hf(config, params, base)
+    hf_config, tensors = exporter_for(config).to_hf(config, params, base)
     common.write_hf_dir(hf_dir, hf_config, tensors)
 
 

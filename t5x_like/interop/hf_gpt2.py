@@ -86,6 +86,8 @@ def config_to_hf(config: TransformerConfig, base: dict | None = None) -> dict:
     for field, want in (("norm", "layer"), ("norm_position", "pre"), ("position", "learned"), ("use_bias", True)):
         if getattr(config, field) != want:
             problems.append(f"{field}={getattr(config, field)!r} (GPT-2 has {want!r})")
+    if config.kv_heads != config.num_heads:
+        problems.append(f"num_kv_heads={config.num_kv_heads} (GPT-2 has multi-head attention)")
     if config.num_heads * config.head_dim != config.d_model:
         problems.append(f"num_heads*head_dim = {config.num_heads * config.head_dim} != d_model = {config.d_model}")
     if config.is_gated or config.mlp_activations[0] not in ACTIVATIONS_TO_HF:

@@ -106,6 +106,8 @@ def config_to_hf(config: TransformerConfig, base: dict | None = None) -> dict:
     activations = config.mlp_activations
     if any(a not in ACTIVATIONS_TO_HF for a in activations) or (config.is_gated and activations[1] != "linear"):
         problems.append(f"mlp_activations={activations} (T5 has ('ACT',) or ('ACT', 'linear'))")
+    if config.kv_heads != config.num_heads:
+        problems.append(f"num_kv_heads={config.num_kv_heads} (T5 has multi-head attention)")
     if problems:
         raise ConversionError("cannot export to Hugging Face T5: " + "; ".join(problems))
     if config.is_gated:

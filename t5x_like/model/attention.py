@@ -39,9 +39,13 @@ Owns:
                        leading axis ran ~80x slower (a third of a tiny model's train step), and the
                        product adds the rows in order, first to last.
 
-Shapes everywhere: query [B, Lq, H, D]; key/value [B, Lk, H, D] (or, for the einsum path, the
-decoding cache's [B, H, slots, D]); a dense mask [B|1, H|1, Lq, Lk], True = may attend
-(masks.py); bias the same shape or None. Does not own projections, caches, RoPE (applied to q
+Shapes everywhere: query [B, Lq, H, D]; key/value [B, Lk, Hkv, D] (or, for the einsum path, the
+decoding cache's [B, Hkv, slots, D]) with H a multiple of Hkv: grouped-query attention (Hkv = 1:
+multi-query; Hkv = H: multi-head), query head h reading key/value head h // (H / Hkv); a dense
+mask [B|1, H|1, Lq, Lk], True = may attend (masks.py); bias the same shape or None. Einsum
+contracts each key/value head with its group of query heads as they lie (no repeated keys);
+jax.nn.dot_product_attention takes groups itself; blockwise repeats each key/value head over its
+group (`repeat_kv_heads`) before its blocks. Does not own projections, caches, RoPE (applied to q
 and k before any kernel, so kernels need nothing for it), what a mask means (masks.py) or the
 fused accelerator kernels (accelerator_attention.py).
 
@@ -92,6 +96,9 @@ def attend(query: Array, key: Array, value: Array, mask: AttentionMask, bias: Ar
            transform_weights: Callable[[Array], Array] | None = None, weights_dtype=F32) -> Array:
     """softmax(q·kᵀ·scale + bias under mask)·v [B, Lq, H, D] by the kernel `kernel_for` picks.
 
+    key/value: [B, Lk, Hkv, D] (or [B, Hkv, slots, D] with kv_layout=CACHE_LAYOUT), Hkv
+    dividing H (grouped-query attention; see the module docstring).
+
     kernel: TransformerConfig.attention_kernel; blocks: its (attention_block_q,
     attention_block_k); implementation: its attention_implementation (dot_product_attention's
     `implementation`; "interpret" runs accelerated's splash interpreted). kv_layout: "bkhd", or
@@ -114,7 +121,9 @@ def attend(query: Array, key: Array, value: Array, mask: AttentionMask, bias: Ar
     if choice.kernel == "dot_product_attention":
         return _dot_product_attention(query, key, value, mask.dense(), bias, scale, kv_layout, implementation)
     if choice.kernel == "blockwise":
-        return blockwise_attention(query, key, value, mask.dense(), bias, scale, *blocks)
+        groups = _query_groups(query, key.shape[2])
+        return blockwise_attention(query, repeat_kv_heads(key, groups), repeat_kv_heads(value, groups),
+                                   mask.dense(), bias, scale, *blocks)
     return einsum_attention(query, key, value, mask.dense(), bias, scale, kv_layout, weights_dtype=weights_dtype,
                             transform_weights=transform_weights)
 
@@ -183,6 +192,21 @@ def describe_choice(choice: KernelChoice, mask: AttentionMask, bias: Array | Non
     if choice.kernel == "accelerated":
         return f"accelerated: {accelerator_attention.kernel_name(mask, bias, interpret=interpret)}"
     return choice.kernel if choice.fallback is None else f"{choice.kernel} (fallback: {choice.fallback})"
+
+
+def _query_groups(query: Array, kv_heads: int) -> int:
+    """Query heads per key/value head (1: multi-head attention)."""
+    heads = query.shape[2]
+    if heads % kv_heads:
+        raise ValueError(f"{heads} query heads cannot be grouped over {kv_heads} key/value heads: "
+                         "num_kv_heads must divide num_heads")
+    return heads // kv_heads
+
+
+def repeat_kv_heads(x: Array, groups: int) -> Array:
+    """[B, L, Hkv, D] -> [B, L, Hkv * groups, D], each key/value head repeated for its group of query
+    heads (query head h reads head h // groups); the gradient sums each group back."""
+    return x if groups == 1 else jnp.repeat(x, groups, axis=2)
 
 
 @functools.lru_cache(maxsize=None)
@@ -265,18 +289,26 @@ def einsum_attention(query: Array, key: Array, value: Array, mask: Array, bias: 
                      transform_weights: Callable[[Array], Array] | None = None) -> Array:
     """Full logits [B, H, Lq, Lk] (f32), masked entries set to finfo.min / 2, softmax, weights · v.
 
-    kv_axes: the key/value layout, "bkhd" or the decoding cache's "bhkd". transform_weights:
-    applied to the weights [B, H, Lq, Lk] before they multiply the values (the module's
-    `sow` and dropout).
+    kv_axes: the key/value layout, "bkhd" or the decoding cache's "bhkd"; its h axis holds Hkv
+    heads. Grouped: the queries are viewed as [B, Lq, Hkv, H / Hkv, D] and each key/value head
+    contracts with its group, so keys and values are never repeated; the logits' [B, Hkv, G, Lq,
+    Lk] is [B, H, Lq, Lk] as it lies. transform_weights: applied to the weights [B, H, Lq, Lk]
+    before they multiply the values (the module's `sow` and dropout).
     """
-    logits = jnp.einsum(f"bqhd,{kv_axes}->bhqk", query, key, preferred_element_type=F32) * scale
+    batch, q_len, heads, dim = query.shape
+    kv_heads = key.shape[kv_axes.index("h")]
+    groups = _query_groups(query, kv_heads)
+    grouped = query.reshape(batch, q_len, kv_heads, groups, dim)
+    logits = jnp.einsum(f"bqhgd,{kv_axes}->bhgqk", grouped, key, preferred_element_type=F32)
+    logits = logits.reshape(batch, heads, q_len, logits.shape[-1]) * scale
     if bias is not None:
         logits = add_bias(logits, bias.astype(F32))
     logits = jnp.where(mask, logits, jnp.finfo(F32).min * 0.5)
     weights = jax.nn.softmax(logits, axis=-1).astype(weights_dtype)
     if transform_weights is not None:
         weights = transform_weights(weights)
-    return jnp.einsum(f"bhqk,{kv_axes}->bqhd", weights, value)
+    weights = weights.reshape(batch, kv_heads, groups, q_len, weights.shape[-1])
+    return jnp.einsum(f"bhgqk,{kv_axes}->bqhgd", weights, value).reshape(batch, q_len, heads, dim)
 
 
 # --- blockwise ---------------------------------------------------------------------------------

@@ -7,7 +7,7 @@ The model (`transformer.py`, `model.py`), the sizing tool (`sizing.py`) and the 
 read this one dataclass; nothing else defines architecture.
 
 Presets for the published architectures are the gin files under
-`gin_configs/models/`; `t5_1_0`, `t5_1_1` and `gpt2` below give the same
+`gin_configs/models/`; `t5_1_0`, `t5_1_1`, `gpt2` and `llama` below give the same
 choices in Python for tests and the converter.
 """
 from __future__ import annotations
@@ -32,6 +32,11 @@ class TransformerConfig:
     vocab_size: int = 384
     d_model: int = 64
     num_heads: int = 4
+    # Key/value heads of every attention (self and cross, every layout): None = num_heads
+    # (multi-head), 1 = multi-query, a divisor of num_heads = grouped-query (each key/value
+    # head serves num_heads / num_kv_heads consecutive query heads). The decoding cache holds
+    # only these heads.
+    num_kv_heads: int | None = None
     head_dim: int = 16
     d_ff: int = 256
     # Depth per stack. Decoder-only, prefix-LM: num_decoder_layers only.
@@ -58,6 +63,14 @@ class TransformerConfig:
     relative_num_buckets: int = 32
     relative_max_distance: int = 128
     rope_max_wavelength: float = 10_000.0
+    # RoPE frequency scaling (positions.rope_inverse_frequencies): "none"; "linear" (every
+    # frequency / rope_scaling_factor); "llama3" (LLaMA 3.1: long wavelengths / factor, short
+    # ones kept, smooth between, by the low/high frequency factors and the original length).
+    rope_scaling: Literal["none", "linear", "llama3"] = "none"
+    rope_scaling_factor: float = 1.0
+    rope_low_freq_factor: float = 1.0
+    rope_high_freq_factor: float = 4.0
+    rope_original_max_length: int = 8192
     # T5 scales q·k by nothing (folded into the init); GPT-2 by 1/sqrt(head_dim).
     scale_attention_by_head_dim: bool = False
 
@@ -116,10 +129,18 @@ class TransformerConfig:
         if self.share_encoder_decoder and (
                 self.layout != "encoder_decoder" or self.num_encoder_layers != self.num_decoder_layers):
             yield "share_encoder_decoder needs layout='encoder_decoder' and equal stack depths"
+        if self.num_kv_heads is not None and (self.num_kv_heads < 1 or self.num_heads % self.num_kv_heads):
+            yield (f"num_kv_heads={self.num_kv_heads} does not divide num_heads={self.num_heads}: give a divisor "
+                   "of num_heads (1 = multi-query, num_heads = multi-head) or None")
         if not 1 <= len(self.mlp_activations) <= 2:
             yield f"mlp_activations={self.mlp_activations}: give one (plain) or two (gated)"
         if self.position == "rope" and self.head_dim % 2:
             yield "rope needs an even head_dim"
+        if self.rope_scaling not in ("none", "linear", "llama3"):
+            yield f"rope_scaling={self.rope_scaling!r}, expected 'none', 'linear' or 'llama3'"
+        if self.rope_scaling == "llama3" and self.rope_high_freq_factor <= self.rope_low_freq_factor:
+            yield (f"rope_scaling='llama3' needs rope_high_freq_factor ({self.rope_high_freq_factor}) > "
+                   f"rope_low_freq_factor ({self.rope_low_freq_factor})")
         if self.attention_kernel == "dot_product_attention" and self.dropout_rate > 0:
             yield (f"attention_kernel='dot_product_attention' has no attention dropout: dropout_rate="
                    f"{self.dropout_rate} would be silently ignored there; use attention_kernel='einsum' or "
@@ -141,6 +162,11 @@ class TransformerConfig:
     @property
     def has_decoder(self) -> bool:
         return self.layout != "encoder_only"
+
+    @property
+    def kv_heads(self) -> int:
+        """Key/value heads of each attention (num_kv_heads, or num_heads when None)."""
+        return self.num_heads if self.num_kv_heads is None else self.num_kv_heads
 
     @property
     def is_gated(self) -> bool:
@@ -184,4 +210,13 @@ def gpt2(**overrides) -> TransformerConfig:
                 norm_epsilon=1e-5, use_bias=True, position="learned", max_length=1024,
                 tie_embeddings=True, rescale_tied_logits=False, scale_attention_by_head_dim=True,
                 embedding_init_std=0.02)
+    return TransformerConfig(**{**base, **overrides})
+
+
+def llama(**overrides) -> TransformerConfig:
+    """LLaMA choices: SwiGLU MLP, RMSNorm (eps 1e-5) before each block, no biases, RoPE, scaled
+    q·k, untied and unscaled output projection (a tied one for LLaMA 3.2 1B/3B)."""
+    base = dict(layout="decoder_only", mlp_activations=("silu", "linear"), norm="rms", norm_epsilon=1e-5,
+                use_bias=False, position="rope", tie_embeddings=False, rescale_tied_logits=False,
+                scale_attention_by_head_dim=True, embedding_init_std=0.02)
     return TransformerConfig(**{**base, **overrides})

@@ -11,9 +11,10 @@ stacked into encoders and decoders, and which mask each stack uses, is
 Every parameter carries logical axis names (`nn.with_logical_partitioning`)
 and key activations are constrained by logical names
 (`nn.with_logical_constraint`); `training/partitioning.py` maps both onto a device mesh.
-Parameter axes: vocab, embed, heads, kv, mlp, relpos_buckets, abspos, layers.
+Parameter axes: vocab, embed, heads, kv_heads (key/value projections), kv, mlp,
+relpos_buckets, abspos, layers.
 Activation axes: activation_batch, activation_length, activation_embed,
-activation_heads, activation_kv, activation_mlp, activation_vocab.
+activation_heads, activation_kv_heads, activation_kv, activation_mlp, activation_vocab.
 
 Dropout is active exactly when a 'dropout' RNG is supplied to `apply`.
 """
@@ -43,8 +44,11 @@ ACTIVATIONS = {
 
 BATCH_LENGTH_EMBED = ("activation_batch", "activation_length", "activation_embed")
 BATCH_LENGTH_HEADS_KV = ("activation_batch", "activation_length", "activation_heads", "activation_kv")
-# The decoding cache's layout (MultiHeadAttention): heads before slots (attention.CACHE_LAYOUT).
-CACHE_AXES = ("activation_batch", "activation_heads", "activation_length", "activation_kv")
+# Keys and values: num_kv_heads heads (grouped-/multi-query attention), named apart from the
+# queries' so that the rules can shard them differently.
+BATCH_LENGTH_KV_HEADS_KV = ("activation_batch", "activation_length", "activation_kv_heads", "activation_kv")
+# The decoding cache's layout (MultiHeadAttention): key/value heads before slots (attention.CACHE_LAYOUT).
+CACHE_AXES = ("activation_batch", "activation_kv_heads", "activation_length", "activation_kv")
 
 
 def partitioned(init, axes: tuple[str | None, ...]):
@@ -182,8 +186,11 @@ class MultiHeadAttention(nn.Module):
     and a call no fused kernel takes (logged once) runs by blockwise's rules.
     Only einsum sows the weights ('intermediates', attention analysis) and
     applies attention dropout.
+    Keys and values have config.kv_heads heads (num_kv_heads: grouped- or multi-query
+    attention when fewer than num_heads; query head h reads key/value head
+    h // (num_heads / kv_heads)), and the cache holds only those.
     Keys are cached after RoPE, so a cached key never needs re-rotating. The
-    cache is heads-major, [B, H, slots, head_dim] (CACHE_AXES): a step's
+    cache is heads-major, [B, Hkv, slots, head_dim] (CACHE_AXES): a step's
     q·k and weights·v then contract it as it lies in memory, where a
     [B, slots, H, head_dim] cache was transposed whole, per layer, every step.
     """
@@ -198,10 +205,10 @@ class MultiHeadAttention(nn.Module):
         cfg = self.config
         if cache_mode not in (None, "prefill", "step"):
             raise ValueError(f"cache_mode={cache_mode!r}, expected None, 'prefill' or 'step'")
-        heads_kv = (cfg.num_heads, cfg.head_dim)
-        project = lambda name, x: constrain(dense(cfg, heads_kv, ("embed", "heads", "kv"), name)(x),
-                                            BATCH_LENGTH_HEADS_KV)
-        query = self._rotate(project("query", inputs_q), query_positions)
+        project_query = dense(cfg, (cfg.num_heads, cfg.head_dim), ("embed", "heads", "kv"), "query")
+        query = self._rotate(constrain(project_query(inputs_q), BATCH_LENGTH_HEADS_KV), query_positions)
+        project = lambda name, x: constrain(dense(cfg, (cfg.kv_heads, cfg.head_dim), ("embed", "kv_heads", "kv"),
+                                                  name)(x), BATCH_LENGTH_KV_HEADS_KV)
         if cache_mode == "step" and cache_length is None:  # cross: projected once, at prefill
             key, value = self._cache_variable("cached_key").value, self._cache_variable("cached_value").value
         else:
@@ -225,7 +232,11 @@ class MultiHeadAttention(nn.Module):
     def _rotate(self, x: Array, positions: Array | None) -> Array:
         if not self.use_rope:
             return x
-        return position_lib.apply_rope(x, positions, self.config.rope_max_wavelength)
+        cfg = self.config
+        frequencies = position_lib.rope_inverse_frequencies(
+            cfg.head_dim, cfg.rope_max_wavelength, cfg.rope_scaling, cfg.rope_scaling_factor, cfg.rope_low_freq_factor,
+            cfg.rope_high_freq_factor, cfg.rope_original_max_length)
+        return position_lib.apply_rope(x, positions, inverse_frequencies=frequencies)
 
     def _cache_variable(self, name: str, initial: Array | None = None):
         if initial is None and not self.has_variable("cache", name):
@@ -234,7 +245,7 @@ class MultiHeadAttention(nn.Module):
         return self.variable("cache", name, lambda: initial)
 
     def _store_cache(self, key: Array, value: Array, cache_length: int | None):
-        """Prefill: keys/values [B, L, H, D] into the heads-major cache, `cache_length` slots for
+        """Prefill: keys/values [B, L, Hkv, D] into the heads-major cache, `cache_length` slots for
         self-attention (room for the tokens still to come), the encoder's L for cross-attention."""
         length = key.shape[1] if cache_length is None else cache_length
         if key.shape[1] > length:
@@ -245,15 +256,15 @@ class MultiHeadAttention(nn.Module):
                                                                         CACHE_AXES)
 
     def _extend_cache(self, key: Array, value: Array, positions: Array) -> tuple[Array, Array]:
-        """Step: writes each row's key/value [B, 1, H, D] into slot positions[:, 0]; returns the
-        whole heads-major cache [B, H, slots, D] to attend over."""
+        """Step: writes each row's key/value [B, 1, Hkv, D] into slot positions[:, 0]; returns the
+        whole heads-major cache [B, Hkv, slots, D] to attend over."""
         if key.shape[1] != 1:
             raise ValueError(f"a decoding step takes one token per row, got {key.shape[1]}")
         rows, slots = jnp.arange(key.shape[0]), positions[:, 0]
         cached = []
         for name, x in (("cached_key", key), ("cached_value", value)):
             variable = self._cache_variable(name)
-            variable.value = variable.value.at[rows, :, slots].set(x[:, 0])  # [B, H, D] at (row, slot)
+            variable.value = variable.value.at[rows, :, slots].set(x[:, 0])  # [B, Hkv, D] at (row, slot)
             cached.append(constrain(variable.value, CACHE_AXES))
         return cached[0], cached[1]
 

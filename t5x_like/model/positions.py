@@ -1,4 +1,5 @@
-"""Position encodings: learned absolute, sinusoidal, T5 relative bias, RoPE, ALiBi.
+"""Position encodings: learned absolute, sinusoidal, T5 relative bias, RoPE (with linear and
+LLaMA 3 frequency scaling), ALiBi.
 
 This module holds the pure functions (buckets, tables, rotations, slopes); the
 parameterized pieces (learned tables) are built from them in `layers.py`.
@@ -57,10 +58,46 @@ def sinusoidal_embedding(positions: Array, features: int, max_timescale: float =
     return embedding
 
 
-def apply_rope(x: Array, positions: Array, max_wavelength: float = 10_000.0) -> Array:
-    """Rotary embedding of x [B, L, H, D] at positions [B, L] (rotate-half form)."""
-    half = x.shape[-1] // 2
-    inv_freq = 1.0 / (max_wavelength ** (jnp.arange(half, dtype=jnp.float32) / half))
+ROPE_SCALINGS = ("none", "linear", "llama3")
+
+
+def rope_inverse_frequencies(head_dim: int, max_wavelength: float = 10_000.0, scaling: str = "none",
+                             factor: float = 1.0, low_freq_factor: float = 1.0, high_freq_factor: float = 4.0,
+                             original_max_length: int = 8192) -> np.ndarray:
+    """RoPE's [head_dim / 2] float32 angular frequencies, max_wavelength^(-2i / head_dim), scaled:
+
+    "none"    as they are.
+    "linear"  all divided by `factor` (position interpolation: position p rotates as p / factor).
+    "llama3"  LLaMA 3.1's: wavelengths 2π/f shorter than original_max_length / high_freq_factor
+              kept, longer than original_max_length / low_freq_factor divided by `factor`, and
+              those between interpolated smoothly, s = (original_max_length / wavelength -
+              low_freq_factor) / (high_freq_factor - low_freq_factor), f' = (1 - s) f / factor + s f.
+    Computed in float32 in the order Hugging Face's LLaMA computes them (logit parity).
+    """
+    if scaling not in ROPE_SCALINGS:
+        raise ValueError(f"rope scaling {scaling!r}, expected one of {ROPE_SCALINGS}")
+    exponents = np.arange(0, head_dim, 2, dtype=np.int64).astype(np.float32) / np.float32(head_dim)
+    inv_freq = (np.float32(1.0) / np.power(np.float32(max_wavelength), exponents)).astype(np.float32)
+    if scaling == "linear":
+        return (inv_freq / np.float32(factor)).astype(np.float32)
+    if scaling == "llama3":
+        wavelength = np.float32(2 * math.pi) / inv_freq
+        long_wave, short_wave = original_max_length / low_freq_factor, original_max_length / high_freq_factor
+        scaled = np.where(wavelength > long_wave, inv_freq / np.float32(factor), inv_freq).astype(np.float32)
+        smooth = ((original_max_length / wavelength - low_freq_factor) / (high_freq_factor - low_freq_factor))
+        smoothed = (1 - smooth) * scaled / np.float32(factor) + smooth * scaled
+        medium = ~(wavelength < short_wave) & ~(wavelength > long_wave)
+        return np.where(medium, smoothed, scaled).astype(np.float32)
+    return inv_freq
+
+
+def apply_rope(x: Array, positions: Array, max_wavelength: float = 10_000.0,
+               inverse_frequencies: np.ndarray | None = None) -> Array:
+    """Rotary embedding of x [B, L, H, D] at positions [B, L] (rotate-half form); the frequencies
+    are `rope_inverse_frequencies(D, max_wavelength)` unless given (a scaled RoPE's)."""
+    if inverse_frequencies is None:
+        inverse_frequencies = rope_inverse_frequencies(x.shape[-1], max_wavelength)
+    inv_freq = jnp.asarray(inverse_frequencies, jnp.float32)
     angles = positions.astype(jnp.float32)[:, :, None, None] * inv_freq  # [B, L, 1, D/2]
     sin, cos = jnp.sin(angles), jnp.cos(angles)
     x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)

@@ -43,8 +43,10 @@ def _norm(config: TransformerConfig) -> int:
 
 
 def attention_params(config: TransformerConfig) -> int:
-    inner = config.num_heads * config.head_dim
-    return 3 * _dense(config, config.d_model, inner) + _dense(config, inner, config.d_model)
+    """Query and output projections over num_heads, key and value over num_kv_heads (config.kv_heads)."""
+    inner, kv_inner = config.num_heads * config.head_dim, config.kv_heads * config.head_dim
+    return (_dense(config, config.d_model, inner) + 2 * _dense(config, config.d_model, kv_inner)
+            + _dense(config, inner, config.d_model))
 
 
 def mlp_params(config: TransformerConfig) -> int:
@@ -105,7 +107,7 @@ def _layer_matmul_flops_per_token(config: TransformerConfig) -> int:
 
 
 def attention_params_matmul(config: TransformerConfig) -> int:
-    return 4 * config.d_model * config.num_heads * config.head_dim
+    return 2 * config.d_model * (config.num_heads + config.kv_heads) * config.head_dim
 
 
 def mlp_matmul(config: TransformerConfig) -> int:
@@ -154,7 +156,7 @@ def forward_flops(config: TransformerConfig, lengths: dict[str, int]) -> float:
         if config.layout == "encoder_decoder":
             m = lengths["encoder"]
             per_layer += (2 * n * 2 * config.d_model * inner      # query and output projections
-                          + 2 * m * 2 * config.d_model * inner    # key and value of the encoder output
+                          + 2 * m * 2 * config.d_model * config.kv_heads * config.head_dim  # encoder keys, values
                           + _attention_scores_flops(config, n, m))
         flops += config.num_decoder_layers * per_layer
     output_length = lengths.get("decoder", lengths.get("encoder"))

@@ -343,7 +343,7 @@ def memory_knobs(config: TrainConfig, mesh_shape: Sequence[int], num_chips: int,
     if num_chips > 1 and shape != (1, num_chips, 1) and accepted(mesh_shape=(1, -1, 1)):
         knobs.append(Knob(f"all chips on the fsdp axis (now {shape})", "MESH_SHAPE=(1,-1,1)"))
     elif num_chips > 1:
-        tensor = next((t for t in (4, 2) if num_chips % t == 0 and config.model.config.num_heads % t == 0
+        tensor = next((t for t in (4, 2) if num_chips % t == 0 and config.model.config.kv_heads % t == 0
                        and accepted(mesh_shape=(1, -1, t))), None)
         if tensor:
             knobs.append(Knob(f"a tensor axis of {tensor} (now {shape})", f"MESH_SHAPE=(1,-1,{tensor})"))

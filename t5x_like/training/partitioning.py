@@ -44,6 +44,9 @@ DEFAULT_RULES: tuple[tuple[str, Any], ...] = (
     ("vocab", "tensor"),
     ("embed", "fsdp"),
     ("heads", "tensor"),
+    # Key/value projections' heads (num_kv_heads): tensor-parallel like the query heads; a
+    # num_kv_heads that the tensor axis does not divide is replicated (_fit_spec).
+    ("kv_heads", "tensor"),
     ("kv", None),
     ("mlp", "tensor"),
     ("relpos_buckets", None),
@@ -54,6 +57,7 @@ DEFAULT_RULES: tuple[tuple[str, Any], ...] = (
     ("activation_length", None),
     ("activation_embed", None),
     ("activation_heads", "tensor"),
+    ("activation_kv_heads", "tensor"),
     ("activation_kv", None),
     ("activation_mlp", "tensor"),
     ("activation_vocab", "tensor"),

@@ -54,7 +54,7 @@ from t5x_like.data.sources import (
 )
 from t5x_like.data.task_vocab import check_model_vocab_size
 from t5x_like.model import features, sizing
-from t5x_like.training import optimizers, partitioning, program_cache, run_dir
+from t5x_like.training import optimizers, partitioning, profiling, program_cache, run_dir
 from t5x_like.training.checkpoints import (
     CHECKPOINT_SUBDIR,
     Checkpointer,
@@ -111,6 +111,10 @@ class TrainConfig:
     logical_axis_rules: tuple = partitioning.DEFAULT_RULES
     tensorboard: bool = True
     peak_flops_per_device: float | None = None
+    # A jax.profiler trace of steps START..END (inclusive; 1 = a fresh run's first step) under
+    # MODEL_DIR/profile, and a device memory profile after one step (training/profiling.py).
+    profile_steps: tuple[int, int] | None = None
+    memory_profile_step: int | None = None
     dataset_fn: DatasetFn | None = None  # default: data.sources.default_dataset_fn
     config_text: str = ""                # the configuration it came from (gin), saved as MODEL_DIR/config.gin
 
@@ -158,6 +162,14 @@ class TrainConfig:
                                    f"task_feature_lengths must be a dict with 'targets', got {lengths!r}")
         for feature, length in lengths.items():
             _check_count("task_feature_lengths", length, 1, f"task_feature_lengths[{feature!r}]")
+        if self.profile_steps is not None:
+            window = self.profile_steps
+            if not isinstance(window, (tuple, list)) or len(window) != 2:
+                raise ConfigFieldError("profile_steps", f"TrainConfig.profile_steps must be (START, END), got {window!r}")
+            _check_count("profile_steps", window[0], 1, "TrainConfig.profile_steps' START")
+            _check_count("profile_steps", window[1], window[0], "TrainConfig.profile_steps' END (>= START)")
+        if self.memory_profile_step is not None:
+            _check_count("memory_profile_step", self.memory_profile_step, 1)
 
 
 class ConfigFieldError(ValueError):
@@ -343,10 +355,14 @@ def _train_in_run_dir(config: TrainConfig, eval_split: str | None,
         stop = StopRequested(signals=(signal.SIGTERM, signal.SIGINT))
     options = LoopOptions(config.train_steps, config.log_period, config.checkpoint_period,
                           config.eval_period, config.eval_steps)
+    profiler = profiling.StepProfiler(profiling.profile_dir(config.model_dir), config.profile_steps,
+                                      config.memory_profile_step)
     try:
         state, result = train_loop(trainer, state, batches, options, save=save, eval_batches=eval_batches,
-                                   logger=logger, stop=stop, check_storage=checkpointer.check_for_errors)
+                                   logger=logger, stop=stop, check_storage=checkpointer.check_for_errors,
+                                   profiler=profiler)
     finally:
+        profiler.close()
         if own_stop:
             stop.restore()
         checkpointer.close()

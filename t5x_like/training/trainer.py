@@ -3,7 +3,8 @@
 Owns: TrainState; the jitted, sharded, buffer-donating train and eval steps
 (gradient accumulation, loss normalization, dropout RNG); the loop that runs
 steps, logs, evaluates, checkpoints and stops on SIGTERM or when a divergence
-guard fires (NaN, collapse: guards.py owns the rules). Does not own:
+guard fires (NaN, collapse: guards.py owns the rules), with its phases named for a
+profiler trace (profiling.py). Does not own:
 the model's loss (model.Model.loss_sums), the optimizer recipes
 (optimizers.py), the mesh and rules (partitioning.py), checkpoint files
 (checkpoints/), or configuration (run.py builds the Trainer from a TrainConfig).
@@ -48,7 +49,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from t5x_like.training import partitioning
+from t5x_like.training import partitioning, profiling
 from t5x_like.training.guards import NonFiniteLossError  # noqa: F401  (re-exported: its old home)
 from t5x_like.training.guards import DivergenceGuard
 from t5x_like.training.optimizers import Optimizer
@@ -369,7 +370,8 @@ def train_loop(trainer: Trainer, state: TrainState, batches: Iterator[Batch], op
                *, save: Callable[[TrainState, dict | None], None],
                eval_batches: Callable[[], Iterator[Batch]] | None, logger: Any,
                stop: StopRequested | None = None,
-               check_storage: Callable[[], None] | None = None) -> tuple[TrainState, LoopResult]:
+               check_storage: Callable[[], None] | None = None,
+               profiler: profiling.StepProfiler | None = None) -> tuple[TrainState, LoopResult]:
     """Runs steps from state.step to options.total_steps.
 
     `save(state, metrics)` is called every checkpoint_period steps, at the
@@ -381,6 +383,9 @@ def train_loop(trainer: Trainer, state: TrainState, batches: Iterator[Batch], op
     TrainingDivergedError without saving, so the last checkpoint stays good.
     `check_storage()` runs after every step: it raises as soon as a background
     save has failed (a full disk), instead of training on without checkpoints.
+    Data loading, the train step, evaluation and saving are named spans in a jax.profiler
+    trace (profiling.py); `profiler` starts and stops one around its window of steps (the
+    caller closes it).
     """
     step = int(jax.device_get(state.step))
     pending: list[tuple[int, dict]] = []  # device metrics not yet checked on host
@@ -400,8 +405,12 @@ def train_loop(trainer: Trainer, state: TrainState, batches: Iterator[Batch], op
             guard.check_savable(step, last_train)
 
     while step < options.total_steps:
-        batch = trainer.global_batch(next(batches))
-        state, metrics = trainer.train_step(state, batch)
+        if profiler is not None:
+            profiler.before_step(step + 1)
+        with profiling.phase("data"):
+            batch = trainer.global_batch(next(batches))
+        with profiling.train_step_annotation(step + 1):
+            state, metrics = trainer.train_step(state, batch)
         step += 1
         pending.append((step, metrics))
         if check_storage is not None:
@@ -419,11 +428,15 @@ def train_loop(trainer: Trainer, state: TrainState, batches: Iterator[Batch], op
             is_last or (options.eval_period and step % options.eval_period == 0))
         if eval_now:
             assert eval_batches is not None
-            last_eval = evaluate_loss(trainer, state.params, eval_batches(), options.eval_steps)
+            with profiling.phase("evaluate"):
+                last_eval = evaluate_loss(trainer, state.params, eval_batches(), options.eval_steps)
             logger.write("eval", step, last_eval)
         if step % options.checkpoint_period == 0 or is_last or stopping:
             check_pending(saving=True)
-            save(state, {"eval_loss": last_eval["loss"]} if eval_now else None)
+            with profiling.phase("checkpoint"):
+                save(state, {"eval_loss": last_eval["loss"]} if eval_now else None)
+        if profiler is not None:
+            profiler.after_step(step, metrics)
         if stopping and not is_last:
             logger.message(f"stopped by signal at step {step}; checkpoint saved")
             return state, LoopResult(step, last_train, last_eval, stopped_by_signal=True)

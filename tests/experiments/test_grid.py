@@ -231,6 +231,26 @@ def test_changing_one_field_of_a_finished_arm_marks_exactly_its_cells_stale(tmp_
     assert all("optimizer" in s for s in stale), stale
 
 
+def test_a_record_written_before_a_field_existed_is_not_stale(tmp_path):
+    """A model or TrainConfig field added since the run (num_kv_heads, profile_steps) is read at its
+    default, which the run had in effect; a recorded non-default value still counts."""
+    _finish_without_training(_two_arms(str(tmp_path)))
+    for cell in cells.plan(_two_arms(str(tmp_path))):
+        path = os.path.join(cell.run_dir, cells.RESULT_FILE)
+        with open(path) as f:
+            record = json.load(f)
+        del record["config"]["model"]["num_kv_heads"], record["config"]["profile_steps"]
+        record["config"]["logical_axis_rules"] = [rule for rule in record["config"]["logical_axis_rules"]
+                                                  if "kv_heads" not in rule[0]]
+        if cell.arm.name == "prefix":
+            record["config"]["model"]["rope_scaling"] = "linear"
+        with open(path, "w") as f:
+            json.dump(record, f)
+    experiment = _two_arms(str(tmp_path))
+    stale = cells.stale_cells(experiment, grid.load_arm_runs(experiment, load_arm))
+    assert [s.split(" (")[0] for s in stale] == ["prefix seed 0", "prefix seed 1"] and "model" in stale[0]
+
+
 def test_an_output_dir_with_a_quote_in_its_name_holds_every_run_of_the_grid(tmp_path):
     """Paths never pass through gin: a cell trains in its own folder under any OUTPUT_DIR."""
     output_dir = str(tmp_path / "Shakespeare's runs")

@@ -109,7 +109,17 @@ CASES = [
     ("encoder_decoder", "sinusoidal", {"attention_kernel": "dot_product_attention", "share_encoder_decoder": True}),
     # blockwise prefill and passes, einsum steps over the cache
     ("prefix_lm", "alibi", {"attention_kernel": "blockwise", "attention_block_q": 2, "attention_block_k": 2}),
+    # grouped- and multi-query attention: the cache holds only the key/value heads
+    ("prefix_lm", "relative", {"num_kv_heads": 1}),
 ]
+SLOW_CASES = [  # the full suite's: grouped-query decoder-only and encoder-decoder
+    ("decoder_only", "rope", {"num_kv_heads": 2}),
+    ("encoder_decoder", "rope", {"num_kv_heads": 2, "attention_kernel": "dot_product_attention"}),
+]
+
+
+def _case_id(case) -> str:
+    return f"{case[0]}-{case[1]}" + ("-" + "-".join(case[2]) if case[2] else "")
 
 
 def build(layout, position, overrides, seed=0):
@@ -119,8 +129,8 @@ def build(layout, position, overrides, seed=0):
     return model, params
 
 
-@pytest.mark.parametrize("layout,position,overrides", CASES,
-                         ids=[f"{c[0]}-{c[1]}" + ("-" + "-".join(c[2]) if c[2] else "") for c in CASES])
+@pytest.mark.parametrize("layout,position,overrides", [pytest.param(*c, id=_case_id(c)) for c in CASES] + [
+    pytest.param(*c, id=_case_id(c), marks=pytest.mark.slow) for c in SLOW_CASES])
 def test_cached_greedy_equals_repeated_uncached_forward_passes(layout, position, overrides):
     model, params = build(layout, position, overrides)
     prompts = make_prompts(layout)
@@ -131,12 +141,14 @@ def test_cached_greedy_equals_repeated_uncached_forward_passes(layout, position,
 
 
 @pytest.mark.parametrize("layout,overrides", [("decoder_only", {}), ("encoder_decoder", {}),
+                                              ("encoder_decoder", {"num_kv_heads": 2}),
                                               pytest.param("prefix_lm", {}, marks=pytest.mark.slow),
                                               pytest.param("decoder_only", {"scan_layers": True},
                                                            marks=pytest.mark.slow)])
 def test_cached_steps_give_the_uncached_log_probs_at_every_position(layout, overrides):
     """Teacher forcing a fixed continuation through prefill + decode_step gives, step by
-    step, the log-probs of the uncached forward pass; the cache is heads-major."""
+    step, the log-probs of the uncached forward pass; the cache is heads-major and holds only
+    the key/value heads."""
     model, params = build(layout, "relative", overrides)
     prompts = make_prompts(layout)
     reference = Uncached(model, params, prompts, STEPS)
@@ -151,7 +163,7 @@ def test_cached_steps_give_the_uncached_log_probs_at_every_position(layout, over
     cfg = model.config
     for path, array in jax.tree_util.tree_leaves_with_path(state.cache):
         if "self_attention" in jax.tree_util.keystr(path):
-            assert array.shape[-4:] == (len(rows), cfg.num_heads, cache_length, cfg.head_dim), path
+            assert array.shape[-4:] == (len(rows), cfg.kv_heads, cache_length, cfg.head_dim), path
     step = jax.jit(model.decode_step)
     for i in range(STEPS):
         np.testing.assert_allclose(np.asarray(jax.nn.log_softmax(logits)), reference._log_probs(sequence, i),

@@ -21,6 +21,8 @@ from t5x_like.model.model import Model
 T5_CONFIG = {"model_type": "t5", "architectures": ["T5ForConditionalGeneration"], "vocab_size": 32,
              "d_model": 16, "d_kv": 4, "d_ff": 24, "num_layers": 1, "num_heads": 2, "feed_forward_proj": "relu",
              "relative_attention_num_buckets": 8, "relative_attention_max_distance": 16}
+LLAMA_CONFIG = {"model_type": "llama", "architectures": ["LlamaForCausalLM"], "vocab_size": 32, "hidden_size": 16,
+                "intermediate_size": 24, "num_hidden_layers": 1, "num_attention_heads": 4, "num_key_value_heads": 2}
 GPT2_CONFIG = {"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"], "vocab_size": 32, "n_embd": 16,
                "n_head": 2, "n_layer": 1, "n_positions": 8}
 
@@ -95,6 +97,30 @@ def test_gpt2_heads_that_do_not_divide_the_width_are_rejected(tmp_path):
         convert.from_hf_dir(write_config(tmp_path, dict(GPT2_CONFIG, n_head=3)))
 
 
+@pytest.mark.parametrize("changes,message", [
+    ({"num_key_value_heads": 3}, "num_key_value_heads = 3 does not divide num_attention_heads = 4"),
+    ({"attention_bias": True}, "attention_bias = true is not supported"),
+    ({"mlp_bias": True}, "mlp_bias = true is not supported"),
+    ({"rope_scaling": {"rope_type": "yarn", "factor": 2.0}}, "rope_type = 'yarn' is not supported"),
+    ({"rope_parameters": {"rope_type": "default", "rope_theta": 1e4, "partial_rotary_factor": 0.5}},
+     "partial_rotary_factor = 0.5 is not supported"),
+    ({"rope_scaling": {"rope_type": "llama3", "factor": 8.0}}, "required field 'low_freq_factor' is missing"),
+    ({"head_dim": 5}, "rope needs an even head_dim"),
+    ({"hidden_act": "gelu_fast"}, "hidden_act = 'gelu_fast' is not supported"),
+])
+def test_llama_config_that_t5x_like_cannot_hold_is_refused_in_one_line(tmp_path, changes, message):
+    with pytest.raises(ConversionError, match=message) as refusal:
+        convert.from_hf_dir(write_config(tmp_path, dict(LLAMA_CONFIG, **changes)))
+    assert "\n" not in str(refusal.value)
+
+
+def test_cli_refuses_a_llama_config_whose_key_value_heads_do_not_divide_its_heads(tmp_path, capsys):
+    hf_dir = write_config(tmp_path / "hf", dict(LLAMA_CONFIG, num_key_value_heads=3))
+    assert convert_cli.main(["--from-hf", hf_dir, "--to", str(tmp_path / "model")]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "num_key_value_heads = 3 does not divide" in err
+
+
 def test_directory_without_weights_is_rejected(tmp_path):
     with pytest.raises(ConversionError, match="has no weights"):
         convert.from_hf_dir(write_config(tmp_path, T5_CONFIG))
@@ -153,6 +179,10 @@ def test_params_tree_check_names_the_path():
     (TINY_T5.replace(mlp_activations=("silu", "gelu")), "mlp_activations"),
     (TINY_GPT2.replace(norm="rms"), r"norm='rms' \(GPT-2 has 'layer'\)"),
     (TINY_GPT2.replace(head_dim=4), "num_heads\\*head_dim = 8 != d_model = 16"),
+    (TINY_GPT2.replace(num_kv_heads=1), r"num_kv_heads=1 \(GPT-2 has multi-head attention\)"),
+    (TINY_T5.replace(num_kv_heads=1), r"num_kv_heads=1 \(T5 has multi-head attention\)"),
+    (config_lib.llama(num_kv_heads=2, norm="layer"), r"norm='layer' \(LLaMA has 'rms'\)"),
+    (config_lib.llama(mlp_activations=("silu",)), "mlp_activations"),
 ])
 def test_export_of_an_architecture_hf_cannot_hold_names_the_field(tmp_path, config, message):
     with pytest.raises(ConversionError, match=message):

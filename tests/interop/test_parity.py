@@ -1,4 +1,4 @@
-"""Imported Hugging Face T5 / GPT-2 models give HF's logits; export then import is the identity.
+"""Imported Hugging Face T5 / GPT-2 / LLaMA models give HF's logits; export then import is the identity.
 
 Every HF model here is built from a config in the test and randomized (no
 downloads). Parity is fp32 teacher-forced logits on padded batches, compared
@@ -71,6 +71,26 @@ GPT2_CASES = {
 }
 
 
+# LLaMA: unusual shapes (head_dim 10 and 6, vocabularies of 203 and 131, widths that are not
+# heads x head_dim), grouped- and multi-query attention, every RoPE scaling, tied and untied heads.
+LLAMA_CASES = {
+    # llama3 scaling whose wavelengths fall in all three of its regions (kept, smoothed, divided)
+    "llama3_gqa_untied": {
+        "vocab_size": 203, "hidden_size": 48, "intermediate_size": 56, "num_hidden_layers": 2,
+        "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 10, "max_position_embeddings": 64,
+        "rms_norm_eps": 1e-5, "rope_theta": 500.0, "tie_word_embeddings": False,
+        "rope_scaling": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                         "original_max_position_embeddings": 32}},
+    "llama_mqa_tied_linear": {
+        "vocab_size": 131, "hidden_size": 42, "intermediate_size": 40, "num_hidden_layers": 2,
+        "num_attention_heads": 6, "num_key_value_heads": 1, "head_dim": 6, "max_position_embeddings": 32,
+        "tie_word_embeddings": True, "rope_scaling": {"rope_type": "linear", "factor": 2.5}},
+    "llama_mha_default_rope": {
+        "vocab_size": 96, "hidden_size": 32, "intermediate_size": 48, "num_hidden_layers": 1,
+        "num_attention_heads": 4, "max_position_embeddings": 32, "tie_word_embeddings": False},
+}
+
+
 def randomize(model, seed: int) -> None:
     """Moves every parameter off its init (norm scales off 1, biases off 0) so a swapped tensor shows."""
     generator = torch.Generator().manual_seed(seed)
@@ -107,6 +127,19 @@ def build_gpt2(hf_config: dict, directory) -> transformers.GPT2LMHeadModel:
     return model
 
 
+def build_llama(hf_config: dict, directory) -> transformers.LlamaForCausalLM:
+    torch.manual_seed(0)
+    last = hf_config["vocab_size"] - 1
+    model = transformers.LlamaForCausalLM(transformers.LlamaConfig(**hf_config, bos_token_id=last,
+                                                                   eos_token_id=last, pad_token_id=0))
+    randomize(model, seed=4)
+    with torch.no_grad():  # 0.02-std embeddings make a random model repeat one token
+        model.model.embed_tokens.weight.mul_(25)
+    model.eval()
+    model.save_pretrained(str(directory))
+    return model
+
+
 @functools.cache
 def our_logits(config):
     """Jitted module.apply: one compile is much cheaper than eager op-by-op on CPU."""
@@ -138,7 +171,7 @@ def t5_logits_diff(hf_model, config, params, seed: int = 0) -> float:
     return float(np.abs(np.asarray(ours) - expected)[decoder_valid].max())
 
 
-def gpt2_logits_diff(hf_model, config, params, seed: int = 0) -> float:
+def decoder_logits_diff(hf_model, config, params, seed: int = 0) -> float:
     """Max |ours - HF| over real positions of a right-padded batch (token id 0 included)."""
     rng = np.random.default_rng(seed)
     valid = right_padding_mask([min(20, config.max_length), 7, 1], min(20, config.max_length))
@@ -176,13 +209,18 @@ def test_imported_t5_gives_hf_logits_on_padded_batches(case, tmp_path):
     assert diff < TOLERANCE
 
 
-@pytest.mark.parametrize("name", sorted(GPT2_CASES))
-def test_imported_gpt2_gives_hf_logits_with_right_padding(name, tmp_path):
-    hf_model = build_gpt2(GPT2_CASES[name], tmp_path)
+DECODER_CASES = [(GPT2_CASES, build_gpt2, name) for name in sorted(GPT2_CASES)] + [
+    (LLAMA_CASES, build_llama, name) for name in sorted(LLAMA_CASES)]
+
+
+@pytest.mark.parametrize("cases,build,name", DECODER_CASES, ids=[case[2] for case in DECODER_CASES])
+def test_imported_gpt2_or_llama_gives_hf_logits_with_right_padding(cases, build, name, tmp_path):
+    hf_model = build(cases[name], tmp_path)
     config, params, _ = convert.from_hf_dir(str(tmp_path))
-    assert config.tie_embeddings == GPT2_CASES[name].get("tie_word_embeddings", True)
+    assert config.tie_embeddings == cases[name].get("tie_word_embeddings", True)
+    assert config.kv_heads == cases[name].get("num_key_value_heads", config.num_heads)
     assert_matches_init_tree(config, params)
-    diff = gpt2_logits_diff(hf_model, config, params)
+    diff = decoder_logits_diff(hf_model, config, params)
     print(f"\n{name}: max |logit diff| = {diff:.2e}")
     assert diff < TOLERANCE
 
@@ -210,6 +248,13 @@ ROUND_TRIP_CONFIGS = {
     "gpt2_tied": config_lib.gpt2(vocab_size=64, d_model=32, num_heads=4, head_dim=8, d_ff=64, max_length=16),
     "gpt2_untied": config_lib.gpt2(vocab_size=64, d_model=48, num_heads=3, head_dim=16, d_ff=40, max_length=16,
                                    num_decoder_layers=1, tie_embeddings=False),
+    "llama_gqa_llama3_scanned": config_lib.llama(
+        vocab_size=70, d_model=24, num_heads=6, num_kv_heads=2, head_dim=6, d_ff=40, max_length=64,
+        rope_max_wavelength=5e5, rope_scaling="llama3", rope_scaling_factor=32.0, rope_original_max_length=16,
+        scan_layers=True),
+    "llama_mqa_tied_linear": config_lib.llama(
+        vocab_size=61, d_model=16, num_heads=2, num_kv_heads=1, head_dim=12, d_ff=24, num_decoder_layers=1,
+        tie_embeddings=True, rope_scaling="linear", rope_scaling_factor=4.0),
 }
 
 
@@ -232,9 +277,12 @@ def test_export_then_import_is_identity_on_params(name, tmp_path):
     assert_same_tree(back, common.unscan_params(params, config))
 
 
-def test_import_then_export_reproduces_the_hf_tensors(tmp_path):
-    case = T5_CASES[1]
-    build_t5(case, tmp_path / "hf")
+@pytest.mark.parametrize("kind", ["t5", "llama"])
+def test_import_then_export_reproduces_the_hf_tensors(kind, tmp_path):
+    if kind == "t5":
+        build_t5(T5_CASES[1], tmp_path / "hf")
+    else:
+        build_llama(LLAMA_CASES["llama3_gqa_untied"], tmp_path / "hf")
     config, params, _ = convert.from_hf_dir(str(tmp_path / "hf"))
     convert.to_hf_dir(config, params, str(tmp_path / "out"))
     original = common.read_hf_tensors(str(tmp_path / "hf"))
@@ -244,15 +292,18 @@ def test_import_then_export_reproduces_the_hf_tensors(tmp_path):
         np.testing.assert_array_equal(exported[name], original[name], err_msg=name)
 
 
-@pytest.mark.parametrize("kind", ["t5", "gpt2"])
+@pytest.mark.parametrize("kind", ["t5", "gpt2", "llama"])
 def test_cli_round_trip_through_model_dir_keeps_hf_logits(kind, tmp_path):
     """convert --from-hf -> MODEL_DIR (model.gin + orbax) -> convert --to-hf, loaded back by transformers."""
     if kind == "t5":
         original = build_t5(T5_CASES[0], tmp_path / "hf")
         model_class = transformers.T5ForConditionalGeneration
-    else:
+    elif kind == "gpt2":
         original = build_gpt2(GPT2_CASES["gpt2_wider_untied_exact_gelu"], tmp_path / "hf")
         model_class = transformers.GPT2LMHeadModel
+    else:
+        original = build_llama(LLAMA_CASES["llama_mqa_tied_linear"], tmp_path / "hf")
+        model_class = transformers.LlamaForCausalLM
     model_dir, out = str(tmp_path / "model"), str(tmp_path / "out")
     assert convert_cli.main(["--from-hf", str(tmp_path / "hf"), "--to", model_dir]) == 0
     with open(os.path.join(model_dir, "model.gin")) as f:
@@ -266,14 +317,19 @@ def test_cli_round_trip_through_model_dir_keeps_hf_logits(kind, tmp_path):
     if kind == "t5":
         assert t5_logits_diff(reloaded, config, params) < TOLERANCE
     else:
-        assert gpt2_logits_diff(reloaded, config, params) < TOLERANCE
+        assert decoder_logits_diff(reloaded, config, params) < TOLERANCE
     for name, tensor in original.state_dict().items():
         np.testing.assert_array_equal(reloaded.state_dict()[name].numpy(), tensor.numpy(), err_msg=name)
 
 
-def test_our_greedy_decoding_of_imported_gpt2_equals_hf_generate(tmp_path):
-    """Cached greedy decoding (decoding.py) of right-padded prompts == HF generate, prompt by prompt."""
-    hf_model = build_gpt2(GPT2_CASES["gpt2_wider_untied_exact_gelu"], tmp_path)
+@pytest.mark.parametrize("kind", ["gpt2", "llama"])
+def test_our_greedy_decoding_of_imported_decoder_equals_hf_generate(kind, tmp_path):
+    """Cached greedy decoding (decoding.py) of right-padded prompts == HF generate, prompt by prompt
+    (LLaMA: grouped-query attention, whose cache holds only the key/value heads, and llama3 RoPE)."""
+    if kind == "gpt2":
+        hf_model = build_gpt2(GPT2_CASES["gpt2_wider_untied_exact_gelu"], tmp_path)
+    else:
+        hf_model = build_llama(LLAMA_CASES["llama3_gqa_untied"], tmp_path)
     config, params, _ = convert.from_hf_dir(str(tmp_path))
     eos, steps = hf_model.config.eos_token_id, 8
     prompts = [[5, 17, 42, 8, 3], [60, 2], [0, 71, 33]]  # id 0 is an ordinary token for GPT-2

@@ -362,3 +362,32 @@ def test_whole_model_loss_and_gradients_match_einsum(layout, monkeypatch):
     flat_expected = jax.tree_util.tree_leaves_with_path(expected_grads)
     for (path, want), got in zip(flat_expected, jax.tree.leaves(grads)):
         np.testing.assert_allclose(got, want, atol=2e-5, rtol=1e-4, err_msg=jax.tree_util.keystr(path))
+
+
+@pytest.mark.parametrize("kernel,step", [("einsum", False), ("blockwise", False), ("dot_product_attention", False),
+                                         ("einsum", True), ("dot_product_attention", True)])
+def test_grouped_keys_and_values_are_multi_head_attention_over_keys_repeated_per_group(kernel, step):
+    """Hkv = 2 key/value heads for H = 4 query heads: the values, and the gradients of query,
+    key, value and bias, equal those of multi-head attention over each key/value head repeated
+    for its group (query heads 0-1 read head 0, 2-3 head 1), in training calls and decoding steps."""
+    rng = np.random.default_rng(12)
+    q_len = 1 if step else LENGTH
+    q = jnp.asarray(rng.normal(size=(BATCH, q_len, HEADS, DIM)), jnp.float32)
+    k, v = (jnp.asarray(rng.normal(size=(BATCH, LENGTH, 2, DIM)), jnp.float32) for _ in range(2))
+    mask = masks.decoding_step_mask(jnp.asarray([[7], [3]]), LENGTH) if step else _causal()
+    bias = _bias("relative", q_len, LENGTH, rng)
+    layout = attention.CACHE_LAYOUT if step else "bkhd"
+    as_laid = (lambda x: jnp.swapaxes(x, 1, 2)) if step else (lambda x: x)
+
+    def grouped(q, k, v, mask, bias, scale):
+        return attention.attend(q, as_laid(k), as_laid(v), mask, bias, kernel=kernel, scale=scale, blocks=(4, 4),
+                                kv_layout=layout)
+
+    def repeated(q, k, v, mask, bias, scale):
+        return grouped(q, jnp.repeat(k, 2, axis=2), jnp.repeat(v, 2, axis=2), mask, bias, scale)
+
+    out, grads = _value_and_grads(grouped, q, k, v, mask, bias)
+    expected_out, expected_grads = _value_and_grads(repeated, q, k, v, mask, bias)
+    np.testing.assert_allclose(out, expected_out, **TOL)
+    for name, got, want in zip(("query", "key", "value", "bias"), grads, expected_grads):
+        np.testing.assert_allclose(got, want, err_msg=f"d/d{name}", **TOL)

@@ -70,3 +70,22 @@ def test_a_kernel_without_attention_dropout_is_refused_with_dropout():
     for kernel in ("einsum", "blockwise", "accelerated"):
         tiny_config("decoder_only", dropout_rate=0.1, attention_kernel=kernel)
     tiny_config("decoder_only", dropout_rate=0.0, attention_kernel="dot_product_attention")
+
+
+@pytest.mark.parametrize("layout", ["decoder_only", "encoder_decoder"])
+def test_grouped_query_attention_is_multi_head_attention_with_key_value_heads_repeated(layout):
+    """A model with num_kv_heads=2 (of 4 heads) computes the logits of the multi-head model whose
+    key and value kernels repeat each of its key/value heads for its group of query heads."""
+    config = tiny_config(layout, position="rope", num_kv_heads=2)
+    model, params = init_params(config, 2, 8, 8)
+    groups = config.num_heads // config.kv_heads
+
+    def repeat_heads(path, x):
+        names = [getattr(p, "key", "") for p in path]
+        return np.repeat(x, groups, axis=1) if names[-2] in ("key", "value") and names[-1] == "kernel" else x
+
+    mha_params = jax.tree_util.tree_map_with_path(repeat_heads, jax.tree.map(np.asarray, params))
+    mha_model = type(model)(config.replace(num_kv_heads=None))
+    batch = _batch(layout, np.random.default_rng(3))
+    np.testing.assert_allclose(np.asarray(mha_model.logits(mha_params, batch)), np.asarray(model.logits(params, batch)),
+                               atol=2e-5, rtol=2e-5)

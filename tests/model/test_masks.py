@@ -45,9 +45,10 @@ def changed_positions(before, after):
     return [i for i in range(before.shape[0]) if not np.array_equal(before[i], after[i])]
 
 
-@pytest.mark.parametrize("position", ["relative", "rope", "learned", "alibi", "none"])
-def test_causal_output_ignores_future_tokens(position):
-    config = tiny_config("decoder_only", position=position)
+@pytest.mark.parametrize("position,num_kv_heads", [("relative", None), ("rope", None), ("learned", None),
+                                                   ("alibi", None), ("none", None), ("rope", 2), ("relative", 1)])
+def test_causal_output_ignores_future_tokens(position, num_kv_heads):
+    config = tiny_config("decoder_only", position=position, num_kv_heads=num_kv_heads)
     j = 4
     before, after = outputs_after_perturbing(config, decoder_batch(random_tokens(RNG, (2, L))), "decoder_input_tokens", j)
     assert changed_positions(before, after) == list(range(j, L))
@@ -69,8 +70,9 @@ def test_prefix_positions_see_later_prefix_tokens(position):
     assert changed_positions(before, after) == list(range(L))  # prefix positions 0..2 see it too
 
 
-def test_prefix_lm_targets_never_see_later_targets():
-    config = tiny_config("prefix_lm")
+@pytest.mark.parametrize("num_kv_heads", [None, 2])
+def test_prefix_lm_targets_never_see_later_targets(num_kv_heads):
+    config = tiny_config("prefix_lm", num_kv_heads=num_kv_heads)
     batch = decoder_batch(random_tokens(RNG, (2, L)), prefix_lengths=[3, 5])
     before, after = outputs_after_perturbing(config, batch, "decoder_input_tokens", 5)  # a target position
     assert changed_positions(before, after) == list(range(5, L))
@@ -139,8 +141,9 @@ def test_packed_segments_never_see_each_other_decoder():
     assert changed_positions(before, after) == [1, 2]
 
 
-def test_packed_segments_never_see_each_other_encoder():
-    config = tiny_config("encoder_only")
+@pytest.mark.parametrize("num_kv_heads", [None, 1])
+def test_packed_segments_never_see_each_other_encoder(num_kv_heads):
+    config = tiny_config("encoder_only", num_kv_heads=num_kv_heads)
     tokens = random_tokens(RNG, (2, L))
     segments = np.array([[1, 1, 1, 2, 2, 2, 2, 2]] * 2, np.int32)
     batch = {"encoder_input_tokens": tokens, "encoder_target_tokens": tokens, "encoder_loss_weights": np.ones_like(tokens),
@@ -154,9 +157,9 @@ def encdec_batch(encoder_tokens, decoder_tokens):
             "decoder_target_tokens": np.roll(decoder_tokens, -1, 1), "decoder_loss_weights": np.ones_like(decoder_tokens)}
 
 
-@pytest.mark.parametrize("shared", [False, True])
-def test_encoder_decoder_decoder_is_causal_and_sees_all_inputs(shared):
-    config = tiny_config("encoder_decoder", share_encoder_decoder=shared)
+@pytest.mark.parametrize("shared,num_kv_heads", [(False, None), (True, None), (False, 2)])
+def test_encoder_decoder_decoder_is_causal_and_sees_all_inputs(shared, num_kv_heads):
+    config = tiny_config("encoder_decoder", share_encoder_decoder=shared, num_kv_heads=num_kv_heads)
     batch = encdec_batch(random_tokens(RNG, (2, L)), random_tokens(RNG, (2, L)))
     before, after = outputs_after_perturbing(config, batch, "decoder_input_tokens", 5)
     assert changed_positions(before, after) == list(range(5, L))

@@ -52,6 +52,27 @@ def test_rope_is_relative():
     assert score(3, 1) != pytest.approx(score(3, 2), rel=1e-3)
 
 
+def test_linear_rope_scaling_rotates_position_p_as_p_over_the_factor():
+    x = jax.random.normal(jax.random.PRNGKey(2), (1, 3, 2, 8))
+    at = jnp.array([[0.0, 5.0, 13.0]])
+    scaled = positions.rope_inverse_frequencies(8, 500.0, "linear", factor=4.0)
+    np.testing.assert_allclose(positions.apply_rope(x, at, inverse_frequencies=scaled),
+                               positions.apply_rope(x, at / 4.0, 500.0), atol=1e-6)
+
+
+def test_llama3_rope_scaling_keeps_short_waves_divides_long_ones_and_smooths_between():
+    plain = positions.rope_inverse_frequencies(16, 500.0)
+    scaled = positions.rope_inverse_frequencies(16, 500.0, "llama3", factor=8.0, low_freq_factor=1.0,
+                                                high_freq_factor=4.0, original_max_length=32)
+    wavelength = 2 * np.pi / plain
+    short, long = wavelength < 32 / 4.0, wavelength > 32 / 1.0
+    assert short.any() and long.any() and (~short & ~long).any()
+    np.testing.assert_array_equal(scaled[short], plain[short])
+    np.testing.assert_allclose(scaled[long], plain[long] / 8.0, rtol=1e-6)
+    between = ~short & ~long
+    assert np.all((scaled[between] < plain[between]) & (scaled[between] > plain[between] / 8.0))
+
+
 @pytest.mark.parametrize("layout", ["decoder_only", "encoder_decoder"])
 def test_bf16_compute_matches_fp32(layout):
     config = tiny_config(layout)

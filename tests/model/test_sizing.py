@@ -40,6 +40,8 @@ VARIANTS = [
     dict(layout="encoder_decoder", share_encoder_decoder=True, tie_embeddings=False, use_bias=True, norm="layer"),
     dict(layout="decoder_only", position="alibi", scan_layers=True),
     dict(layout="encoder_decoder", position="relative", scan_layers=True, remat_policy="full"),
+    dict(layout="decoder_only", position="rope", num_kv_heads=2, use_bias=True),
+    dict(layout="encoder_decoder", num_kv_heads=1, share_encoder_decoder=True),
 ]
 
 
@@ -47,6 +49,13 @@ VARIANTS = [
 def test_count_equals_initialized_tree_for_variants(overrides):
     config = tiny_config(**overrides)
     assert sizing.count_params(config).total == initialized_param_count(config)
+
+
+@pytest.mark.parametrize("name,published", [("llama_8b", 8_030_261_248), ("llama_1b", 1_235_814_400)])
+def test_llama_configs_have_the_published_llama_3_sizes(name, published):
+    """LLaMA 3 8B (8.03B) and LLaMA 3.2 1B (1.24B, tied): the counts of their safetensors files."""
+    config = load_model_config(os.path.join(REPO, f"gin_configs/models/decoder_only/{name}.gin"), [])
+    assert sizing.count_params(config).total == published
 
 
 def test_base_encoder_decoder_has_t5_base_size():
@@ -116,10 +125,12 @@ def test_size_command_prints_table_and_json(tmp_path, capsys):
         assert f"{row['params']:,}" in printed
 
 
-def test_size_command_names_a_bad_binding(capsys):
-    code = size_main(["--gin_file=gin_configs/models/decoder_only/tiny.gin", "--gin.TransformerConfig.no_such_field=3"])
+@pytest.mark.parametrize("binding,named", [("no_such_field=3", "no_such_field"), ("num_kv_heads=3", "num_kv_heads=3")])
+def test_size_command_names_a_bad_binding(capsys, binding, named):
+    code = size_main(["--gin_file=gin_configs/models/decoder_only/tiny.gin", f"--gin.TransformerConfig.{binding}"])
     assert code == 2
-    assert "no_such_field" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert named in err and len(err.strip().splitlines()) == 1
 
 
 def test_a_run_s_flops_count_an_mlm_text_once():

@@ -100,3 +100,14 @@ def test_a_run_that_collapses_without_nan_stops_and_keeps_its_last_good_checkpoi
     with pytest.raises(train.CollapsedRunError, match=r"training collapsed at step [56]: .*lower the learning rate"):
         train.train(config)
     assert sorted(os.listdir(tmp_path / "run" / "checkpoints")) == ["2", "4"]
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("profile_steps", (3, 2), "profile_steps' END (>= START) must be >= 3, got 2"),
+    ("profile_steps", (0, 2), "profile_steps' START must be >= 1"),
+    ("profile_steps", 5, "must be (START, END)"),
+    ("memory_profile_step", 0, "memory_profile_step must be >= 1"),
+])
+def test_a_bad_profiling_field_is_named(tmp_path, field, value, message):
+    with pytest.raises(train.ConfigFieldError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        tiny_run(tmp_path, **{field: value}).check_fields()
