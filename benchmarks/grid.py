@@ -61,6 +61,15 @@ def _children_cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+def this_machine(repo: str = REPO) -> dict:
+    """training.machine.this_machine() of this host, from `repo`'s package, in a child on the CPU
+    backend unless JAX_PLATFORMS says otherwise (the benchmark's own process never loads jax)."""
+    code = "import json; from t5x_like.training import machine; print(json.dumps(machine.this_machine()))"
+    env = {**os.environ, "PYTHONPATH": repo, "JAX_PLATFORMS": os.environ.get("JAX_PLATFORMS") or "cpu"}
+    result = subprocess.run([sys.executable, "-c", code], cwd=repo, env=env, capture_output=True, text=True)
+    return json.loads(result.stdout) if result.returncode == 0 else {"error": result.stderr.strip()[-300:]}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--before", default="54fd3ef", help="revision whose code is 'before'")
@@ -94,7 +103,7 @@ def main() -> None:
               "before_revision": args.before, "train_steps": args.train_steps, "host": platform.node(),
               "cpus": os.cpu_count(), "speedup": round(sides["before"]["seconds"] / sides["after"]["seconds"], 2),
               "cpu_ratio": round(sides["before"]["cpu_seconds"] / sides["after"]["cpu_seconds"], 2),
-              "report_lines_changed_since_before": changed, **sides}
+              "report_lines_changed_since_before": changed, "machine": this_machine(), **sides}
     if args.one_cell_at_a_time:
         sequential = sides["after_one_cell_at_a_time"]
         result["threads_speedup"] = round(sequential["seconds"] / sides["after"]["seconds"], 2)

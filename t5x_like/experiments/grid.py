@@ -66,6 +66,7 @@ from t5x_like.experiments.cells import (
 from t5x_like.experiments.scoring import evaluate_downstream, score_shared_metric
 from t5x_like.experiments.spec import Arm, Experiment, RunSettings, arm_lengths, run_settings
 from t5x_like.model import sizing
+from t5x_like.training import machine
 from t5x_like.training import run as train_lib
 from t5x_like.training.trainer import StopRequested
 
@@ -129,6 +130,7 @@ def run_cell(experiment: Experiment, cell: Cell, arm_run: ArmRun, cache: GridCac
         "downstream": {task: evaluate_downstream(experiment, cell, config, task, cache, stop)
                        for task in experiment.downstream_tasks},
         "train_seconds_this_invocation": time.time() - start,
+        "machine": machine.this_machine(),
         "config": run_fields(config),
         "command": arm_run.command(config),
     }
