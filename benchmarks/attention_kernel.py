@@ -103,8 +103,9 @@ def main(argv=None) -> int:
               + " ".join(f"{r:.2f}" for r in row["einsum_over_blockwise"].values()), flush=True)
     print(f"load average {results['load_average']}")
     if args.out:
+        from t5x_like.training import machine
         with open(args.out, "w") as f:
-            f.write(json.dumps(results, indent=1) + "\n")
+            f.write(json.dumps({**results, "machine": machine.this_machine()}, indent=1) + "\n")
     return 0
 
 

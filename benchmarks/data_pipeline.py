@@ -69,9 +69,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name:16s} {r['tokens_per_second']:>10,.0f} tokens/s  {r['examples_per_second']:7.1f} rows/s  "
               f"non-padding {r['non_padding_fraction']:.0%}  first batch {r['first_batch_seconds']:.1f}s",
               flush=True)
+    from t5x_like.training import machine
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w") as f:
-        json.dump({"machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
+        json.dump({"machine": {"cpus": os.cpu_count(), "platform": platform.platform(), **machine.this_machine()},
                    "results": results}, f, indent=2)
     print(f"wrote {args.out}")
     return 0

@@ -35,6 +35,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from t5x_like.inference import decoding
 from t5x_like.model import config as config_lib
 from t5x_like.model import model as models
+from t5x_like.training import machine
 
 PROMPT, NEW, VOCAB = 128, 128, 384
 SHAPES = dict(vocab_size=VOCAB, d_model=512, num_heads=8, head_dim=64, d_ff=2048, max_length=512)
@@ -138,7 +139,7 @@ def main(argv=None) -> int:
                 print(json.dumps(hf), flush=True)
     report = {"prompt_tokens": PROMPT, "new_tokens": NEW, "decoding": "greedy, KV cache, EOS disabled",
               "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, jax {jax.__version__} "
-                         f"({jax.default_backend()})", "results": rows}
+                         f"({jax.default_backend()})", "host": machine.this_machine(), "results": rows}
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w") as f:
         json.dump(report, f, indent=1)

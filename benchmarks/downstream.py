@@ -244,10 +244,11 @@ def main(argv=None) -> int:
     print()
     print(table(results))
     print(f"\ntotal {total / 60:.1f} min; checkpoints under {work_dir}")
+    from t5x_like.training import machine
     report = {"config": {k: v for k, v in vars(args).items() if k not in ("out", "work_dir", "vocab_size")},
               "pretrain_task": PRETRAIN_TASK, "pretrain_lengths": PRETRAIN_LENGTHS,
               "model": "gin_configs/models/<layout>/tiny.gin", "total_seconds": round(total, 1),
-              "results": results}
+              "machine": machine.this_machine(), "results": results}
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w") as f:
         json.dump(report, f, indent=1, default=str)

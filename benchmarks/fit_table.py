@@ -23,6 +23,7 @@ import tempfile
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from grid import this_machine  # noqa: E402  (benchmarks/grid.py: stdlib only)
 RESULTS = os.path.join(REPO, "benchmarks", "results")
 MODELS = ("decoder_only/llama_1b", "encoder_decoder/large", "encoder_decoder/xl", "decoder_only/llama_8b",
           "encoder_decoder/xxl")
@@ -92,6 +93,7 @@ def main() -> int:
     p.add_argument("--out", default=os.path.join(RESULTS, "fit_table"))
     args = p.parse_args()
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
+    host = this_machine(REPO)
     separator = ";" if ";" in args.cells else ","  # a mesh such as (64,1,1) has commas: separate cells with ;
     cells = ([tuple(c.split("@")) for c in args.cells.split(separator)] if args.cells else
              [(m, s) for m in args.models.split(",") for s in args.slices.split(",")])
@@ -110,7 +112,8 @@ def main() -> int:
         rows.append(row)
         print(f"{model} @ {tpu_slice}: {row['status']} {row.get('wall_seconds', '')}", flush=True)
         with open(args.out + ".json", "w") as f:
-            json.dump({"per_chip_batch": args.per_chip_batch, "lengths": LENGTHS, "rows": rows}, f, indent=1)
+            json.dump({"per_chip_batch": args.per_chip_batch, "lengths": LENGTHS, "rows": rows, "host": host}, f,
+                      indent=1)
         with open(args.out + ".md", "w") as f:
             f.write(markdown(rows, args.per_chip_batch))
     return 0

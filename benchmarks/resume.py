@@ -135,9 +135,10 @@ def main() -> None:
     replay_ratio = rows[2]["median_s"] / rows[0]["median_s"]
     print(f"ratio step {STEPS[1]:,} / step {STEPS[0]}: {ratio:.2f} with the saved position (target <= 1.5); "
           f"{replay_ratio:.2f} replaying the stream")
+    from t5x_like.training import machine
     result = {"task": TASK, "task_feature_lengths": LENGTHS, "batch_size": BATCH, "rows": rows,
               "ratio_restored": ratio, "ratio_replayed": replay_ratio, "machine": platform.machine(),
-              "cpus": os.cpu_count(), "date": time.strftime("%Y-%m-%d")}
+              "cpus": os.cpu_count(), "date": time.strftime("%Y-%m-%d"), "host": machine.this_machine()}
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with open(args.out, "w") as f:
         json.dump(result, f, indent=1)

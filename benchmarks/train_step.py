@@ -185,6 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     sys.path.insert(0, REPO)
     import jax
 
+    from t5x_like.training import machine
     from t5x_like.training.metrics_log import measure_matmul_flops
     ceiling = measure_matmul_flops(2048)
     variants = kernel_variants(args.attention_kernels, args.block_sizes)
@@ -218,6 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"f32 matmul ceiling: {ceiling / 1e9:.0f} GFLOP/s (jax)")
     results["load_average_after"] = os.getloadavg()
     print(f"load average before {results['load_average_before']}, after {results['load_average_after']}")
+    results["machine"] = machine.this_machine()
     text = json.dumps(results, indent=1)
     if args.out:
         with open(args.out, "w") as f:

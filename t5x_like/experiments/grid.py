@@ -34,7 +34,10 @@ Speed: the cells of one `run_grid` share a `GridCache`: compiled train, eval
 and scoring programs (training/program_cache.py: the seeds of an arm, and arms of
 the same model and shapes, compile once) and the shared metric's validation
 batches; `cells_at_once` trains several cells at a time in threads. The
-records are the same with or without either. Since every cell runs in one
+records are the same with or without either. `Experiment.stack_seeds` trains
+an arm's seeds as one program (training/stacked.py): each seed's run dir,
+checkpoints, metrics and record are its own as before, its numbers its lone
+run's up to float rounding. Since every cell runs in one
 process, the data settings (vocabulary, UL2 and MLM rates, TFDS dir) are the
 experiment's, not an arm's: `load_arm_runs` refuses arms whose files set them
 differently, before training.
@@ -66,7 +69,9 @@ from t5x_like.experiments.cells import (
 from t5x_like.experiments.scoring import evaluate_downstream, score_shared_metric
 from t5x_like.experiments.spec import Arm, Experiment, RunSettings, arm_lengths, run_settings
 from t5x_like.model import sizing
+from t5x_like.training import machine
 from t5x_like.training import run as train_lib
+from t5x_like.training import stacked
 from t5x_like.training.trainer import StopRequested
 
 PRETRAIN_GIN = "gin_configs/runs/pretrain.gin"
@@ -106,9 +111,30 @@ def run_cell(experiment: Experiment, cell: Cell, arm_run: ArmRun, cache: GridCac
     config = cell_config(experiment, cell, arm_run)
     start = time.time()
     result = train_lib.train(config, cache.programs if cache else None, stop)
+    return finish_cell(experiment, cell, arm_run, config, result, time.time() - start, cache, stop)
+
+
+def run_stacked_cells(experiment: Experiment, seed_cells: list[Cell], arm_run: ArmRun,
+                      cache: GridCache | None = None, stop: StopRequested | None = None) -> list[dict]:
+    """Trains (or resumes) the cells of one arm, its seeds stacked in one program
+    (training/stacked.py: each seed still its own run dir, checkpoints and metrics), then scores
+    each and writes its record as run_cell does; returns the records in the cells' order."""
+    configs = [cell_config(experiment, cell, arm_run) for cell in seed_cells]
+    start = time.time()
+    results = stacked.train_stacked(configs, cache.programs if cache else None, stop)
+    seconds = (time.time() - start) / len(seed_cells)
+    return [finish_cell(experiment, cell, arm_run, config, result, seconds, cache, stop, stacked_seeds=len(seed_cells))
+            for cell, config, result in zip(seed_cells, configs, results)]
+
+
+def finish_cell(experiment: Experiment, cell: Cell, arm_run: ArmRun, config: train_lib.TrainConfig,
+                result: train_lib.TrainResult, train_seconds: float, cache: GridCache | None,
+                stop: StopRequested | None, stacked_seeds: int = 1) -> dict:
+    """A trained cell's record (scored on the shared metric and downstream), written to its run dir."""
     if result.stopped_by_signal:
         raise threaded.GridStopped(f"{cell.label} stopped by a signal; rerun the same command to resume",
                           result.signal_number)
+    start = time.time()
     eval_task = cell.arm.eval_task or experiment.eval_task
     inputs_length, targets_length = arm_lengths(experiment, cell.arm)
     shared = (score_shared_metric(config, eval_task, inputs_length, targets_length, experiment.eval_examples,
@@ -128,7 +154,10 @@ def run_cell(experiment: Experiment, cell: Cell, arm_run: ArmRun, cache: GridCac
         "shared_nll_per_example": shared,
         "downstream": {task: evaluate_downstream(experiment, cell, config, task, cache, stop)
                        for task in experiment.downstream_tasks},
-        "train_seconds_this_invocation": time.time() - start,
+        # stacked: the stacked program's time over its seeds
+        "train_seconds_this_invocation": train_seconds + time.time() - start,
+        "seeds_stacked": stacked_seeds,
+        "machine": machine.this_machine(),
         "config": run_fields(config),
         "command": arm_run.command(config),
     }
@@ -143,6 +172,40 @@ def load_records(experiment: Experiment) -> list[dict]:
     return [record for record in map(read_record, plan(experiment)) if record is not None]
 
 
+def training_units(experiment: Experiment, todo: list[Cell]) -> list[list[Cell]]:
+    """The cells to train, as what trains together: with `experiment.stack_seeds`, each arm's
+    cells (its seeds in one stacked program); else each cell alone. In plan order of first cells,
+    so an arm's unit comes after the unit of the arm it starts from."""
+    if not experiment.stack_seeds:
+        return [[cell] for cell in todo]
+    by_arm: dict[str, list[Cell]] = {}
+    for cell in todo:
+        by_arm.setdefault(cell.arm.name, []).append(cell)
+    return list(by_arm.values())
+
+
+def unit_label(unit: list[Cell]) -> str:
+    if len(unit) == 1:
+        return unit[0].label
+    return f"{unit[0].arm.name} seeds {','.join(str(cell.seed) for cell in unit)}"
+
+
+def train_unit(experiment: Experiment, unit: list[Cell], arm_run: ArmRun, cache: GridCache,
+               stop: StopRequested | None = None) -> dict[str, dict]:
+    """Trains one unit (a cell, or an arm's seeds stacked); {cell label: record}."""
+    if len(unit) == 1:
+        return {unit[0].label: run_cell(experiment, unit[0], arm_run, cache, stop)}
+    return {cell.label: record
+            for cell, record in zip(unit, run_stacked_cells(experiment, unit, arm_run, cache, stop))}
+
+
+def _unit_before(experiment: Experiment, unit: list[Cell], unit_of: dict[str, str]) -> str | None:
+    """The label of the unit still to train that holds a cell this unit's cells start from."""
+    sources = [source_cell(experiment, cell) for cell in unit]
+    return next((unit_of[source.label] for source in sources if source is not None and source.label in unit_of),
+                None)
+
+
 def run_grid(experiment: Experiment, arm_runs: dict[str, ArmRun], cells_at_once: int = 1) -> list[dict]:
     """Runs every cell without a record (resuming any cut off); returns all records in plan order.
 
@@ -150,8 +213,12 @@ def run_grid(experiment: Experiment, arm_runs: dict[str, ArmRun], cells_at_once:
     share the GridCache; a cell starts after the cell it starts from has finished). Compiling,
     building input pipelines, scoring and saving keep one core busy; a second cell uses the
     other (quick.gin on 2 cores: 1.34x, docs/performance.md). threaded.run_jobs runs them: each
-    cell's output lines start with its label, and a SIGTERM/SIGINT saves every running cell. The records are the same as one at a time: XLA:CPU splits a program's work
-    over its thread pool the same way however busy the pool is (a test compares them).
+    cell's output lines start with its label, and a SIGTERM/SIGINT saves every running cell. The
+    records are the same as one at a time: XLA:CPU splits a program's work over its thread pool the
+    same way however busy the pool is (a test compares them).
+
+    With `experiment.stack_seeds`, what trains at a time is an arm's unfinished seeds, stacked in
+    one program (`training_units`, training/stacked.py); each seed keeps its own run dir and record.
     """
     if cells_at_once > 1 and jax.process_count() > 1:
         raise ValueError(f"cells_at_once={cells_at_once} trains cells in threads of one process; with "
@@ -163,19 +230,24 @@ def run_grid(experiment: Experiment, arm_runs: dict[str, ArmRun], cells_at_once:
         if done[cell.label] is not None:
             print(f"[run {index}/{len(cells)}] {cell.label}: done earlier, kept", flush=True)
     cache = GridCache()
-    if cells_at_once <= 1 or len(todo) <= 1:
+    units = training_units(experiment, todo)
+    heading = {unit_label(unit): f"[run {'+'.join(str(cells.index(c) + 1) for c in unit)}/{len(cells)}] "
+                                 f"{unit_label(unit)}" for unit in units}
+    if cells_at_once <= 1 or len(units) <= 1:
         durations: list[float] = []
-        for cell in todo:
-            index = cells.index(cell) + 1
-            eta = f", grid ETA {np.mean(durations) * (len(cells) - index + 1) / 60:.1f} min" if durations else ""
-            print(f"[run {index}/{len(cells)}] {cell.label}{eta}", flush=True)
+        for unit in units:
+            left = len(todo) - sum(map(len, units[:units.index(unit)]))
+            eta = f", grid ETA {np.mean(durations) * left / 60:.1f} min" if durations else ""
+            print(f"{heading[unit_label(unit)]}{eta}", flush=True)
             start = time.time()
-            done[cell.label] = run_cell(experiment, cell, arm_runs[cell.arm.name], cache)
-            durations.append(time.time() - start)
+            done.update(train_unit(experiment, unit, arm_runs[unit[0].arm.name], cache))
+            durations += [(time.time() - start) / len(unit)] * len(unit)
     else:
-        jobs = [threaded.Job(cell.label, f"[run {cells.index(cell) + 1}/{len(cells)}] {cell.label}",
-                             functools.partial(run_cell, experiment, cell, arm_runs[cell.arm.name], cache),
-                             after=source.label if (source := source_cell(experiment, cell)) else None)
-                for cell in todo]
-        done.update(threaded.run_jobs(jobs, cells_at_once))
+        unit_of = {cell.label: unit_label(unit) for unit in units for cell in unit}
+        jobs = [threaded.Job(unit_label(unit), heading[unit_label(unit)],
+                             functools.partial(train_unit, experiment, unit, arm_runs[unit[0].arm.name], cache),
+                             after=_unit_before(experiment, unit, unit_of))
+                for unit in units]
+        for records in threaded.run_jobs(jobs, cells_at_once).values():
+            done.update(records)
     return [done[cell.label] for cell in cells]

@@ -17,6 +17,7 @@ import scipy.stats
 
 from t5x_like.experiments import stats
 from t5x_like.experiments.cells import plan, run_dir_of
+from t5x_like.training import machine
 from t5x_like.training.metrics_log import read_jsonl
 
 CONVERGED_DROP = 0.02  # < 2% loss drop over the last quarter of training = "near convergence"
@@ -87,7 +88,15 @@ def build_results(experiment, size_rows: dict, records: list[dict]) -> dict:
             "adaptation": _adaptation(experiment, records),
             "ranking": _ranking(experiment, records),
             "scaling": _scaling(experiment, arms, records) if experiment.scaling_fit else None,
-            "protocols": protocol_agreement(arms)}
+            "protocols": protocol_agreement(arms),
+            "machine": machine.this_machine(), "trained_on": trained_on(records)}
+
+
+def trained_on(records: list[dict]) -> list[str]:
+    """The machines the runs trained on (machine.summary of each record's, in order of first use;
+    records written before machines were recorded are left out)."""
+    machines = [machine.machine_line(r["machine"]) for r in records if r.get("machine")]
+    return list(dict.fromkeys(machines))
 
 
 def missing_runs(experiment, records: list[dict]) -> list[str]:
@@ -363,6 +372,11 @@ def render_markdown(results: dict) -> str:
             else:
                 lines.append(f"| {group} | {_fmt_interval(fit['alpha'])} | {fit['E']:.3f} | {fit['A']:.3g} | "
                              f"{kaplan_alpha} |")
+    if results.get("machine"):
+        lines += ["", "## Machine", "", f"Report written on: {machine.machine_line(results['machine'])}.",
+                  *[f"Runs trained on: {line}." for line in results.get("trained_on") or []],
+                  "The numbers are bitwise reproducible on one machine; on another CPU type (other vector "
+                  "extensions) or accelerator their last digits move, and the verdicts are the claim."]
     lines += ["", "Files: results.json and results.csv (every number above), loss_curves.png, metrics/ "
               "(each run's JSONL log). Each run's exact command is in its result.json."]
     return "\n".join(lines) + "\n"

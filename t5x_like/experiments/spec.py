@@ -56,6 +56,9 @@ class Experiment:
     # Another pretraining corpus for every arm: each <corpus>_<objective> task (and eval
     # task) becomes <this>_<objective>, e.g. 'bible' or a register_text_files_task name.
     corpus: str | None = None
+    # Train each arm's seeds as one program (stacked on a leading axis, training/stacked.py): every
+    # seed keeps its own run, records and checkpoints; numbers equal to the lone runs' up to rounding.
+    stack_seeds: bool = False
 
     def __post_init__(self):
         specs = list(self.arms) + (expand_grid(self.grid) if self.grid else [])

@@ -324,16 +324,49 @@ def hold_run_dir(model_dir: str) -> Iterator[None]:
         yield
 
 
-def _train_in_run_dir(config: TrainConfig, eval_split: str | None,
-                      cache: program_cache.ProgramCache | None, stop: StopRequested | None) -> TrainResult:
-    mesh = partitioning.make_mesh(config.mesh_shape)
+@dataclasses.dataclass
+class RunParts:
+    """What one run's loop needs once its start is known: its trainer, checkpointer, state (resumed,
+    finetuned or fresh), training stream at the right position, evaluation batches, logger and
+    `save(state, metrics)`; `close()` ends the checkpointer, the stream and the logger in that order."""
+
+    config: TrainConfig
+    trainer: Trainer
+    checkpointer: Checkpointer
+    state: TrainState
+    batches: Iterator[dict]
+    eval_batches: Callable[[], Iterator[dict]] | None
+    logger: MetricsLogger
+    batches_consumed: int
+    start_step: int
+
+    def save(self, s: TrainState, metrics: dict | None) -> None:
+        step = int(jax.device_get(s.step))
+        meta = {"batches_consumed": self.batches_consumed + (step - self.start_step), "seed": self.config.seed,
+                "rng": np.asarray(jax.device_get(s.rng)).tolist(),
+                **batch_shape(self.config.batch_size, self.config.task_feature_lengths)}
+        self.checkpointer.save(step, s.params, s.opt_state, meta, metrics, batches=self.batches)
+
+    def loop_options(self) -> LoopOptions:
+        config = self.config
+        return LoopOptions(config.train_steps, config.log_period, config.checkpoint_period,
+                           config.eval_period, config.eval_steps)
+
+    def close(self) -> None:
+        self.checkpointer.close()
+        release(self.batches)  # after close: a pending save may still write its position
+        self.logger.close()
+
+
+def prepare_run(config: TrainConfig, eval_split: str | None, mesh: jax.sharding.Mesh,
+                cache: program_cache.ProgramCache | None) -> RunParts:
+    """Trainer -> checkpointer -> state (resume / finetune / fresh) -> data -> run files -> logger."""
     trainer = build_trainer(config, mesh, cache)
     checkpointer = build_checkpointer(config)
     batches = make_batches(config, "train", 0, train=True)
     start = restore_or_init_state(trainer, checkpointer, config.init_checkpoint,
                                   config.start_over_if_checkpoints_damaged, batches)
-    state, consumed = start.state, start.batches_consumed
-    start_step = int(jax.device_get(state.step))
+    consumed = start.batches_consumed
     if start.stream_needs_rebuild():
         release(batches)
         batches = make_batches(config, "train", consumed, train=True)
@@ -341,33 +374,27 @@ def _train_in_run_dir(config: TrainConfig, eval_split: str | None,
     eval_batches = None
     if eval_split:
         eval_batches = replayed(lambda: make_batches(config, eval_split, 0, train=False), config.eval_steps)
-    logger = make_logger(config)
+    return RunParts(config, trainer, checkpointer, start.state, batches, eval_batches, make_logger(config),
+                    consumed, int(jax.device_get(start.state.step)))
 
-    def save(s: TrainState, metrics: dict | None) -> None:
-        step = int(jax.device_get(s.step))
-        meta = {"batches_consumed": consumed + (step - start_step), "seed": config.seed,
-                "rng": np.asarray(jax.device_get(s.rng)).tolist(),
-                **batch_shape(config.batch_size, config.task_feature_lengths)}
-        checkpointer.save(step, s.params, s.opt_state, meta, metrics, batches=batches)
 
+def _train_in_run_dir(config: TrainConfig, eval_split: str | None,
+                      cache: program_cache.ProgramCache | None, stop: StopRequested | None) -> TrainResult:
+    parts = prepare_run(config, eval_split, partitioning.make_mesh(config.mesh_shape), cache)
     own_stop = stop is None
     if stop is None:
         stop = StopRequested(signals=(signal.SIGTERM, signal.SIGINT))
-    options = LoopOptions(config.train_steps, config.log_period, config.checkpoint_period,
-                          config.eval_period, config.eval_steps)
     profiler = profiling.StepProfiler(profiling.profile_dir(config.model_dir), config.profile_steps,
                                       config.memory_profile_step)
     try:
-        state, result = train_loop(trainer, state, batches, options, save=save, eval_batches=eval_batches,
-                                   logger=logger, stop=stop, check_storage=checkpointer.check_for_errors,
-                                   profiler=profiler)
+        _, result = train_loop(parts.trainer, parts.state, parts.batches, parts.loop_options(), save=parts.save,
+                               eval_batches=parts.eval_batches, logger=parts.logger, stop=stop,
+                               check_storage=parts.checkpointer.check_for_errors, profiler=profiler)
     finally:
         profiler.close()
         if own_stop:
             stop.restore()
-        checkpointer.close()
-        release(batches)  # after close: a pending save may still write its position
-        logger.close()
+        parts.close()
     return TrainResult(config.model_dir, result.step, result.train_metrics, result.eval_metrics,
                        result.stopped_by_signal, stop.signal_number)
 

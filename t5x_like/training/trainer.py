@@ -1,9 +1,11 @@
 """The train and eval steps, their shardings, and the training loop.
 
 Owns: TrainState; the jitted, sharded, buffer-donating train and eval steps
-(gradient accumulation, loss normalization, dropout RNG); the loop that runs
-steps, logs, evaluates, checkpoints and stops on SIGTERM or when a divergence
-guard fires (NaN, collapse: guards.py owns the rules), with its phases named for a
+(gradient accumulation, loss normalization, dropout RNG), and the train step
+over seeds stacked on a leading axis (`stacked_train_step`, a vmap of it); the
+loop that runs steps, and each run's bookkeeping after a step (`LoopLane`:
+logs, evaluates, checkpoints, stops on SIGTERM or when a divergence guard
+fires: NaN, collapse, guards.py owns the rules), with its phases named for a
 profiler trace (profiling.py). Does not own:
 the model's loss (model.Model.loss_sums), the optimizer recipes
 (optimizers.py), the mesh and rules (partitioning.py), checkpoint files
@@ -115,6 +117,7 @@ class Trainer:
         self._init_params = jax.jit(self._init_params_fn, out_shardings=self.params_shardings)
         self._init_opt_state = jax.jit(optimizer.tx.init, in_shardings=(self.params_shardings,),
                                        out_shardings=self.opt_state_shardings)
+        self._stacked: dict[str, Callable] = {}  # stacked_train_step, built on first use (shared by copies)
 
     # -- abstract arguments of the steps (shapes + shardings; for .lower(), no devices touched) --
     def abstract_state(self) -> TrainState:
@@ -241,11 +244,22 @@ class Trainer:
 
     def global_batch(self, local_batch: Batch) -> Batch:
         """This process's rows -> global arrays on the mesh (keys as the model expects)."""
+        return partitioning.host_local_to_global(self.host_batch(local_batch), self.mesh)
+
+    def host_batch(self, local_batch: Batch) -> dict[str, np.ndarray]:
+        """A batch's features as numpy arrays of the model's dtypes (KeyError naming missing ones)."""
         missing = set(self.dummy_batch) - set(local_batch)
         if missing:
             raise KeyError(f"batch lacks features {sorted(missing)}; has {sorted(local_batch)}")
-        local = {k: np.asarray(local_batch[k]).astype(self.dummy_batch[k].dtype) for k in self.dummy_batch}
-        return partitioning.host_local_to_global(local, self.mesh)
+        return {k: np.asarray(local_batch[k]).astype(self.dummy_batch[k].dtype) for k in self.dummy_batch}
+
+    def stacked_train_step(self) -> Callable[[TrainState, Batch], tuple[TrainState, dict[str, jax.Array]]]:
+        """The train step over states and batches stacked on a leading seed axis (`jax.vmap`; donates
+        the state): seed s's row is its own run's step, up to float rounding. One device only
+        (training/stacked.py checks); compiled once per Trainer and the copies sharing its programs."""
+        if "step" not in self._stacked:
+            self._stacked["step"] = jax.jit(jax.vmap(self._train_step), donate_argnums=(0,))
+        return self._stacked["step"]
 
 
 SMALL_MODEL_BYTES = 256 * 2**20
@@ -366,6 +380,62 @@ def evaluate_loss(trainer: Trainer, params: Any, batches: Iterator[Batch], num_b
             "weight_sum": totals["weight_sum"]}
 
 
+class LoopLane:
+    """One run's side of the loop, after each step: its metrics checked by a DivergenceGuard,
+    logged, evaluated and saved on the run's periods. `train_loop` drives one lane with one
+    state; training/stacked.py drives one lane per seed of a stacked state (`pick` takes the
+    seed's row of the fetched metrics, `state_of` its slice of the state)."""
+
+    def __init__(self, trainer: Trainer, params: Any, options: LoopOptions, *,
+                 save: Callable[[TrainState, dict | None], None],
+                 eval_batches: Callable[[], Iterator[Batch]] | None, logger: Any,
+                 pick: Callable[[dict], dict] = lambda metrics: metrics):
+        self.trainer, self.options, self.save, self.eval_batches, self.logger, self.pick = (
+            trainer, options, save, eval_batches, logger, pick)
+        self.pending: list[tuple[int, dict]] = []  # device metrics not yet checked on host
+        self.last_train: dict[str, float] = {}
+        self.last_eval: dict[str, float] = {}
+        self.guard = DivergenceGuard(trainer.model.config.vocab_size, float(trainer.param_norm(params)))
+
+    def check_pending(self, step: int, saving: bool = False) -> None:
+        for s, m in self.pending:
+            # loss: before update s; param_norm: after it (what a save would write)
+            self.last_train = {k: float(v) for k, v in self.pick(jax.device_get(m)).items()}
+            self.guard.check(s, self.last_train)
+        self.pending.clear()
+        if saving:
+            self.guard.check_savable(step, self.last_train)
+
+    def after_step(self, step: int, metrics: dict, state_of: Callable[[], TrainState], stopping: bool) -> None:
+        """Step `step` ran (its metrics still on the device): log, evaluate, save when due."""
+        options = self.options
+        self.pending.append((step, metrics))
+        is_last = step == options.total_steps
+        if step % options.log_period == 0 or is_last:
+            self.check_pending(step)
+            self.logger.write("train", step, {**self.last_train, **self.logger.throughput(step)})
+        eval_now = self.eval_batches is not None and (
+            is_last or (options.eval_period and step % options.eval_period == 0))
+        if eval_now or step % options.checkpoint_period == 0 or is_last or stopping:
+            state = state_of()
+        if eval_now:
+            assert self.eval_batches is not None
+            with profiling.phase("evaluate"):
+                self.last_eval = evaluate_loss(self.trainer, state.params, self.eval_batches(), options.eval_steps)
+            self.logger.write("eval", step, self.last_eval)
+        if step % options.checkpoint_period == 0 or is_last or stopping:
+            self.check_pending(step, saving=True)
+            with profiling.phase("checkpoint"):
+                self.save(state, {"eval_loss": self.last_eval["loss"]} if eval_now else None)
+
+    def result(self, step: int, stopped_by_signal: bool = False) -> LoopResult:
+        if stopped_by_signal:
+            self.logger.message(f"stopped by signal at step {step}; checkpoint saved")
+        else:
+            self.check_pending(step)
+        return LoopResult(step, self.last_train, self.last_eval, stopped_by_signal=stopped_by_signal)
+
+
 def train_loop(trainer: Trainer, state: TrainState, batches: Iterator[Batch], options: LoopOptions,
                *, save: Callable[[TrainState, dict | None], None],
                eval_batches: Callable[[], Iterator[Batch]] | None, logger: Any,
@@ -383,27 +453,13 @@ def train_loop(trainer: Trainer, state: TrainState, batches: Iterator[Batch], op
     TrainingDivergedError without saving, so the last checkpoint stays good.
     `check_storage()` runs after every step: it raises as soon as a background
     save has failed (a full disk), instead of training on without checkpoints.
-    Data loading, the train step, evaluation and saving are named spans in a jax.profiler
-    trace (profiling.py); `profiler` starts and stops one around its window of steps (the
-    caller closes it).
+    The bookkeeping after each step is the run's `LoopLane`. Data loading, the train step,
+    evaluation and saving are named spans in a jax.profiler trace (profiling.py); `profiler`
+    starts and stops one around its window of steps (the caller closes it).
     """
     step = int(jax.device_get(state.step))
-    pending: list[tuple[int, dict]] = []  # device metrics not yet checked on host
-    last_train: dict[str, float] = {}
-    last_eval: dict[str, float] = {}
+    lane = LoopLane(trainer, state.params, options, save=save, eval_batches=eval_batches, logger=logger)
     timing_started = False
-    guard = DivergenceGuard(trainer.model.config.vocab_size, float(trainer.param_norm(state.params)))
-
-    def check_pending(saving: bool = False) -> None:
-        nonlocal last_train
-        for s, m in pending:
-            # loss: before update s; param_norm: after it (what a save would write)
-            last_train = {k: float(v) for k, v in jax.device_get(m).items()}
-            guard.check(s, last_train)
-        pending.clear()
-        if saving:
-            guard.check_savable(step, last_train)
-
     while step < options.total_steps:
         if profiler is not None:
             profiler.before_step(step + 1)
@@ -412,33 +468,16 @@ def train_loop(trainer: Trainer, state: TrainState, batches: Iterator[Batch], op
         with profiling.train_step_annotation(step + 1):
             state, metrics = trainer.train_step(state, batch)
         step += 1
-        pending.append((step, metrics))
         if check_storage is not None:
             check_storage()
         if not timing_started:  # exclude compilation (first step) from tokens/s
             jax.block_until_ready(metrics)
             logger.start(step)
             timing_started = True
-        is_last = step == options.total_steps
         stopping = stop is not None and stop.agreed()
-        if step % options.log_period == 0 or is_last:
-            check_pending()
-            logger.write("train", step, {**last_train, **logger.throughput(step)})
-        eval_now = eval_batches is not None and (
-            is_last or (options.eval_period and step % options.eval_period == 0))
-        if eval_now:
-            assert eval_batches is not None
-            with profiling.phase("evaluate"):
-                last_eval = evaluate_loss(trainer, state.params, eval_batches(), options.eval_steps)
-            logger.write("eval", step, last_eval)
-        if step % options.checkpoint_period == 0 or is_last or stopping:
-            check_pending(saving=True)
-            with profiling.phase("checkpoint"):
-                save(state, {"eval_loss": last_eval["loss"]} if eval_now else None)
+        lane.after_step(step, metrics, lambda: state, stopping)
         if profiler is not None:
             profiler.after_step(step, metrics)
-        if stopping and not is_last:
-            logger.message(f"stopped by signal at step {step}; checkpoint saved")
-            return state, LoopResult(step, last_train, last_eval, stopped_by_signal=True)
-    check_pending()
-    return state, LoopResult(step, last_train, last_eval)
+        if stopping and step < options.total_steps:
+            return state, lane.result(step, stopped_by_signal=True)
+    return state, lane.result(step)

@@ -268,3 +268,25 @@ def test_a_moved_output_dir_keeps_its_finished_runs_adapted_ones_too(tmp_path):
     os.rename(tmp_path / "before", tmp_path / "after")
     moved = _small_grid(tmp_path / "after")
     assert cells.stale_cells(moved, grid.load_arm_runs(moved, load_arm)) == []
+
+
+@pytest.mark.slow
+def test_a_grid_with_seeds_stacked_gives_each_cell_its_lone_record_up_to_rounding_and_reruns_bitwise(tmp_path, capsys):
+    import dataclasses
+
+    import numpy as np
+    experiments = {name: dataclasses.replace(_small_grid(tmp_path / name), seeds=(0, 1), stack_seeds=name != "lone")
+                   for name in ("lone", "stacked", "again")}
+    records = {name: grid.run_grid(e, grid.load_arm_runs(e, load_arm), cells_at_once=2 if name == "stacked" else 1)
+               for name, e in experiments.items()}
+    out = capsys.readouterr().out
+    assert "causal seeds 0,1" in out and out.index("[causal seeds 0,1] [run 1+4/6] causal seeds 0,1 finished") < \
+        out.index("adapted seeds 0,1 started")  # the adapted arm's stacked seeds waited for their source's
+    lone, stacked_records, again = records["lone"], records["stacked"], records["again"]
+    assert [(r["arm"], r["seed"]) for r in stacked_records] == [(r["arm"], r["seed"]) for r in lone]
+    assert [r["seeds_stacked"] for r in stacked_records] == [2] * 6 and {r["seeds_stacked"] for r in lone} == {1}
+    for mine, alone in zip(stacked_records, lone):
+        np.testing.assert_allclose(mine["shared_nll_per_example"], alone["shared_nll_per_example"], rtol=1e-4)
+        assert mine["config"] == {**alone["config"], "model_dir": mine["config"]["model_dir"],
+                                  "init_checkpoint": mine["config"]["init_checkpoint"]}
+    assert _what_the_cells_computed(stacked_records) == _what_the_cells_computed(again)

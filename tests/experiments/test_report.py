@@ -5,6 +5,7 @@ import os
 import pytest
 
 from t5x_like.experiments import report, spec
+from t5x_like.training import machine
 
 
 def _write_curve(run_dir: str, steps, losses):
@@ -103,3 +104,16 @@ def test_scaling_section_fits_each_group_both_ways_and_keeps_one_fit_when_the_ot
                                        "arms": [], "differences": [], "scaling": fits})
     row_a = next(line for line in rendered.splitlines() if line.startswith("| a |"))
     assert row_a.count("[") == 2  # both intervals
+
+
+def test_the_report_names_the_machine_it_was_written_on_and_each_one_its_runs_trained_on():
+    here = machine.this_machine()
+    elsewhere = {**here, "cpu_model": "Another CPU", "vector_extensions": ["avx512f"]}
+    records = [{"machine": here}, {"machine": elsewhere}, {"machine": here}, {}]
+    assert report.trained_on(records) == [machine.machine_line(here), machine.machine_line(elsewhere)]
+    rendered = report.render_markdown({"experiment": "e", "description": "", "task": "t", "train_steps": 1,
+                                       "batch_size": 1, "seeds": [0], "eval_task": "t", "reference_arm": "a",
+                                       "arms": [], "differences": [], "machine": here,
+                                       "trained_on": report.trained_on(records)})
+    assert f"Report written on: {machine.machine_line(here)}." in rendered
+    assert f"Runs trained on: {machine.machine_line(elsewhere)}." in rendered

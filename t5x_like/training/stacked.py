@@ -1,0 +1,174 @@
+"""Seeds of one run trained as one program: `train_stacked(configs)`.
+
+    results = stacked.train_stacked([dataclasses.replace(config, seed=s, model_dir=f"runs/seed{s}")
+                                     for s in (0, 1)])
+
+Owns `train_stacked` and `why_not_stacked` (when configs cannot share one
+program). Each seed is still a whole run of its own (run.prepare_run: its
+MODEL_DIR and lock, its checkpoints, resume, data stream, evaluation batches,
+metrics log and run files), and a seed's state starts exactly where its lone run
+would (its own init or checkpoint, its own stream position, its own rng). Only
+the train step is shared: the seeds' states and batches are stacked on a leading
+axis and stepped by `Trainer.stacked_train_step` (a `jax.vmap` of the lone step),
+so each seed sees its own batches and dropout keys; its losses equal the lone
+run's up to float rounding (a batched matmul adds in another order), and a stacked
+run is bitwise reproducible. After each step every seed's `trainer.LoopLane`
+checks, logs, evaluates (the lone eval step, on the seed's slice of the params)
+and saves (its slice of the state, through its own Checkpointer), so a kill and a
+rerun resume each seed from its own checkpoint.
+
+Seeds restored at different steps (a kill between two seeds' saves) are not
+stacked: each finishes as a lone run (run.train), logged as such. One device
+only: the seed axis is not placed on a mesh (`why_not_stacked`).
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import logging
+import signal
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from t5x_like.data.sources import check_task_name
+from t5x_like.training import partitioning, program_cache
+from t5x_like.training.run import (
+    RunParts,
+    TrainConfig,
+    TrainResult,
+    hold_run_dir,
+    prepare_run,
+    train,
+    usable_eval_split,
+)
+from t5x_like.training.trainer import LoopLane, StopRequested, TrainState
+
+log = logging.getLogger(__name__)
+
+# Fields in which the runs of one stacked program may differ (each seed's own run).
+PER_SEED_FIELDS = ("seed", "model_dir", "init_checkpoint", "config_text")
+
+
+def why_not_stacked(configs: Sequence[TrainConfig]) -> str | None:
+    """Why these runs cannot train as one stacked program, or None when they can: at least two,
+    equal in every field but the per-seed ones, one process on one device."""
+    if len(configs) < 2:
+        return "a single run"
+    first = configs[0]
+    for config in configs[1:]:
+        differ = [f.name for f in dataclasses.fields(config)
+                  if f.name not in PER_SEED_FIELDS and _by_value(config, f.name) != _by_value(first, f.name)]
+        if differ:
+            return f"runs {first.model_dir} and {config.model_dir} differ in {differ}"
+    if len({config.model_dir for config in configs}) < len(configs):
+        return "two runs share a MODEL_DIR"
+    if jax.device_count() > 1 or jax.process_count() > 1:
+        return f"{jax.device_count()} devices: the seed axis is not placed on a mesh"
+    return None
+
+
+def _by_value(config: TrainConfig, name: str):
+    """A field as compared for stacking: the model by its config and the optimizer by its recipe
+    (what their programs depend on, program_cache.py), when they have one; else the object."""
+    value = getattr(config, name)
+    if name == "model":
+        return program_cache.model_key(value) or value
+    if name == "optimizer" and getattr(value, "recipe", None) is not None:
+        return value.recipe
+    return value
+
+
+def train_stacked(configs: Sequence[TrainConfig], cache: program_cache.ProgramCache | None = None,
+                  stop: StopRequested | None = None) -> list[TrainResult]:
+    """Trains (or resumes) each config's run, all seeds in one stacked step; one TrainResult per
+    config, in order. Runs that cannot be stacked (why_not_stacked) train one after another."""
+    reason = why_not_stacked(configs)
+    if reason is not None:
+        log.info("training %d runs one after another: %s", len(configs), reason)
+        return [train(config, cache, stop) for config in configs]
+    for config in configs:
+        config.validate()
+        check_task_name(config.mixture_or_task_name)
+    eval_split = usable_eval_split(configs[0])
+    mesh = partitioning.make_mesh(configs[0].mesh_shape)
+    with contextlib.ExitStack() as held:
+        for config in configs:
+            held.enter_context(hold_run_dir(config.model_dir))
+        runs: list[RunParts] = []
+        try:
+            for config in configs:
+                runs.append(prepare_run(config, eval_split, mesh, cache))
+            steps = [run.start_step for run in runs]
+            if len(set(steps)) > 1:
+                for run in runs:
+                    run.close()
+                runs = []
+                log.warning("the seeds resume from different steps (%s): each finishes alone",
+                            ", ".join(f"{c.model_dir} at {s}" for c, s in zip(configs, steps)))
+                held.close()
+                return [train(config, cache, stop) for config in configs]
+            return _train_stacked_runs(runs, stop)
+        finally:
+            for run in runs:
+                run.close()
+
+
+def _train_stacked_runs(runs: list[RunParts], stop: StopRequested | None) -> list[TrainResult]:
+    own_stop = stop is None
+    if stop is None:
+        stop = StopRequested(signals=(signal.SIGTERM, signal.SIGINT))
+    try:
+        results = _stacked_loop(runs, stop)
+    finally:
+        if own_stop:
+            stop.restore()
+    return [TrainResult(run.config.model_dir, result.step, result.train_metrics, result.eval_metrics,
+                        result.stopped_by_signal, stop.signal_number) for run, result in zip(runs, results)]
+
+
+def _stacked_loop(runs: list[RunParts], stop: StopRequested):
+    """trainer.train_loop for stacked seeds: one stacked step, then each seed's LoopLane."""
+    trainer = runs[0].trainer
+    step_fn = trainer.stacked_train_step()
+    options = runs[0].loop_options()
+    state = stack([run.state for run in runs])
+    lanes = [LoopLane(run.trainer, run.state.params, options, save=run.save, eval_batches=run.eval_batches,
+                      logger=run.logger, pick=functools.partial(_row, index))
+             for index, run in enumerate(runs)]
+    step = runs[0].start_step
+    timing_started = False
+    while step < options.total_steps:
+        batch = stack([run.trainer.host_batch(next(run.batches)) for run in runs])
+        state, metrics = step_fn(state, batch)
+        step += 1
+        for run in runs:
+            run.checkpointer.check_for_errors()
+        if not timing_started:  # exclude compilation (first step) from tokens/s
+            jax.block_until_ready(metrics)
+            for run in runs:
+                run.logger.start(step)
+            timing_started = True
+        stopping = stop.agreed()
+        for index, lane in enumerate(lanes):
+            lane.after_step(step, metrics, lambda: seed_slice(state, index), stopping)
+        if stopping and step < options.total_steps:
+            return [lane.result(step, stopped_by_signal=True) for lane in lanes]
+    return [lane.result(step) for lane in lanes]
+
+
+def stack(trees: Sequence) -> object:
+    """Trees of equal structure -> one tree whose leaves carry a leading seed axis (values exact)."""
+    return jax.tree.map(lambda *leaves: jnp.stack([jnp.asarray(leaf) for leaf in leaves]), *trees)
+
+
+def seed_slice(state: TrainState, index: int) -> TrainState:
+    """Seed `index`'s state out of a stacked one (its own arrays: the stacked state may be donated)."""
+    return jax.tree.map(lambda x: x[index], state)
+
+
+def _row(index: int, metrics: dict) -> dict:
+    return {name: np.asarray(value)[index] for name, value in metrics.items()}

@@ -1,0 +1,157 @@
+"""Seeds trained as one stacked program (training/stacked.py) against the same seeds trained alone."""
+import os
+import pathlib
+
+import jax
+import numpy as np
+import pytest
+
+from t5x_like.training import partitioning, program_cache, stacked
+from t5x_like.training import run as train
+from t5x_like.training.checkpoints import Checkpointer, load_params
+from t5x_like.training.metrics_log import read_jsonl
+from t5x_like.training.trainer import StopRequested
+from tests.training_fixtures import tiny_model, tiny_run
+
+SEEDS = (0, 1)
+STEPS = 10
+COMPUTED = ("step", "split", "loss", "z_loss", "accuracy", "weight_sum", "grad_norm", "param_norm",
+            "learning_rate", "perplexity")
+
+
+def _configs(root, **overrides):
+    # dropout on: each seed's dropout keys are its own run's
+    return [tiny_run(root / f"seed{seed}", seed=seed, train_steps=STEPS, model=tiny_model(dropout_rate=0.1),
+                     **overrides) for seed in SEEDS]
+
+
+def _logged(model_dir) -> list[dict]:
+    rows = read_jsonl(str(model_dir / "metrics.jsonl"))  # one row per step: the last written
+    return [{k: row[k] for k in COMPUTED if k in row} for row in rows if row.get("split") in ("train", "eval")]
+
+
+def _losses(model_dir) -> np.ndarray:
+    return np.array([row["loss"] for row in _logged(model_dir) if row["split"] == "train"])
+
+
+def _final_params(config) -> list[np.ndarray]:
+    trainer = train.build_trainer(config, partitioning.make_mesh(config.mesh_shape))
+    return [np.asarray(x) for x in jax.tree.leaves(load_params(config.model_dir, trainer.abstract_params).params)]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, monkeypatch_module):
+    """Each seed alone, the seeds stacked twice, and what the stacked program was first given."""
+    root = tmp_path_factory.mktemp("stacked")
+    cache = program_cache.ProgramCache()
+    given = []
+    original_stack = stacked.stack
+
+    def recorded_stack(trees):
+        tree = original_stack(trees)
+        given.append(jax.tree.map(np.array, tree))  # a copy: the stacked state is donated to the step
+        return tree
+    monkeypatch_module.setattr(stacked, "stack", recorded_stack)
+    alone = _configs(root / "alone")
+    for config in alone:
+        train.train(config, cache)
+    first, second = _configs(root / "stacked"), _configs(root / "again")
+    results = stacked.train_stacked(first, cache)
+    stacked.train_stacked(second, cache)
+    return {"alone": alone, "stacked": first, "again": second, "results": results, "given": given[:2],
+            "cache": cache}
+
+
+@pytest.fixture(scope="module")
+def monkeypatch_module():
+    with pytest.MonkeyPatch.context() as patch:
+        yield patch
+
+
+@pytest.mark.slow  # the module's runs: ~80 s on 2 loaded cores
+def test_each_seed_starts_from_its_lone_runs_parameters_and_first_batch_bitwise(runs):
+    state, batch = runs["given"]
+    for index, config in enumerate(runs["alone"]):
+        trainer = train.build_trainer(config, partitioning.make_mesh(config.mesh_shape), runs["cache"])
+        lone_params = trainer.init_params()
+        for mine, lone in zip(jax.tree.leaves(stacked.seed_slice(state, index).params), jax.tree.leaves(lone_params)):
+            np.testing.assert_array_equal(np.asarray(mine), np.asarray(lone))
+        lone_batch = trainer.host_batch(next(train.make_batches(config, "train", 0, train=True)))
+        for name, value in lone_batch.items():
+            np.testing.assert_array_equal(np.asarray(batch[name])[index], value)
+    assert not np.array_equal(np.asarray(batch["decoder_target_tokens"])[0],
+                              np.asarray(batch["decoder_target_tokens"])[1])  # each seed its own stream
+
+
+@pytest.mark.slow  # the module's runs: ~80 s on 2 loaded cores
+def test_each_seeds_losses_follow_its_lone_run_and_the_runs_files_are_per_seed(runs):
+    for alone, mine, result in zip(runs["alone"], runs["stacked"], runs["results"]):
+        lone, stacked_losses = _losses(_path(alone)), _losses(_path(mine))
+        assert len(stacked_losses) == STEPS
+        np.testing.assert_allclose(stacked_losses, lone, rtol=1e-4)
+        assert result.step == STEPS and result.model_dir == mine.model_dir
+        assert sorted(int(s) for s in os.listdir(_path(mine) / "checkpoints")) == [6, 8, 10]
+    first, second = (_losses(_path(c)) for c in runs["stacked"])
+    assert not np.array_equal(first, second)
+
+
+@pytest.mark.slow  # the module's runs: ~80 s on 2 loaded cores
+def test_stacked_runs_are_bitwise_reproducible(runs):
+    for first, again in zip(runs["stacked"], runs["again"]):
+        assert _logged(_path(first)) == _logged(_path(again))
+        for a, b in zip(_final_params(first), _final_params(again)):
+            np.testing.assert_array_equal(a, b)
+
+
+class _StopAt(StopRequested):
+    """A stop request that arrives after `steps` steps (what SIGTERM does), with no handlers."""
+
+    def __init__(self, steps: int):
+        super().__init__(signals=())
+        self.calls, self.steps = 0, steps
+
+    def agreed(self) -> bool:
+        self.calls += 1
+        return self.calls >= self.steps
+
+
+@pytest.mark.slow
+def test_a_stacked_run_stopped_or_killed_mid_run_resumes_every_seed_bitwise(runs, tmp_path, monkeypatch):
+    cache = runs["cache"]
+    stopped = _configs(tmp_path / "stopped")
+    results = stacked.train_stacked(stopped, cache, _StopAt(5))
+    assert [r.step for r in results] == [5, 5] and all(r.stopped_by_signal for r in results)
+    stacked.train_stacked(stopped, cache)
+    killed = _configs(tmp_path / "killed")
+    calls = {"n": 0}
+    original = Checkpointer.check_for_errors
+
+    def crash_after_step_7(self):
+        calls["n"] += 1
+        if calls["n"] > 7 * len(SEEDS):
+            raise RuntimeError("killed")
+        return original(self)
+    monkeypatch.setattr(Checkpointer, "check_for_errors", crash_after_step_7)
+    with pytest.raises(RuntimeError, match="killed"):
+        stacked.train_stacked(killed, cache)
+    monkeypatch.setattr(Checkpointer, "check_for_errors", original)
+    stacked.train_stacked(killed, cache)  # resumes each seed from its step-6 checkpoint
+    for straight, *resumed in zip(runs["stacked"], stopped, killed):
+        for other in resumed:
+            assert _logged(_path(other))[-1] == _logged(_path(straight))[-1]
+            assert [r for r in _logged(_path(other)) if r["step"] > 6] == \
+                [r for r in _logged(_path(straight)) if r["step"] > 6]
+            for a, b in zip(_final_params(other), _final_params(straight)):
+                np.testing.assert_array_equal(a, b)
+
+
+def test_runs_that_differ_in_more_than_their_seed_are_not_stacked(tmp_path):
+    configs = _configs(tmp_path)
+    assert stacked.why_not_stacked(configs) is None
+    configs[1].batch_size = 4
+    assert "batch_size" in stacked.why_not_stacked(configs)
+    assert stacked.why_not_stacked(configs[:1]) == "a single run"
+
+
+def _path(config) -> pathlib.Path:
+    return pathlib.Path(config.model_dir)
