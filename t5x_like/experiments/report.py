@@ -15,7 +15,7 @@ import shutil
 import numpy as np
 import scipy.stats
 
-from t5x_like.experiments import stats
+from t5x_like.experiments import prompted_eval, stats
 from t5x_like.experiments.cells import plan, run_dir_of
 from t5x_like.training.metrics_log import read_jsonl
 
@@ -87,7 +87,8 @@ def build_results(experiment, size_rows: dict, records: list[dict]) -> dict:
             "adaptation": _adaptation(experiment, records),
             "ranking": _ranking(experiment, records),
             "scaling": _scaling(experiment, arms, records) if experiment.scaling_fit else None,
-            "protocols": protocol_agreement(arms)}
+            "protocols": protocol_agreement(arms),
+            "prompted": prompted_eval.results(experiment, records) if experiment.zero_shot_families else None}
 
 
 def missing_runs(experiment, records: list[dict]) -> list[str]:
@@ -328,6 +329,8 @@ def render_markdown(results: dict) -> str:
             tau = ("— (equal for every arm, or not finite) | —" if row["kendall_tau"] is None
                    else f"{row['kendall_tau']:+.2f} | {row['p_value']:.2f}")
             lines.append(f"| {row['pretraining']} | {len(row['arms'])} | {row['task']} | {row['metric']} | {tau} |")
+    if results.get("prompted"):
+        lines += prompted_eval.render_markdown(results["prompted"])
     lines += ["", "## Differences (arm − reference of its eval task, then the experiment's comparisons; shared metric)", ""]
     lines += [f"- {d['sentence']}" for d in results["differences"]] or ["- (no shared-metric scores)"]
     if results.get("adaptation"):
