@@ -120,8 +120,11 @@ def _speeches(play: str) -> tuple[tuple[str, tuple[str, ...]], ...]:
 
 
 def _play_title(play: str) -> str:
-    return " ".join(word.capitalize() if word not in ("of", "about", "and", "the") or i == 0 else word
-                    for i, word in enumerate(play.split("_")))
+    def title_case(i: int, word: str) -> str:
+        if word in ("i", "ii", "iii", "iv", "v", "vi", "viii"):
+            return word.upper()
+        return word if i and word in ("of", "about", "and", "the") else word.capitalize()
+    return " ".join(title_case(i, word) for i, word in enumerate(play.split("_")))
 
 
 def _rng(family: str, split: str, seed: int) -> np.random.RandomState:
@@ -137,7 +140,7 @@ def _take(examples: list, rng: np.random.RandomState) -> list:
     return [examples[i] for i in sorted(order)]
 
 
-def _with_gold_at(choices: list, gold_choice, rng: np.random.RandomState) -> Example | tuple:
+def _with_gold_at(choices: list, gold_choice, rng: np.random.RandomState) -> tuple[tuple, int]:
     """The choices shuffled; returns (choices, index of gold_choice)."""
     order = [choices[i] for i in rng.permutation(len(choices))]
     return tuple(order), order.index(gold_choice)
@@ -203,19 +206,22 @@ def _last_word(split: str, seed: int) -> list[Example]:
 
 
 def _attribution(split: str, seed: int) -> list[Example]:
-    rng, examples = _rng("attribution", split, seed), []
+    """As many passages of each play (so answering one title always scores chance)."""
+    rng = _rng("attribution", split, seed)
     plays = corpora.shakespeare_split_plays(split)
+    passages = {play: [f"{speaker}. " + " ".join(lines) for speaker, lines in _speeches(play)
+                       if 60 <= len(f"{speaker}. " + " ".join(lines)) <= 2 * MAX_LINE_CHARS] for play in plays}
+    plays = [play for play in plays if len(passages[play]) >= 10]  # the poems have no speeches
+    per_play = min(MAX_EXAMPLES // 3, *(len(passages[play]) for play in plays))
+    examples = []
     for play in plays:
-        for speaker, lines in _speeches(play):
-            passage = f"{speaker}. " + " ".join(lines)
-            if not 60 <= len(passage) <= 2 * MAX_LINE_CHARS:
-                continue
+        for i in sorted(rng.permutation(len(passages[play]))[:per_play]):
             others = [p for p in plays if p != play]
-            others = [others[i] for i in rng.choice(len(others), 2, replace=False)]
+            others = [others[j] for j in rng.choice(len(others), 2, replace=False)]
             titles = [_play_title(p) for p in (play, *others)]
             choices, gold = _with_gold_at(titles, titles[0], rng)
-            examples.append(Example({"passage": passage}, choices, gold))
-    return _take(examples, rng)
+            examples.append(Example({"passage": passages[play][i]}, choices, gold))
+    return [examples[i] for i in rng.permutation(len(examples))[:MAX_EXAMPLES]]
 
 
 def _sentiment(split: str, seed: int) -> list[Example]:

@@ -105,7 +105,7 @@ def results(experiment: Experiment, records: list[dict]) -> dict:
     return out
 
 
-def render_markdown(prompted_results: dict) -> list[str]:
+def markdown_section(prompted_results: dict) -> list[str]:
     """The report's section: one table per family."""
     shots = prompted_results["num_fewshot"]
     lines = ["", f"## Prompted evaluation ({shots}-shot; task suite, {SPLIT} split)", "",

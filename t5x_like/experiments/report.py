@@ -330,7 +330,7 @@ def render_markdown(results: dict) -> str:
                    else f"{row['kendall_tau']:+.2f} | {row['p_value']:.2f}")
             lines.append(f"| {row['pretraining']} | {len(row['arms'])} | {row['task']} | {row['metric']} | {tau} |")
     if results.get("prompted"):
-        lines += prompted_eval.render_markdown(results["prompted"])
+        lines += prompted_eval.markdown_section(results["prompted"])
     lines += ["", "## Differences (arm − reference of its eval task, then the experiment's comparisons; shared metric)", ""]
     lines += [f"- {d['sentence']}" for d in results["differences"]] or ["- (no shared-metric scores)"]
     if results.get("adaptation"):
