@@ -35,7 +35,7 @@ import jax
 from t5x_like.cli import configurables, gin_loading
 from t5x_like.cli.train import use_compilation_cache
 from t5x_like.data import settings as data_settings
-from t5x_like.experiments import cells, claims, grid, report, spec, threaded
+from t5x_like.experiments import cells, claims, grid, prompted_eval, report, spec, threaded
 from t5x_like.training import run as train_lib
 from t5x_like.training import run_dir
 
@@ -49,6 +49,8 @@ def load_experiment(gin_files: list[str], bindings: list[str]) -> spec.Experimen
         return configurables.configured_experiment()
     except TypeError as e:  # a required field (name, output_dir) is not bound
         raise ValueError(f"compare.Experiment: {e}") from None
+    except ValueError as e:  # the experiment's own checks; gin appends "In call to configurable ..."
+        raise ValueError(str(e).strip().splitlines()[0]) from None
 
 
 # Per-cell values (cells.cell_config sets them on each cell's TrainConfig): placeholders while
@@ -144,6 +146,8 @@ def main(argv: list[str] | None = None) -> int:
         else:
             with run_dir.exclusive(experiment.output_dir, name="OUTPUT_DIR"):  # one grid at a time there
                 records = grid.run_grid(experiment, arm_runs, args.cells_at_once or default_cells_at_once())
+                if experiment.zero_shot_families:
+                    prompted_eval.run_phase(experiment, arm_runs, records)
     except threaded.GridStopped as e:
         print(f"t5x-like compare: {e}", file=sys.stderr)
         return 128 + (e.signal_number or signal.SIGINT)

@@ -12,6 +12,7 @@ the registry (`pipeline`, `sources.check_task_name`, evaluation). Modules:
   feature_converters EncoderOnlyMLMFeatureConverter, for_layout
   tasks              task and mixture registration, TFDS / local-file sources, `configure`
   task_vocab         a task's vocabulary; the check that a model's vocab_size holds it (light import)
+  task_suite         prompted multiple-choice families from held-out text; lm-eval task YAMLs
   metrics            accuracy, exact match, BLEU, rank classification
   pipeline           get_dataset: a task converted for one layout, batched and sharded
   sources            DataRequest and the training loop's data sources (seqio, synthetic)

@@ -12,6 +12,8 @@ are `task_sources.py`'s. Importing this module registers:
   {c4,wikitext103,lm1b}_{causal_lm,prefix_lm,span_corruption,mlm}, {c4,...}_ul2
   sentiment_finefood, sentiment_finefood_rank, translation_en_es_bible,
   probe_copy, probe_reverse, probe_sort, probe_addition
+  suite_<family>_<template> (rank classification, one per template of each
+  `task_suite` family), suite_<family> (mixture of its templates)
 
 Vocabulary. Every task registered without an explicit vocabulary (all of the
 above, and `register_text_files_task`'s) uses the *configured* one:
@@ -30,7 +32,7 @@ from typing import Callable, Mapping, Sequence
 import seqio
 import tensorflow as tf
 
-from t5x_like.data import corpora, metrics, objectives
+from t5x_like.data import corpora, metrics, objectives, task_suite
 from t5x_like.data import settings as data_settings
 from t5x_like.data.task_sources import InMemorySource, bible_source, shakespeare_source, tfds_text_source
 from t5x_like.data import vocab as vocab_lib
@@ -330,6 +332,39 @@ def register_downstream_tasks(vocabulary: seqio.Vocabulary | None = None, suffix
     return names
 
 
+def register_suite_tasks(family_names: Sequence[str] = tuple(task_suite.FAMILIES), num_fewshot: int = 0,
+                         seed: int = 0, vocabulary: seqio.Vocabulary | None = None) -> list[str]:
+    """Registers `task_suite.task_name(family, template, num_fewshot)` for every template of each
+    family (rank classification: one row per choice, targets = the rendered choice, with idx and
+    is_correct; `inference.prompted` and `metrics.rank_classification_accuracy` read them) and a
+    mixture suite_<family>[_<k>shot] of its templates. Nothing is read until a dataset is built.
+    Without a vocabulary: the configured one, followed (see `configure`)."""
+    if vocabulary is None:
+        _follow(f"suite:{tuple(family_names)}:{num_fewshot}:{seed}", functools.partial(
+            register_suite_tasks, tuple(family_names), num_fewshot, seed, None))
+    vocabulary = vocabulary or configured_vocabulary()
+    tokenize = [seqio.preprocessors.tokenize, seqio.preprocessors.append_eos_after_trim]
+    names = []
+    for family_name in family_names:
+        members = []
+        for template in task_suite.family(family_name).templates:
+            rows = functools.partial(_suite_rows, family_name, template.name, num_fewshot, seed)
+            name = task_suite.task_name(family_name, template.name, num_fewshot)
+            _add_task(name, source=InMemorySource(rows, ["inputs", "targets", "idx", "is_correct"], corpora.SPLITS),
+                      preprocessors=tokenize, output_features=_features(vocabulary, True),
+                      postprocess_fn=rank_classification_targets,
+                      metric_fns=[metrics.rank_classification_accuracy])
+            members.append(name)
+        _add_mixture(f"suite_{family_name}" + (f"_{num_fewshot}shot" if num_fewshot else ""),
+                     [(m, 1.0) for m in members])
+        names.extend(members)
+    return names
+
+
+def _suite_rows(family_name: str, template_name: str, num_fewshot: int, seed: int, split: str) -> list:
+    return task_suite.rank_classification_rows(family_name, template_name, split, num_fewshot, seed)
+
+
 def register_all() -> None:
     register_pretraining_tasks("shakespeare", shakespeare_source)
     register_pretraining_tasks("bible", bible_source)
@@ -337,6 +372,7 @@ def register_all() -> None:
         register_pretraining_tasks(
             corpus, lambda salt, d=dataset, k=text_key, s=splits: tfds_text_source(d, k, s))
     register_downstream_tasks()
+    register_suite_tasks()
 
 
 def task_has_inputs(mixture_or_task_name: str) -> bool:

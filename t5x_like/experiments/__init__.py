@@ -6,6 +6,7 @@ Modules:
   claims    matching claims: each arm's size and cost relative to the reference arm
   cells     a cell (arm x seed) and its TrainConfig, made from its arm's; stale cells
   scoring   the shared metric and downstream tasks of a finished cell
+  prompted_eval  the grid's prompted evaluation phase (task-suite families) and its report tables
   grid      running the cells (several at a time: threaded) and their records
   threaded  cells trained in threads, with labelled output and signal handling
   report    report.md, results.json / .csv, loss curves

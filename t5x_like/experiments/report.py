@@ -15,7 +15,7 @@ import shutil
 import numpy as np
 import scipy.stats
 
-from t5x_like.experiments import stats
+from t5x_like.experiments import prompted_eval, stats
 from t5x_like.experiments.cells import plan, run_dir_of
 from t5x_like.training import machine
 from t5x_like.training.metrics_log import read_jsonl
@@ -89,7 +89,9 @@ def build_results(experiment, size_rows: dict, records: list[dict]) -> dict:
             "ranking": _ranking(experiment, records),
             "scaling": _scaling(experiment, arms, records) if experiment.scaling_fit else None,
             "protocols": protocol_agreement(arms),
-            "machine": machine.this_machine(), "trained_on": trained_on(records)}
+            "machine": machine.this_machine(), "trained_on": trained_on(records),
+            "prompted": prompted_eval.results(experiment, records) if experiment.zero_shot_families else None}
+
 
 
 def trained_on(records: list[dict]) -> list[str]:
@@ -337,6 +339,8 @@ def render_markdown(results: dict) -> str:
             tau = ("— (equal for every arm, or not finite) | —" if row["kendall_tau"] is None
                    else f"{row['kendall_tau']:+.2f} | {row['p_value']:.2f}")
             lines.append(f"| {row['pretraining']} | {len(row['arms'])} | {row['task']} | {row['metric']} | {tau} |")
+    if results.get("prompted"):
+        lines += prompted_eval.markdown_section(results["prompted"])
     lines += ["", "## Differences (arm − reference of its eval task, then the experiment's comparisons; shared metric)", ""]
     lines += [f"- {d['sentence']}" for d in results["differences"]] or ["- (no shared-metric scores)"]
     if results.get("adaptation"):

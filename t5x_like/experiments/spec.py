@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 
-from t5x_like.data import tasks
+from t5x_like.data import task_suite, tasks
 
 @dataclasses.dataclass
 class Experiment:
@@ -59,6 +59,13 @@ class Experiment:
     # Train each arm's seeds as one program (stacked on a leading axis, training/stacked.py): every
     # seed keeps its own run, records and checkpoints; numbers equal to the lone runs' up to rounding.
     stack_seeds: bool = False
+    # Prompted evaluation after pretraining (experiments/prompted_eval.py): every run's final
+    # checkpoint is scored on these task-suite families (data/task_suite.py: every template, rank
+    # classification), with zero_shot_fewshot training demonstrations (0: zero-shot), on the
+    # first zero_shot_examples validation examples of each family.
+    zero_shot_families: tuple = ()
+    zero_shot_fewshot: int = 0
+    zero_shot_examples: int = 200
 
     def __post_init__(self):
         specs = list(self.arms) + (expand_grid(self.grid) if self.grid else [])
@@ -78,6 +85,7 @@ class Experiment:
                                      f"another arm; arms: {names}")
         in_dependency_order(self.arms)  # raises on a cycle of init_from
         self._check_comparisons()
+        self._check_zero_shot()
 
     def _check_comparisons(self) -> None:
         eval_tasks = {arm.name: arm.eval_task or self.eval_task for arm in self.arms}
@@ -88,6 +96,16 @@ class Experiment:
             if eval_tasks[pair[0]] != eval_tasks[pair[1]]:
                 raise ValueError(f"experiment {self.name}: comparison {pair!r} joins arms scored on different "
                                  f"eval tasks ({eval_tasks[pair[0]]}, {eval_tasks[pair[1]]})")
+
+    def _check_zero_shot(self) -> None:
+        self.zero_shot_families = tuple(self.zero_shot_families)
+        unknown = [f for f in self.zero_shot_families if f not in task_suite.FAMILIES]
+        if unknown:
+            raise ValueError(f"experiment {self.name}: unknown zero_shot_families {unknown}; the task suite has "
+                             f"{sorted(task_suite.FAMILIES)}")
+        if self.zero_shot_fewshot < 0 or self.zero_shot_examples < 1:
+            raise ValueError(f"experiment {self.name}: zero_shot_fewshot must be >= 0 and zero_shot_examples "
+                             f">= 1, got {self.zero_shot_fewshot} and {self.zero_shot_examples}")
 
     def _move_to_corpus(self, corpus: str) -> None:
         move = lambda name: name and tasks.on_corpus(name, corpus)

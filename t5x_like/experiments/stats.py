@@ -72,6 +72,28 @@ def paired_difference_ci(losses_a, losses_b, num_replicates: int = 2000, confide
     return Interval(float(a.mean() - b.mean()), *map(float, np.percentile(diffs, [tail, 100 - tail])))
 
 
+def median_accuracy_ci(correct, num_replicates: int = 2000, confidence: float = 0.95, seed: int = 0) -> Interval:
+    """The median over prompt templates of the accuracy, with a bootstrap interval over seeds and
+    examples. correct: [seeds, templates, examples] of 0/1 (every template scored on the same
+    examples); a replicate resamples the seeds and one set of example indices, shared by the
+    templates, and takes the median of the templates' accuracies."""
+    cube = np.asarray(correct, dtype=np.float64)
+    if cube.ndim == 2:
+        cube = cube[None]
+    if cube.ndim != 3 or cube.size == 0:
+        raise ValueError(f"expected correctness shaped [seeds, templates, examples], got {cube.shape}")
+    rng = np.random.default_rng(seed)
+    seeds, _, examples = cube.shape
+    seed_draws = rng.integers(0, seeds, (num_replicates, seeds))
+    example_draws = rng.integers(0, examples, (num_replicates, examples))
+    # [replicates, seeds, templates, examples] -> accuracy per template -> median over templates
+    per_template = cube[seed_draws[:, :, None, None], np.arange(cube.shape[1])[None, None, :, None],
+                        example_draws[:, None, None, :]].mean(axis=(1, 3))
+    medians = np.median(per_template, axis=1)
+    tail = (1 - confidence) / 2 * 100
+    return Interval(float(np.median(cube.mean(axis=(0, 2)))), *map(float, np.percentile(medians, [tail, 100 - tail])))
+
+
 def describe_difference(name_a: str, name_b: str, interval: Interval) -> str:
     """One sentence for a report: who is lower, by how much, or that it is noise."""
     if interval.contains(0.0):

@@ -118,3 +118,20 @@ def test_curve_difference_finds_the_crossing_and_when_the_lead_is_resolved():
     noisy = a.copy()
     noisy[0, -1] -= 1.0
     assert stats.curve_difference(steps, noisy, b)["resolved_from"] is None
+
+
+def test_median_over_templates_is_robust_to_one_broken_template_and_its_interval_excludes_chance():
+    rng = np.random.default_rng(0)
+    good = rng.random((2, 2, 200)) < 0.8                     # two templates near 80%
+    broken = np.zeros((2, 1, 200), bool)                     # one template always wrong
+    interval = stats.median_accuracy_ci(np.concatenate([good, broken], axis=1))
+    assert interval.estimate == pytest.approx(min(good.mean(axis=(0, 2))))
+    assert not interval.contains(0.5) and interval.low < interval.estimate < interval.high
+
+
+def test_median_accuracy_with_one_template_is_the_mean_accuracy_interval():
+    correct = np.random.default_rng(1).random((3, 1, 100)) < 0.5
+    median = stats.median_accuracy_ci(correct)
+    mean = stats.layout_mean_ci(correct[:, 0, :].astype(float))
+    assert median.estimate == pytest.approx(mean.estimate)
+    assert median.contains(0.5) and median.high - median.low == pytest.approx(mean.high - mean.low, rel=0.2)

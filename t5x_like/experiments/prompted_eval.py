@@ -1,0 +1,129 @@
+"""A grid's prompted evaluation phase: every run's final checkpoint on task-suite families, and its tables.
+
+Owns, for `Experiment.zero_shot_families` (with `zero_shot_fewshot` and
+`zero_shot_examples`): scoring each finished cell with `inference.prompted`
+after pretraining, storing the per-example correctness in the cell's
+`prompted.json` (keyed by the setting, so an evaluated cell is not evaluated
+again and a new family only adds its own entry), and the report's table per
+family: arms side by side, the median over templates of the accuracy with a
+95% bootstrap interval over seeds and examples (`stats.median_accuracy_ci`),
+the spread over templates and the family's chance level. Families whose data
+is not installed are skipped with the reason, in the output and the report.
+"""
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+
+from t5x_like.data import task_suite
+from t5x_like.experiments import stats
+from t5x_like.experiments.cells import ArmRun, cell_of, run_dir_of
+from t5x_like.experiments.spec import Experiment
+from t5x_like.inference import prompted
+from t5x_like.training import checkpoints
+
+PROMPTED_FILE = "prompted.json"
+SPLIT = "validation"
+
+
+def setting(experiment: Experiment) -> str:
+    """The key of this experiment's prompted setting in a cell's prompted.json."""
+    return f"{SPLIT}:{experiment.zero_shot_fewshot}shot:{experiment.zero_shot_examples}"
+
+
+def _read(run_dir: str) -> dict:
+    path = os.path.join(run_dir, PROMPTED_FILE)
+    if not os.path.exists(path):
+        return {}
+    with open(path) as f:
+        return json.load(f)
+
+
+def _write(run_dir: str, stored: dict) -> None:
+    path = os.path.join(run_dir, PROMPTED_FILE)
+    with open(path + ".tmp", "w") as f:
+        json.dump(stored, f)
+    os.replace(path + ".tmp", path)
+
+
+def run_phase(experiment: Experiment, arm_runs: dict[str, ArmRun], records: list[dict]) -> dict[str, str]:
+    """Scores every finished run (its record) on the families it has not been scored on in this
+    setting; returns {skipped family: why}. Encoder-only arms are left out (nothing to score
+    choices with)."""
+    families, skipped = task_suite.available(experiment.zero_shot_families)
+    for family, why in skipped.items():
+        print(f"prompted evaluation: family {family} skipped: {why}", flush=True)
+    key = setting(experiment)
+    for record in records:
+        arm = next(a for a in experiment.arms if a.name == record["arm"])
+        model = arm_runs[arm.name].config.model
+        if model.config.layout == "encoder_only":
+            continue
+        cell = cell_of(experiment, arm, record["seed"])
+        stored = _read(cell.run_dir)
+        todo = [f for f in families if f not in stored.get(key, {})]
+        if not todo:
+            continue
+        params = checkpoints.load_params(cell.run_dir, model.abstract_params()).params
+        for family in todo:
+            result = prompted.evaluate_family(model, params, family, SPLIT, experiment.zero_shot_fewshot,
+                                              max_examples=experiment.zero_shot_examples)
+            stored.setdefault(key, {})[family] = result.as_dict()
+            _write(cell.run_dir, stored)
+            print(f"[prompted] {cell.label} {family}: median over templates {result.median:.3f} "
+                  f"(chance {result.chance:.3f})", flush=True)
+    return skipped
+
+
+def results(experiment: Experiment, records: list[dict]) -> dict:
+    """{'setting', 'skipped', 'families': {family: {'chance', 'templates', 'arms': {arm: {'median':
+    interval over seeds x examples, 'per_template', 'spread', 'seeds', 'examples'}}}}} from the
+    cells' prompted.json files."""
+    key = setting(experiment)
+    families, skipped = task_suite.available(experiment.zero_shot_families)
+    out = {"setting": key, "num_fewshot": experiment.zero_shot_fewshot, "skipped": skipped, "families": {}}
+    for family in families:
+        templates = [t.name for t in task_suite.family(family).templates]
+        arms = {}
+        for arm in experiment.arms:
+            runs = [_read(run_dir_of(experiment.output_dir, arm.name, r["seed"])).get(key, {}).get(family)
+                    for r in records if r["arm"] == arm.name]
+            runs = [r for r in runs if r]
+            if not runs:
+                continue
+            cube = np.array([[r["correct"][t] for t in templates] for r in runs], dtype=float)
+            per_template = cube.mean(axis=(0, 2))
+            arms[arm.name] = {"median": stats.median_accuracy_ci(cube).as_dict(),
+                              "per_template": dict(zip(templates, per_template.tolist())),
+                              "spread": [float(per_template.min()), float(per_template.max())],
+                              "seeds": len(runs), "examples": cube.shape[2]}
+        out["families"][family] = {"chance": task_suite.family(family).chance,
+                                   "description": task_suite.family(family).description,
+                                   "templates": templates, "arms": arms}
+    return out
+
+
+def markdown_section(prompted_results: dict) -> list[str]:
+    """The report's section: one table per family."""
+    shots = prompted_results["num_fewshot"]
+    lines = ["", f"## Prompted evaluation ({shots}-shot; task suite, {SPLIT} split)", "",
+             "Rank classification of each template's answer choices; accuracy: the median over templates, "
+             "with a 95% bootstrap interval over seeds and examples (the same examples for every arm); "
+             "**bold** where the interval excludes chance. Spread: the worst and best template."]
+    for family, why in prompted_results["skipped"].items():
+        lines += ["", f"- `{family}` skipped: {why}"]
+    for family, table in prompted_results["families"].items():
+        lines += ["", f"### {family} (chance {table['chance']:.3f})", "", table["description"] + ".", "",
+                  "| arm | median accuracy [95% CI] | spread | " + " | ".join(table["templates"]) + " | seeds × examples |",
+                  "|---|---|---|" + "---|" * len(table["templates"]) + "---|"]
+        for arm, row in table["arms"].items():
+            median = row["median"]
+            shown = f"{median['estimate']:.3f} [{median['low']:.3f}, {median['high']:.3f}]"
+            if median["low"] > table["chance"] or median["high"] < table["chance"]:
+                shown = f"**{shown}**"
+            lines.append(f"| {arm} | {shown} | {row['spread'][0]:.3f}–{row['spread'][1]:.3f} | "
+                         + " | ".join(f"{row['per_template'][t]:.3f}" for t in table["templates"])
+                         + f" | {row['seeds']} × {row['examples']} |")
+    return lines

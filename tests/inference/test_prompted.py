@@ -1,0 +1,66 @@
+"""Prompted evaluation: rank classification per template, where each layout puts the template's input."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from t5x_like.data import task_suite, tasks
+from t5x_like.inference import prompted
+from tests.model_fixtures import init_params, tiny_config
+
+ROWS = task_suite.rank_classification_rows("last_word", "plain", "validation")
+
+
+def test_forcing_the_gold_choice_highest_gives_accuracy_one_and_lowest_zero():
+    gold_high = [1.0 if r[3] else 0.0 for r in ROWS]
+    assert all(prompted.choice_correctness(ROWS, gold_high))
+    assert not any(prompted.choice_correctness(ROWS, [-s for s in gold_high]))
+
+
+def test_a_scorer_blind_to_the_choices_scores_the_gold_at_first_rate_near_chance():
+    correct = prompted.choice_correctness(ROWS, [0.0] * len(ROWS))
+    first_choice_is_gold = [is_correct for index, (_, _, _, is_correct) in enumerate(ROWS) if index % 4 == 0]
+    assert np.mean(correct) == np.mean(first_choice_is_gold)
+    # the suite shuffles the choices, so the gold is first about as often as chance says
+    assert abs(np.mean(correct) - task_suite.family("last_word").chance) < 0.1
+
+
+def _first_row_features(layout: str):
+    name = prompted.suite_task("word_order", "verse")
+    rows = task_suite.rank_classification_rows("word_order", "verse", "validation")
+    lengths = prompted.task_lengths(rows, tasks.configured_vocabulary())
+    _, features = next(prompted.template_dataset(layout, name, "validation", lengths).as_numpy_iterator())
+    return rows[0], features, tasks.configured_vocabulary()
+
+
+def test_prefix_lm_puts_the_template_input_in_the_bidirectional_prefix():
+    row, features, vocabulary = _first_row_features("prefix_lm")
+    inputs = vocabulary.encode(row[0]) + [1]  # and its EOS
+    prefix = features["decoder_causal_attention"].astype(bool)
+    assert prefix.sum() == len(inputs) + 1  # the prefix reaches the first target position, as seqio marks it
+    assert list(features["decoder_target_tokens"][:len(inputs)]) == inputs
+    assert list(features["decoder_loss_weights"][:len(inputs)]) == [0] * len(inputs)
+
+
+def test_encoder_decoder_puts_the_template_input_in_the_encoder():
+    row, features, vocabulary = _first_row_features("encoder_decoder")
+    inputs = vocabulary.encode(row[0]) + [1]
+    assert list(features["encoder_input_tokens"][:len(inputs)]) == inputs
+    assert vocabulary.decode([t for t in features["decoder_target_tokens"] if t > 1]) == row[1]
+
+
+def test_encoder_only_is_refused_with_the_reason():
+    with pytest.raises(ValueError, match="no decoder"):
+        prompted.template_dataset("encoder_only", prompted.suite_task("word_order", "verse"), "validation",
+                                  {"inputs": 32, "targets": 96})
+
+
+@pytest.mark.slow
+def test_family_result_does_not_depend_on_batch_size_and_summarises_templates():
+    model, params = init_params(tiny_config("decoder_only", vocab_size=384))
+    a = prompted.evaluate_family(model, params, "word_order", batch_size=8, max_examples=6)
+    b = prompted.evaluate_family(model, params, "word_order", batch_size=4, max_examples=6)
+    assert a == b
+    assert len(a.templates) == 3 and all(len(t.correct) == 6 for t in a.templates)
+    low, high = a.spread
+    assert low <= a.median <= high and a.chance == 0.5
