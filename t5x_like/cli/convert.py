@@ -3,7 +3,8 @@
     t5x-like convert --from-hf HF_DIR --to MODEL_DIR     # import (T5 1.0/1.1, mT5, GPT-2, LLaMA)
     t5x-like convert --from MODEL_DIR --to-hf HF_DIR     # export (config.json + model.safetensors)
 
-Exit codes: 0 done, 1 the directory cannot be converted (one line says why), 2 bad flags.
+Exit codes: 0 done, 2 bad input: bad flags, or a directory that cannot be converted (an
+unsupported config field, a mismatched tensor; one line says why).
 """
 from __future__ import annotations
 
@@ -49,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"wrote {args.to_hf}: {convert.exporter_for(config).ARCHITECTURE}")
     except (ConversionError, gin_loading.GinConfigError, checkpoints.CheckpointError) as e:
         print(f"t5x-like convert: {e}", file=sys.stderr)
-        return 1
+        return 2
     return 0
 
 

@@ -116,7 +116,7 @@ def test_llama_config_that_t5x_like_cannot_hold_is_refused_in_one_line(tmp_path,
 
 def test_cli_refuses_a_llama_config_whose_key_value_heads_do_not_divide_its_heads(tmp_path, capsys):
     hf_dir = write_config(tmp_path / "hf", dict(LLAMA_CONFIG, num_key_value_heads=3))
-    assert convert_cli.main(["--from-hf", hf_dir, "--to", str(tmp_path / "model")]) == 1
+    assert convert_cli.main(["--from-hf", hf_dir, "--to", str(tmp_path / "model")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "num_key_value_heads = 3 does not divide" in err
 
@@ -192,13 +192,13 @@ def test_export_of_an_architecture_hf_cannot_hold_names_the_field(tmp_path, conf
 def test_exporting_a_trained_prefix_lm_dir_is_the_one_line_refusal_with_no_gin_file(tmp_path, capsys):
     config = TINY_GPT2.replace(layout="prefix_lm")
     common.save_model_dir(str(tmp_path / "model"), config, random_params(config))
-    assert convert_cli.main(["--from", str(tmp_path / "model"), "--to-hf", str(tmp_path / "hf")]) == 1
+    assert convert_cli.main(["--from", str(tmp_path / "model"), "--to-hf", str(tmp_path / "hf")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "cannot export layout='prefix_lm'" in err
 
 
 def test_cli_reports_errors_in_one_line_and_usage_with_code_2(tmp_path, capsys):
-    assert convert_cli.main(["--from-hf", str(tmp_path), "--to", str(tmp_path / "model")]) == 1
+    assert convert_cli.main(["--from-hf", str(tmp_path), "--to", str(tmp_path / "model")]) == 2
     assert "has no config.json" in capsys.readouterr().err
     assert convert_cli.main(["--from-hf", str(tmp_path)]) == 2
     assert convert_cli.main(["--from-hf", str(tmp_path), "--to-hf", str(tmp_path)]) == 2
@@ -211,6 +211,6 @@ def test_truncated_safetensors_is_one_line_and_a_failing_exit_code(tmp_path, cap
         f.truncate(os.path.getsize(weights) // 2)
     with pytest.raises(ConversionError, match="cannot read the weights.*is the file complete"):
         convert.from_hf_dir(hf_dir)
-    assert convert_cli.main(["--from-hf", hf_dir, "--to", str(tmp_path / "model")]) == 1
+    assert convert_cli.main(["--from-hf", hf_dir, "--to", str(tmp_path / "model")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "model.safetensors" in err
