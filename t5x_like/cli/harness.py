@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
         print("t5x-like harness: lm-eval is not installed: bash launch/setup.sh (or pip install -e '.[eval]')",
               file=sys.stderr)
         return EXIT_NOT_INSTALLED
-    from t5x_like.inference import evaluation, harness
+    from t5x_like.inference import evaluation, harness  # deferred: lm-eval, seqio and TensorFlow, after the flags parse
     try:
         task_manager = _task_manager(flags.include_path)
         names = _check_tasks([n for n in flags.tasks.split(",") if n], task_manager)

@@ -101,7 +101,7 @@ def accelerated_attention(query: Array, key: Array, value: Array, mask: Attentio
     platform = target_platform() if platform is None else platform
     if platform != "tpu" and not interpret:
         return _cudnn(query, key, value, mask, bias, scale)
-    key, value = (repeat_kv_heads(x, query.shape[2]) for x in (key, value))
+    key, value = (repeat_kv_heads(x, query.shape[2] // x.shape[2]) for x in (key, value))
     query = query * jnp.asarray(scale, query.dtype)
     kind = tpu_kernel(mask, bias)
     if kind == "splash":
@@ -117,9 +117,10 @@ def target_platform() -> str:
     return device.platform if device is not None else jax.default_backend()
 
 
-def repeat_kv_heads(x: Array, num_heads: int) -> Array:
-    """[B, L, Hkv, D] -> [B, L, num_heads, D]: each key/value head serves num_heads / Hkv query heads."""
-    groups = num_heads // x.shape[2]
+def repeat_kv_heads(x: Array, groups: int) -> Array:
+    """[B, L, Hkv, D] -> [B, L, Hkv * groups, D], each key/value head repeated for its group of query
+    heads (query head h reads head h // groups); the gradient sums each group back. (Here rather than
+    in attention.py, which imports this module: the blockwise kernel repeats heads the same way.)"""
     return x if groups == 1 else jnp.repeat(x, groups, axis=2)
 
 

@@ -70,6 +70,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from t5x_like.model import accelerator_attention
+from t5x_like.model.accelerator_attention import repeat_kv_heads
 from t5x_like.model.masks import AttentionMask
 
 Array = jnp.ndarray
@@ -201,12 +202,6 @@ def _query_groups(query: Array, kv_heads: int) -> int:
         raise ValueError(f"{heads} query heads cannot be grouped over {kv_heads} key/value heads: "
                          "num_kv_heads must divide num_heads")
     return heads // kv_heads
-
-
-def repeat_kv_heads(x: Array, groups: int) -> Array:
-    """[B, L, Hkv, D] -> [B, L, Hkv * groups, D], each key/value head repeated for its group of query
-    heads (query head h reads head h // groups); the gradient sums each group back."""
-    return x if groups == 1 else jnp.repeat(x, groups, axis=2)
 
 
 @functools.lru_cache(maxsize=None)

@@ -57,6 +57,7 @@ def test_a_yaml_that_does_not_parse_is_named(tmp_path, capsys):
     assert len(err.splitlines()) == 1 and "broken.yaml does not parse" in err, err
 
 
+@pytest.mark.slow
 def test_an_encoder_only_checkpoint_is_refused_in_one_line(tmp_path, capsys):
     include = write_tasks(tmp_path / "tasks")
     config = TransformerConfig(layout="encoder_only", vocab_size=384, d_model=32, num_heads=2, head_dim=16, d_ff=64,

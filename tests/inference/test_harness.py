@@ -18,6 +18,11 @@ from t5x_like.model import model as models  # noqa: E402
 from tests.model_fixtures import init_params, tiny_config  # noqa: E402
 
 LAYOUTS = ("decoder_only", "prefix_lm", "encoder_decoder")
+
+
+def one_fast(fast: str) -> list:
+    """Every layout, the others than `fast` in the slow suite (the fast loop's time is shared)."""
+    return [layout if layout == fast else pytest.param(layout, marks=pytest.mark.slow) for layout in LAYOUTS]
 LENGTHS = {"inputs": 64, "targets": 24}
 REQUESTS = [("The cat sat on the", " mat"), ("One, two,", " three four"), ("", "Hello there"),
             ("A much longer context that goes on and on", "!"), ("x", " y z")]
@@ -77,7 +82,7 @@ def test_loglikelihoods_equal_model_score_on_the_layouts_own_features(layout):
     np.testing.assert_allclose(ours, expected, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("layout", one_fast("prefix_lm"))
 def test_shared_contexts_through_the_cache_score_as_whole_sequences_do(layout):
     """Multiple-choice requests (a context, several answers): prefilling each context once and
     decoding its answers from the cache gives the one-forward-pass scores."""
@@ -89,7 +94,7 @@ def test_shared_contexts_through_the_cache_score_as_whole_sequences_do(layout):
     assert [g for _, g in cached] == [g for _, g in whole]
 
 
-@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("layout", one_fast("encoder_decoder"))
 def test_results_do_not_depend_on_batch_size_or_request_order(layout):
     requests = instances("loglikelihood", REQUESTS)
     one_by_one = adapter(layout, batch_size=1).loglikelihood(requests, disable_tqdm=True)

@@ -42,7 +42,7 @@ def _qkv(rng, batch, lq, lk, heads=2, head_dim=16, dtype=jnp.float32, kv_heads=N
 
 
 def _einsum_reference(q, k, v, mask, scale, bias=None):
-    k, v = (accel.repeat_kv_heads(x, q.shape[2]) for x in (k, v))
+    k, v = (accel.repeat_kv_heads(x, q.shape[2] // x.shape[2]) for x in (k, v))
     return attention.einsum_attention(q, k, v, mask, bias, scale)
 
 
