@@ -4,9 +4,10 @@ against lm-eval's own `hf` model, on the same imported GPT-2, side by side in on
     python benchmarks/harness.py [--out benchmarks/results/harness.json] [--questions 64] [--repeats 3]
 
 The GPT-2 has random weights of a 20M-parameter shape (d_model 512, 6 layers, 8 heads,
-d_ff 2048, 512 positions) and a byte-level BPE vocabulary written here (bytes and a
-few merges, so text is long in tokens); `t5x-like convert` imports it. Each question
-is a context of 15-60 words and 4 one-to-three-word choices (4 requests), drawn
+d_ff 2048, 512 positions) and a byte-level BPE vocabulary written here whose merges make
+each benchmark word one token, as GPT-2's vocabulary does for common words (so a
+context is 60-240 tokens and an answer 1-3); `t5x-like convert` imports it. Each question
+is a context of 60-240 words and 4 one-to-three-word choices (4 requests), drawn
 from a fixed word list with a fixed seed. Both models score every request at batch
 16; seconds = the median of `--repeats` timed passes after one warm-up pass (which
 compiles ours). Scores must agree to 1e-3 (printed). Target (issue 25): ours >= 1.5x
@@ -31,6 +32,20 @@ WORDS = ("the cat sat on a mat while dogs ran through green fields under grey sk
 BATCH = 16
 
 
+def word_merges() -> list[str]:
+    """BPE merges that make every word of WORDS (with and without its leading space) one token,
+    as GPT-2's vocabulary does for common words: contexts and answers as long in tokens as real
+    ones, not one token per character."""
+    merges: list[str] = []
+    for word in sorted(set(WORDS)):
+        for spelled in ("Ġ" + word, word):
+            for end in range(2, len(spelled) + 1):
+                merge = f"{spelled[:end - 1]} {spelled[end - 1]}"
+                if merge not in merges:
+                    merges.append(merge)
+    return merges
+
+
 def write_gpt2(directory: str) -> None:
     import pathlib
 
@@ -38,8 +53,7 @@ def write_gpt2(directory: str) -> None:
     import transformers
 
     from tests.interop.test_harness_parity import write_gpt2_tokenizer
-    path = pathlib.Path(directory)
-    vocab_size = write_gpt2_tokenizer(path)
+    vocab_size = write_gpt2_tokenizer(pathlib.Path(directory), word_merges())
     torch.manual_seed(0)
     config = transformers.GPT2Config(vocab_size=vocab_size, n_embd=512, n_head=8, n_layer=6, n_inner=2048,
                                      n_positions=512, bos_token_id=vocab_size - 1, eos_token_id=vocab_size - 1)
@@ -51,7 +65,7 @@ def requests(questions: int):
     rng = np.random.default_rng(0)
     out = []
     for _ in range(questions):
-        context = " ".join(rng.choice(WORDS, size=int(rng.integers(15, 61))))
+        context = " ".join(rng.choice(WORDS, size=int(rng.integers(60, 241))))
         for _ in range(4):
             choice = " " + " ".join(rng.choice(WORDS, size=int(rng.integers(1, 4))))
             out.append(Instance("loglikelihood", {}, (context, choice), len(out)))

@@ -31,14 +31,14 @@ REQUESTS = [("The cat sat on the", " mat"), ("the cat", " sat"), ("", "the cat s
             ("A longer context, with punctuation: sat", " on the mat.")]
 
 
-def write_gpt2_tokenizer(directory) -> int:
-    """A byte-level BPE vocabulary (bytes, a few merges, <|endoftext|>) in `directory`; its size."""
+def write_gpt2_tokenizer(directory, merges: list[str] = MERGES) -> int:
+    """A byte-level BPE vocabulary (bytes, `merges`, <|endoftext|>) in `directory`; its size."""
     vocab = {c: i for i, c in enumerate(bytes_to_unicode().values())}
-    for merge in MERGES:
+    for merge in merges:
         vocab[merge.replace(" ", "")] = len(vocab)
     vocab["<|endoftext|>"] = len(vocab)
     (directory / "vocab.json").write_text(json.dumps(vocab))
-    (directory / "merges.txt").write_text("#version: 0.2\n" + "\n".join(MERGES) + "\n")
+    (directory / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
     (directory / "tokenizer_config.json").write_text(json.dumps(
         {"tokenizer_class": "GPT2Tokenizer", "eos_token": "<|endoftext|>", "unk_token": "<|endoftext|>",
          "bos_token": "<|endoftext|>"}))
