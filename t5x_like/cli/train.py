@@ -71,10 +71,16 @@ def _flags(argv: list[str]) -> argparse.Namespace:
 
 
 def use_compilation_cache(directory: str | None) -> None:
-    """Every program compiled from now on is stored in `directory` and reused from it (None or '': off)."""
+    """Every program compiled from now on is stored in `directory` and reused from it (None or '': off).
+    A second call with another directory in one process (two compares in one Python session) moves
+    the cache there: jax opens its cache once per process, so it is reset when the directory changes."""
     if directory:
+        changed = jax.config.jax_compilation_cache_dir not in (None, directory)
         jax.config.update("jax_compilation_cache_dir", directory)
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+        if changed:
+            from jax._src import compilation_cache  # private: the one way to re-open it elsewhere
+            compilation_cache.reset_cache()
 
 
 def _set_up_jax(flags: argparse.Namespace) -> None:
