@@ -52,8 +52,8 @@ def write_gpt2(directory: str) -> None:
     import torch
     import transformers
 
-    from tests.interop.test_harness_parity import write_gpt2_tokenizer
-    vocab_size = write_gpt2_tokenizer(pathlib.Path(directory), word_merges())
+    from tests.interop.test_vocab import write_gpt2_tokenizer
+    vocab_size = len(write_gpt2_tokenizer(pathlib.Path(directory), word_merges()))
     torch.manual_seed(0)
     config = transformers.GPT2Config(vocab_size=vocab_size, n_embd=512, n_head=8, n_layer=6, n_inner=2048,
                                      n_positions=512, bos_token_id=vocab_size - 1, eos_token_id=vocab_size - 1)

@@ -23,6 +23,7 @@ import difflib
 import logging
 import os
 import sys
+from typing import Any
 
 from t5x_like.cli import gin_loading
 
@@ -79,10 +80,10 @@ def main(argv: list[str] | None = None) -> int:
             task_feature_lengths=loaded.task_feature_lengths, start_token=start_token,
             prefix_context=flags.prefix_context, truncation=flags.truncation, max_gen_toks=flags.max_gen_toks,
             seed=flags.seed)
-        results = _evaluate(lm, names, flags, task_manager)
+        results, tracker = _evaluate(lm, names, flags, task_manager)
     except (ValueError, FileNotFoundError, evaluation.CheckpointError) as e:
         return _refuse(e)
-    _report(results, flags, loaded)
+    _report(results, tracker, flags, loaded)
     return 0
 
 
@@ -122,7 +123,8 @@ def _check_tasks(names: list[str], task_manager) -> list[str]:
     return names
 
 
-def _evaluate(lm, names: list[str], flags: argparse.Namespace, task_manager) -> dict:
+def _evaluate(lm, names: list[str], flags: argparse.Namespace, task_manager) -> tuple[dict, Any]:
+    """lm-eval's results, and its tracker (None without --output_path), which writes them."""
     from lm_eval import simple_evaluate
     from lm_eval.loggers import EvaluationTracker
     limit = flags.limit if flags.limit is None or flags.limit < 1 else int(flags.limit)
@@ -131,14 +133,12 @@ def _evaluate(lm, names: list[str], flags: argparse.Namespace, task_manager) -> 
                               batch_size=flags.batch_size, task_manager=task_manager, log_samples=flags.log_samples,
                               evaluation_tracker=tracker, random_seed=flags.seed, numpy_random_seed=flags.seed,
                               torch_random_seed=flags.seed, fewshot_random_seed=flags.seed)
-    results["tracker"] = tracker
-    return results
+    return results, tracker
 
 
-def _report(results: dict, flags: argparse.Namespace, loaded) -> None:
+def _report(results: dict, tracker, flags: argparse.Namespace, loaded) -> None:
     """The table on stdout, then the JSON through lm-eval's own tracker (its file names and keys)."""
     from lm_eval.utils import make_table
-    tracker = results.pop("tracker")
     samples = results.pop("samples", None)
     print(f"t5x_like ({loaded.model.config.layout}, step {loaded.step} of {loaded.model_dir}), "
           f"limit: {flags.limit}, num_fewshot: {flags.num_fewshot}, batch_size: {flags.batch_size}")

@@ -170,10 +170,7 @@ class HarnessLM(TemplateLM):
         argmax) per pair, in order."""
         self.truncated = 0
         rows = [self._row(pair) for pair in pairs]
-        if self.truncated:
-            log.warning("%d of %d requests are longer than the model's length (%s): their contexts lost their "
-                        "first tokens, as lm-eval's hf model does (truncation='error' refuses them instead)",
-                        self.truncated, len(pairs), _describe(self.lengths))
+        self._report_truncation(len(pairs))
         results: list[tuple[float, bool] | None] = [None] * len(rows)
         with tqdm(total=len(rows), desc=f"loglikelihood ({self.layout})", unit="req", disable=disable_tqdm) as bar:
             for indices in self._batches([_sort_key(row) for row in rows]):
@@ -216,16 +213,8 @@ class HarnessLM(TemplateLM):
         tokens = _padded(continuations, self.batch_size, steps)
         weights = (np.arange(steps)[None, :] < np.asarray([len(c) for c in continuations] +
                                                            [0] * (self.batch_size - len(rows)))[:, None])
-        if self.layout == "encoder_decoder":
-            encoder = _padded(prompts, size, _bucket(max(map(len, prompts)), self.lengths["encoder"]))
-            prompt = model_lib.Prompts(np.zeros((size, 1), np.int32), np.ones((size,), np.int32), encoder)
-        else:
-            lengths = np.ones((size,), np.int32)
-            lengths[:len(prompts)] = [len(p) for p in prompts]
-            prompt = model_lib.Prompts(_padded(prompts, size, _bucket(int(lengths.max()), self.lengths["decoder"])),
-                                       lengths)
-        scores, greedy = decoding.score_continuations(self.model, self.params, prompt, which, tokens,
-                                                      weights.astype(np.float32))
+        scores, greedy = decoding.score_continuations(self.model, self.params, self._as_prompts(prompts, size),
+                                                      which, tokens, weights.astype(np.float32))
         return jax.device_get(scores), jax.device_get(greedy)
 
     def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list[float]:
@@ -241,6 +230,13 @@ class HarnessLM(TemplateLM):
             totals[owner] += score
         return totals
 
+    def _report_truncation(self, requests: int) -> None:
+        """One warning if `_fit` cut contexts since `truncated` was last reset: never silent."""
+        if self.truncated:
+            log.warning("%d of %d requests are longer than the model's length (%s): their contexts lost their "
+                        "first tokens, as lm-eval's hf model does (truncation='error' refuses them instead)",
+                        self.truncated, requests, _describe(self.lengths))
+
     def _rolling_window(self) -> int:
         """Scored tokens per window: the decoder's positions, less the start id and (prefix-LM) the
         window's one context token and EOS."""
@@ -250,6 +246,7 @@ class HarnessLM(TemplateLM):
     # --- generation -------------------------------------------------------------------------
     def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
         outputs: list[str | None] = [None] * len(requests)
+        self.truncated = 0
         groups: dict[tuple, list[int]] = {}
         for n, req in enumerate(requests):
             groups.setdefault(self._generation_settings(req.args[1]), []).append(n)
@@ -262,6 +259,7 @@ class HarnessLM(TemplateLM):
                     for i, text in zip(indices, texts):
                         outputs[members[i]] = _cut_at_stops(text, until)
                     bar.update(len(indices))
+        self._report_truncation(len(requests))
         return outputs  # type: ignore[return-value]
 
     def _generation_settings(self, gen_kwargs: dict) -> tuple[int, float, tuple[str, ...]]:
@@ -281,17 +279,23 @@ class HarnessLM(TemplateLM):
         return [self.tok_decode(_until_eos(row, self.eot_token_id)) for row in tokens]
 
     def _prompts(self, contexts: list[list[int]], max_new: int) -> model_lib.Prompts:
-        rows = self.batch_size
         if self.layout == "encoder_decoder":
-            encoder = [self._fit(c, self.lengths["encoder"] - 1, "generation") + [self.eot_token_id]
-                       for c in contexts]
-            encoder_tokens = _padded(encoder, rows, _bucket(max(map(len, encoder)), self.lengths["encoder"]))
-            return model_lib.Prompts(np.zeros((rows, 1), np.int32), np.ones((rows,), np.int32), encoder_tokens)
+            return self._as_prompts([self._fit(c, self.lengths["encoder"] - 1, "generation") + [self.eot_token_id]
+                                     for c in contexts])
         start = [] if self.start_token is None else [self.start_token]
         eos = [self.eot_token_id] if self.context_eos else []
         room = self.lengths["decoder"] - max_new - len(start) - len(eos)
         prompts = [start + self._fit(c, room, "generation") + eos for c in contexts]
-        prompts = [p or [self.eot_token_id] for p in prompts]  # an empty GPT-2 prompt: EOS, as lm-eval's hf
+        return self._as_prompts([p or [self.eot_token_id] for p in prompts])  # an empty GPT-2 prompt: EOS, as lm-eval's hf
+
+    def _as_prompts(self, prompts: Sequence[Sequence[int]], rows: int | None = None) -> model_lib.Prompts:
+        """Prompts of `rows` rows (default batch_size; rows past the prompts are one padding token):
+        an encoder-decoder's `prompts` are its encoder tokens (the decoder starts at id 0), other
+        layouts' the decoder's, each padded to its `_bucket` length."""
+        rows = rows or self.batch_size
+        if self.layout == "encoder_decoder":
+            encoder = _padded(prompts, rows, _bucket(max(map(len, prompts)), self.lengths["encoder"]))
+            return model_lib.Prompts(np.zeros((rows, 1), np.int32), np.ones((rows,), np.int32), encoder)
         lengths = np.ones((rows,), np.int32)
         lengths[:len(prompts)] = [len(p) for p in prompts]
         return model_lib.Prompts(_padded(prompts, rows, _bucket(int(lengths.max()), self.lengths["decoder"])), lengths)

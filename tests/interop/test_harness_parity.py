@@ -7,7 +7,6 @@ torch, transformers, accelerate (lm-eval's `hf` model) or lm-eval.
 from __future__ import annotations
 
 import dataclasses
-import json
 
 import numpy as np
 import pytest
@@ -23,7 +22,7 @@ from lm_eval.models.huggingface import HFLM  # noqa: E402
 from t5x_like.inference import evaluation, harness  # noqa: E402
 from t5x_like.interop import convert  # noqa: E402
 from tests.interop.test_parity import T5_CASES, build_gpt2, build_t5  # noqa: E402
-from tests.interop.test_vocab import bytes_to_unicode  # noqa: E402
+from tests.interop.test_vocab import write_gpt2_tokenizer  # noqa: E402
 
 TOLERANCE = 1e-4
 MERGES = ["t h", "Ġ t", "h e", "Ġt he", "a t", "Ġ c", "Ġc at", "Ġ s", "Ġs at"]
@@ -31,24 +30,10 @@ REQUESTS = [("The cat sat on the", " mat"), ("the cat", " sat"), ("", "the cat s
             ("A longer context, with punctuation: sat", " on the mat.")]
 
 
-def write_gpt2_tokenizer(directory, merges: list[str] = MERGES) -> int:
-    """A byte-level BPE vocabulary (bytes, `merges`, <|endoftext|>) in `directory`; its size."""
-    vocab = {c: i for i, c in enumerate(bytes_to_unicode().values())}
-    for merge in merges:
-        vocab[merge.replace(" ", "")] = len(vocab)
-    vocab["<|endoftext|>"] = len(vocab)
-    (directory / "vocab.json").write_text(json.dumps(vocab))
-    (directory / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
-    (directory / "tokenizer_config.json").write_text(json.dumps(
-        {"tokenizer_class": "GPT2Tokenizer", "eos_token": "<|endoftext|>", "unk_token": "<|endoftext|>",
-         "bos_token": "<|endoftext|>"}))
-    return len(vocab)
-
-
 def test_imported_gpt2_loglikelihoods_equal_lm_evals_hf_model(tmp_path):
     hf_dir = tmp_path / "hf"
     hf_dir.mkdir()
-    vocab_size = write_gpt2_tokenizer(hf_dir)
+    vocab_size = len(write_gpt2_tokenizer(hf_dir, MERGES))
     build_gpt2({"vocab_size": vocab_size, "n_embd": 32, "n_head": 4, "n_layer": 2, "n_positions": 64}, hf_dir)
     convert.import_hf(str(hf_dir), str(tmp_path / "model"))
     requests = [Instance("loglikelihood", {}, args, n) for n, args in enumerate(REQUESTS)]
@@ -65,7 +50,7 @@ def test_imported_t5_token_loglikelihoods_equal_lm_evals_hf_model(tmp_path):
                                                 "eos_token_id": 1})
     hf_dir = tmp_path / "hf"
     build_t5(case, hf_dir)
-    write_gpt2_tokenizer(hf_dir)  # HFLM loads some tokenizer; the requests below are token ids
+    write_gpt2_tokenizer(hf_dir, MERGES)  # HFLM loads some tokenizer; the requests below are token ids
     convert.import_hf(str(hf_dir), str(tmp_path / "model"))
     pairs = [([5, 9, 17, 3], [22, 8, 4]), ([], [7, 7]), ([11] * 30, [3]), ([40, 2, 60], [61, 62, 63, 64])]
     eos = 1

@@ -48,19 +48,26 @@ def bytes_to_unicode() -> dict[int, str]:
     return {**{b: chr(b) for b in printable}, **{b: chr(256 + i) for i, b in enumerate(others)}}
 
 
+def write_gpt2_tokenizer(directory, merges: list[str]) -> dict[str, int]:
+    """A byte-level BPE tokenizer in `directory` (pathlib): bytes, then `merges`, then <|endoftext|>
+    (also BOS, EOS and UNK); returns its vocabulary."""
+    vocab = {c: i for i, c in enumerate(bytes_to_unicode().values())}
+    for merge in merges:
+        vocab[merge.replace(" ", "")] = len(vocab)
+    vocab["<|endoftext|>"] = len(vocab)
+    (directory / "vocab.json").write_text(json.dumps(vocab))
+    (directory / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
+    (directory / "tokenizer_config.json").write_text(json.dumps(
+        {"tokenizer_class": "GPT2Tokenizer", "eos_token": "<|endoftext|>", "unk_token": "<|endoftext|>",
+         "bos_token": "<|endoftext|>"}))
+    return vocab
+
+
 def test_gpt2_bpe_vocabulary_encodes_and_decodes_in_python_and_tf(tmp_path):
     pytest.importorskip("transformers")
     tf = pytest.importorskip("tensorflow")
     from t5x_like.interop import hf_gpt2
-    vocab = {c: i for i, c in enumerate(bytes_to_unicode().values())}
-    merges = ["h e", "l l", "he ll", "hell o", "Ġ w"]
-    for merge in merges:
-        vocab[merge.replace(" ", "")] = len(vocab)
-    vocab["<|endoftext|>"] = len(vocab)
-    (tmp_path / "vocab.json").write_text(json.dumps(vocab))
-    (tmp_path / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
-    (tmp_path / "tokenizer_config.json").write_text(json.dumps(
-        {"tokenizer_class": "GPT2Tokenizer", "eos_token": "<|endoftext|>", "unk_token": "<|endoftext|>"}))
+    vocab = write_gpt2_tokenizer(tmp_path, ["h e", "l l", "he ll", "hell o", "Ġ w"])
     vocabulary = hf_gpt2.bpe_vocabulary(str(tmp_path))
     ids = vocabulary.encode("hello world!")
     assert ids[0] == vocab["hello"] and ids[1] == vocab["Ġw"] and ids[-1] == 0  # "!" is id 0 in byte-level BPE
