@@ -29,6 +29,7 @@ import functools
 import json
 import os
 import re
+import string
 from typing import Callable, Sequence
 
 import numpy as np
@@ -64,8 +65,16 @@ class Template:
     prompt: str
     choice: str = "{choice}"
 
-    def render(self, example: Example) -> tuple[str, tuple[str, ...]]:
-        return self.prompt.format(**example.fields), tuple(self.choice.format(choice=c) for c in example.choices)
+    def render(self, example: Example, content_free: bool = False) -> tuple[str, tuple[str, ...]]:
+        """(input, choices). content_free: the input with every example field left empty (the
+        template's own words only), the prompt calibrated scoring subtracts (`inference.prompted`)."""
+        fields = dict.fromkeys(self.fields, "") if content_free else example.fields
+        return self.prompt.format(**fields), tuple(self.choice.format(choice=c) for c in example.choices)
+
+    @property
+    def fields(self) -> tuple[str, ...]:
+        """The example fields the prompt reads; () when the prompt is the same for every example."""
+        return tuple(name for _, name, _, _ in string.Formatter().parse(self.prompt) if name)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -337,28 +346,31 @@ def few_shot_prefix(family_name: str, template_: Template, num_fewshot: int, see
 
 
 def rendered(family_name: str, template_name: str, split: str, num_fewshot: int = 0,
-             seed: int = 0) -> tuple[Rendered, ...]:
-    """Every example of `split` under one template (with a few-shot prefix for num_fewshot > 0)."""
+             seed: int = 0, content_free: bool = False) -> tuple[Rendered, ...]:
+    """Every example of `split` under one template (with a few-shot prefix for num_fewshot > 0);
+    content_free: each input without the example's fields (`Template.render`)."""
     template_ = template(family_name, template_name)
     prefix = few_shot_prefix(family_name, template_, num_fewshot, seed)
     out = []
     for example in examples(family_name, split, seed):
-        inputs, choices = template_.render(example)
+        inputs, choices = template_.render(example, content_free)
         out.append(Rendered(prefix + inputs, choices, example.gold))
     return tuple(out)
 
 
-def task_name(family_name: str, template_name: str, num_fewshot: int = 0) -> str:
-    """The seqio (and lm-eval) task of one (family, template): suite_<family>_<template>[_<k>shot]."""
-    return f"suite_{family_name}_{template_name}" + (f"_{num_fewshot}shot" if num_fewshot else "")
+def task_name(family_name: str, template_name: str, num_fewshot: int = 0, content_free: bool = False) -> str:
+    """The seqio (and lm-eval) task of one (family, template):
+    suite_<family>_<template>[_<k>shot][_content_free]."""
+    return (f"suite_{family_name}_{template_name}" + (f"_{num_fewshot}shot" if num_fewshot else "")
+            + ("_content_free" if content_free else ""))
 
 
 def rank_classification_rows(family_name: str, template_name: str, split: str, num_fewshot: int = 0,
-                             seed: int = 0) -> list[tuple[str, str, int, bool]]:
+                             seed: int = 0, content_free: bool = False) -> list[tuple[str, str, int, bool]]:
     """(inputs, choice, example index, is gold) per choice of every example: the rows the seqio
     task holds, in order (rank classification, as `tasks.rank_classification` expands them)."""
     return [(r.inputs, choice, index, position == r.gold)
-            for index, r in enumerate(rendered(family_name, template_name, split, num_fewshot, seed))
+            for index, r in enumerate(rendered(family_name, template_name, split, num_fewshot, seed, content_free))
             for position, choice in enumerate(r.choices)]
 
 

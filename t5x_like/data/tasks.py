@@ -337,7 +337,9 @@ def register_suite_tasks(family_names: Sequence[str] = tuple(task_suite.FAMILIES
     """Registers `task_suite.task_name(family, template, num_fewshot)` for every template of each
     family (rank classification: one row per choice, targets = the rendered choice, with idx and
     is_correct; `inference.prompted` and `metrics.rank_classification_accuracy` read them) and a
-    mixture suite_<family>[_<k>shot] of its templates. Nothing is read until a dataset is built.
+    mixture suite_<family>[_<k>shot] of its templates; for a template whose prompt reads the
+    example, its content-free twin `..._content_free` too (the same rows with the example's fields
+    left empty, for calibrated scoring). Nothing is read until a dataset is built.
     Without a vocabulary: the configured one, followed (see `configure`)."""
     if vocabulary is None:
         _follow(f"suite:{tuple(family_names)}:{num_fewshot}:{seed}", functools.partial(
@@ -348,21 +350,23 @@ def register_suite_tasks(family_names: Sequence[str] = tuple(task_suite.FAMILIES
     for family_name in family_names:
         members = []
         for template in task_suite.family(family_name).templates:
-            rows = functools.partial(_suite_rows, family_name, template.name, num_fewshot, seed)
-            name = task_suite.task_name(family_name, template.name, num_fewshot)
-            _add_task(name, source=InMemorySource(rows, ["inputs", "targets", "idx", "is_correct"], corpora.SPLITS),
-                      preprocessors=tokenize, output_features=_features(vocabulary, True),
-                      postprocess_fn=rank_classification_targets,
-                      metric_fns=[metrics.rank_classification_accuracy])
-            members.append(name)
+            for content_free in (False, True) if template.fields else (False,):
+                rows = functools.partial(_suite_rows, family_name, template.name, num_fewshot, seed, content_free)
+                name = task_suite.task_name(family_name, template.name, num_fewshot, content_free)
+                _add_task(name, source=InMemorySource(rows, ["inputs", "targets", "idx", "is_correct"], corpora.SPLITS),
+                          preprocessors=tokenize, output_features=_features(vocabulary, True),
+                          postprocess_fn=rank_classification_targets,
+                          metric_fns=[metrics.rank_classification_accuracy])
+            members.append(task_suite.task_name(family_name, template.name, num_fewshot))
         _add_mixture(f"suite_{family_name}" + (f"_{num_fewshot}shot" if num_fewshot else ""),
                      [(m, 1.0) for m in members])
         names.extend(members)
     return names
 
 
-def _suite_rows(family_name: str, template_name: str, num_fewshot: int, seed: int, split: str) -> list:
-    return task_suite.rank_classification_rows(family_name, template_name, split, num_fewshot, seed)
+def _suite_rows(family_name: str, template_name: str, num_fewshot: int, seed: int, content_free: bool,
+                split: str) -> list:
+    return task_suite.rank_classification_rows(family_name, template_name, split, num_fewshot, seed, content_free)
 
 
 def register_all() -> None:

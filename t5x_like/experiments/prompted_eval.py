@@ -1,7 +1,7 @@
 """A grid's prompted evaluation phase: every run's final checkpoint on task-suite families, and its tables.
 
-Owns, for `Experiment.zero_shot_families` (with `zero_shot_fewshot` and
-`zero_shot_examples`): scoring each finished cell with `inference.prompted`
+Owns, for `Experiment.zero_shot_families` (with `zero_shot_fewshot`,
+`zero_shot_examples` and `zero_shot_calibration`): scoring each finished cell with `inference.prompted`
 after pretraining, storing the per-example correctness in the cell's
 `prompted.json` (keyed by the setting, so an evaluated cell is not evaluated
 again and a new family only adds its own entry), and the report's table per
@@ -29,8 +29,10 @@ SPLIT = "validation"
 
 
 def setting(experiment: Experiment) -> str:
-    """The key of this experiment's prompted setting in a cell's prompted.json."""
-    return f"{SPLIT}:{experiment.zero_shot_fewshot}shot:{experiment.zero_shot_examples}"
+    """The key of this experiment's prompted setting in a cell's prompted.json (uncalibrated
+    settings keep the key they had before calibration existed)."""
+    calibration = "" if experiment.zero_shot_calibration == "none" else f":{experiment.zero_shot_calibration}"
+    return f"{SPLIT}:{experiment.zero_shot_fewshot}shot:{experiment.zero_shot_examples}{calibration}"
 
 
 def _read(run_dir: str) -> dict:
@@ -69,7 +71,8 @@ def run_phase(experiment: Experiment, arm_runs: dict[str, ArmRun], records: list
         params = checkpoints.load_params(cell.run_dir, model.abstract_params()).params
         for family in todo:
             result = prompted.evaluate_family(model, params, family, SPLIT, experiment.zero_shot_fewshot,
-                                              max_examples=experiment.zero_shot_examples)
+                                              max_examples=experiment.zero_shot_examples,
+                                              calibration=experiment.zero_shot_calibration)
             stored.setdefault(key, {})[family] = result.as_dict()
             _write(cell.run_dir, stored)
             print(f"[prompted] {cell.label} {family}: median over templates {result.median:.3f} "
@@ -83,7 +86,8 @@ def results(experiment: Experiment, records: list[dict]) -> dict:
     cells' prompted.json files."""
     key = setting(experiment)
     families, skipped = task_suite.available(experiment.zero_shot_families)
-    out = {"setting": key, "num_fewshot": experiment.zero_shot_fewshot, "skipped": skipped, "families": {}}
+    out = {"setting": key, "num_fewshot": experiment.zero_shot_fewshot,
+           "calibration": experiment.zero_shot_calibration, "skipped": skipped, "families": {}}
     for family in families:
         templates = [t.name for t in task_suite.family(family).templates]
         arms = {}
@@ -108,7 +112,10 @@ def results(experiment: Experiment, records: list[dict]) -> dict:
 def markdown_section(prompted_results: dict) -> list[str]:
     """The report's section: one table per family."""
     shots = prompted_results["num_fewshot"]
-    lines = ["", f"## Prompted evaluation ({shots}-shot; task suite, {SPLIT} split)", "",
+    calibrated = prompted_results.get("calibration", "none") != "none"
+    lines = ["", f"## Prompted evaluation ({shots}-shot; task suite, {SPLIT} split"
+             + ("; calibrated: choice scores minus their scores after the content-free prompt" if calibrated else "")
+             + ")", "",
              "Rank classification of each template's answer choices; accuracy: the median over templates, "
              "with a 95% bootstrap interval over seeds and examples (the same examples for every arm); "
              "**bold** where the interval excludes chance. Spread: the worst and best template."]

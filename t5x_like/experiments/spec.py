@@ -18,6 +18,7 @@ import dataclasses
 import itertools
 
 from t5x_like.data import task_suite, tasks
+from t5x_like.inference import prompted
 
 @dataclasses.dataclass
 class Experiment:
@@ -62,10 +63,13 @@ class Experiment:
     # Prompted evaluation after pretraining (experiments/prompted_eval.py): every run's final
     # checkpoint is scored on these task-suite families (data/task_suite.py: every template, rank
     # classification), with zero_shot_fewshot training demonstrations (0: zero-shot), on the
-    # first zero_shot_examples validation examples of each family.
+    # first zero_shot_examples validation examples of each family; zero_shot_calibration
+    # 'content_free' subtracts each choice's score after the template without the example
+    # (inference/prompted.py), 'none' ranks raw scores.
     zero_shot_families: tuple = ()
     zero_shot_fewshot: int = 0
     zero_shot_examples: int = 200
+    zero_shot_calibration: str = "none"
 
     def __post_init__(self):
         specs = list(self.arms) + (expand_grid(self.grid) if self.grid else [])
@@ -103,6 +107,9 @@ class Experiment:
         if unknown:
             raise ValueError(f"experiment {self.name}: unknown zero_shot_families {unknown}; the task suite has "
                              f"{sorted(task_suite.FAMILIES)}")
+        if self.zero_shot_calibration not in prompted.CALIBRATIONS:
+            raise ValueError(f"experiment {self.name}: unknown zero_shot_calibration {self.zero_shot_calibration!r}; "
+                             f"expected one of {prompted.CALIBRATIONS}")
         if self.zero_shot_fewshot < 0 or self.zero_shot_examples < 1:
             raise ValueError(f"experiment {self.name}: zero_shot_fewshot must be >= 0 and zero_shot_examples "
                              f">= 1, got {self.zero_shot_fewshot} and {self.zero_shot_examples}")

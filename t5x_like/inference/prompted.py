@@ -10,10 +10,21 @@ bidirectional prefix for prefix-LM, the causal context for decoder-only.
 Reports per template the per-example correctness, and per family the accuracy
 of each template, their median and spread. Intervals over seeds and examples
 are the grid's (`experiments/stats.py`).
+
+Calibration (`calibration="content_free"`): a choice's score becomes its
+log-likelihood after the prompt minus its log-likelihood after the same
+template with the example's fields left empty (the content-free prompt of
+Zhao et al. 2021; a pointwise mutual information between the example and the
+choice, as Holtzman et al. 2021's domain-conditional PMI). A model that
+prefers one answer string whatever the example says (' great' over
+' not great') then no longer answers by that preference alone. Templates whose
+prompt reads no example field (word order's) have nothing to calibrate and
+keep their raw scores.
 """
 from __future__ import annotations
 
 import dataclasses
+import functools
 import statistics
 from typing import Sequence
 
@@ -25,6 +36,7 @@ from t5x_like.inference import evaluation
 from t5x_like.model import model as model_lib
 
 LENGTH_MULTIPLE = 16  # task lengths round up to it, so templates of similar length share compiled programs
+CALIBRATIONS = ("none", "content_free")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,6 +56,7 @@ class FamilyResult:
     chance: float
     num_fewshot: int
     templates: tuple  # TemplateResult per template
+    calibration: str = "none"
 
     @property
     def accuracies(self) -> dict[str, float]:
@@ -60,7 +73,7 @@ class FamilyResult:
 
     def as_dict(self) -> dict:
         return {"family": self.family, "chance": self.chance, "num_fewshot": self.num_fewshot,
-                "median": self.median, "spread": list(self.spread), "accuracies": self.accuracies,
+                "calibration": self.calibration, "median": self.median, "spread": list(self.spread), "accuracies": self.accuracies,
                 "correct": {t.template: [bool(c) for c in t.correct] for t in self.templates}}
 
 
@@ -77,9 +90,9 @@ def choice_correctness(rows: Sequence[tuple], scores: Sequence[float]) -> list[b
     return [correct for _, correct in best.values()]
 
 
-def suite_task(family: str, template: str, num_fewshot: int = 0, seed: int = 0) -> str:
+def suite_task(family: str, template: str, num_fewshot: int = 0, seed: int = 0, content_free: bool = False) -> str:
     """The seqio task of one template, registered (with the configured vocabulary) if it is not yet."""
-    name = task_suite.task_name(family, template, num_fewshot)
+    name = task_suite.task_name(family, template, num_fewshot, content_free)
     if name not in seqio.TaskRegistry.names() or seed:
         tasks.register_suite_tasks([family], num_fewshot, seed)
     return name
@@ -107,21 +120,36 @@ def template_dataset(layout: str, task_name: str, split: str, lengths: dict[str,
     return converter(dataset, lengths).enumerate()
 
 
+def template_scores(score_fn, layout: str, family: str, template: str, split: str = "validation",
+                    num_fewshot: int = 0, seed: int = 0, max_examples: int | None = None,
+                    content_free: bool = False) -> tuple[list, np.ndarray]:
+    """(rows, score per row) of one template's seqio task (`task_suite.rank_classification_rows`
+    order) on the first `max_examples` examples; score_fn is `evaluation.make_score_fn`'s."""
+    rows = task_suite.rank_classification_rows(family, template, split, num_fewshot, seed, content_free)
+    if max_examples is not None:
+        rows = [r for r in rows if r[2] < max_examples]
+    task_name = suite_task(family, template, num_fewshot, seed, content_free)
+    vocabulary = seqio.get_mixture_or_task(task_name).output_features["targets"].vocabulary
+    dataset = template_dataset(layout, task_name, split, task_lengths(rows, vocabulary))
+    return rows, np.array([score for _, score in sorted(score_fn(dataset.take(len(rows))))])
+
+
 def evaluate_family(model: model_lib.Model, params, family: str, split: str = "validation",
                     num_fewshot: int = 0, seed: int = 0, batch_size: int = 16,
-                    max_examples: int | None = None) -> FamilyResult:
+                    max_examples: int | None = None, calibration: str = "none") -> FamilyResult:
     """Rank classification of every template of `family` on the first `max_examples` examples
-    of `split` (all: None), zero-shot or with `num_fewshot` training demonstrations."""
+    of `split` (all: None), zero-shot or with `num_fewshot` training demonstrations; scores raw
+    or calibrated against the content-free prompt (see the module docstring)."""
+    if calibration not in CALIBRATIONS:
+        raise ValueError(f"unknown calibration {calibration!r}; expected one of {CALIBRATIONS}")
     score_fn = evaluation.make_score_fn(model, params, batch_size)
+    scores = functools.partial(template_scores, score_fn, model.config.layout, family, split=split,
+                               num_fewshot=num_fewshot, seed=seed, max_examples=max_examples)
     results = []
     for template in task_suite.family(family).templates:
-        task_name = suite_task(family, template.name, num_fewshot, seed)
-        rows = task_suite.rank_classification_rows(family, template.name, split, num_fewshot, seed)
-        if max_examples is not None:
-            rows = [r for r in rows if r[2] < max_examples]
-        vocabulary = seqio.get_mixture_or_task(task_name).output_features["targets"].vocabulary
-        dataset = template_dataset(model.config.layout, task_name, split, task_lengths(rows, vocabulary))
-        scored = sorted(score_fn(dataset.take(len(rows))))
-        results.append(TemplateResult(template.name, task_name,
-                                      tuple(choice_correctness(rows, [s for _, s in scored]))))
-    return FamilyResult(family, task_suite.family(family).chance, num_fewshot, tuple(results))
+        rows, choice_scores = scores(template.name)
+        if calibration == "content_free" and template.fields:
+            choice_scores = choice_scores - scores(template.name, content_free=True)[1]
+        results.append(TemplateResult(template.name, task_suite.task_name(family, template.name, num_fewshot),
+                                      tuple(choice_correctness(rows, choice_scores))))
+    return FamilyResult(family, task_suite.family(family).chance, num_fewshot, tuple(results), calibration)

@@ -73,6 +73,21 @@ def test_seqio_task_holds_one_row_per_choice_in_the_suite_order():
         assert (int(example["idx"]), bool(example["is_correct"])) == (row[2], row[3])
 
 
+def test_content_free_rows_keep_the_choices_and_gold_but_drop_every_example_field():
+    rows = task_suite.rank_classification_rows("attribution", "question", "validation")
+    free = task_suite.rank_classification_rows("attribution", "question", "validation", content_free=True)
+    assert [r[1:] for r in free] == [r[1:] for r in rows]
+    assert {r[0] for r in free} == {"Which play is this from? \nAnswer:"}
+    examples = task_suite.examples("attribution", "validation")
+    assert all(example.fields["passage"] in row[0] for example, row in zip(examples, rows[::3]))
+    name = task_suite.task_name("attribution", "question", content_free=True)
+    got = next(seqio.get_mixture_or_task(name).get_dataset(None, split="validation", shuffle=False).as_numpy_iterator())
+    assert tasks.configured_vocabulary().decode(list(got["inputs"][:-1])) == free[0][0]
+    # a prompt that reads no field has no content-free twin: its raw scores are already content-free
+    assert task_suite.template("word_order", "verse").fields == ()
+    assert task_suite.task_name("word_order", "verse", content_free=True) not in seqio.TaskRegistry.names()
+
+
 def test_lm_eval_yamls_build_the_same_requests_as_the_seqio_tasks(tmp_path):
     lm_eval_tasks = pytest.importorskip("lm_eval.tasks")
     written = task_suite.write_lm_eval_tasks(str(tmp_path), ["word_order"])

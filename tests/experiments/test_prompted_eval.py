@@ -3,6 +3,7 @@ import json
 import os
 
 import numpy as np
+import pytest
 
 from t5x_like.data import task_suite
 from t5x_like.experiments import prompted_eval
@@ -33,3 +34,15 @@ def test_table_puts_arms_side_by_side_and_marks_only_intervals_that_exclude_chan
     lines = prompted_eval.markdown_section(prompted_eval.results(experiment, records))
     rows = {line.split(" | ")[0][2:]: line for line in lines if line.startswith("| good") or line.startswith("| blind")}
     assert "**" in rows["good"] and "**" not in rows["blind"]
+
+
+def test_a_calibrated_setting_is_stored_apart_from_the_raw_one_and_an_unknown_calibration_is_refused(tmp_path):
+    arms = [{"name": "a", "model": "m"}]
+    raw = Experiment(name="t", output_dir=str(tmp_path), zero_shot_families=("word_order",), arms=arms)
+    calibrated = Experiment(name="t", output_dir=str(tmp_path), zero_shot_families=("word_order",), arms=arms,
+                            zero_shot_calibration="content_free")
+    assert prompted_eval.setting(raw) == "validation:0shot:200"  # the key cells stored before calibration existed
+    assert prompted_eval.setting(calibrated) != prompted_eval.setting(raw)
+    assert "calibrated" in prompted_eval.markdown_section(prompted_eval.results(calibrated, []))[1]
+    with pytest.raises(ValueError, match="zero_shot_calibration"):
+        Experiment(name="t", output_dir=str(tmp_path), arms=arms, zero_shot_calibration="pmi")

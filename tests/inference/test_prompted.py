@@ -64,3 +64,36 @@ def test_family_result_does_not_depend_on_batch_size_and_summarises_templates():
     assert len(a.templates) == 3 and all(len(t.correct) == 6 for t in a.templates)
     low, high = a.spread
     assert low <= a.median <= high and a.chance == 0.5
+
+
+def test_calibration_removes_a_preference_for_one_answer_string_whatever_the_example():
+    """Raw scores = a fixed liking for each answer string + a small signal for the gold one: raw
+    ranking answers by the liking; subtracting the content-free scores (the liking) leaves the signal."""
+    rows = task_suite.rank_classification_rows("sentiment", "overall", "validation")
+    liking = {" great": 5.0, " not great": 0.0}
+    content_free = np.array([liking[choice] for _, choice, _, _ in rows])
+    raw = content_free + np.array([0.1 if is_gold else 0.0 for *_, is_gold in rows])
+    assert np.mean(prompted.choice_correctness(rows, raw)) == pytest.approx(0.5, abs=0.01)  # labels balanced
+    assert all(prompted.choice_correctness(rows, raw - content_free))
+
+
+@pytest.mark.slow
+def test_calibrated_family_ranks_raw_minus_content_free_scores_and_leaves_fieldless_templates_alone():
+    from t5x_like.inference import evaluation
+    model, params = init_params(tiny_config("decoder_only", vocab_size=384))
+    score_fn = evaluation.make_score_fn(model, params, 8)
+    calibrated = prompted.evaluate_family(model, params, "last_word", batch_size=8, max_examples=5,
+                                          calibration="content_free")
+    assert calibrated.calibration == "content_free"
+    for result in calibrated.templates:
+        rows, raw = prompted.template_scores(score_fn, "decoder_only", "last_word", result.template, max_examples=5)
+        free_rows, free = prompted.template_scores(score_fn, "decoder_only", "last_word", result.template,
+                                                   max_examples=5, content_free=True)
+        assert [r[1:] for r in free_rows] == [r[1:] for r in rows] and free_rows[0][0] != rows[0][0]
+        assert list(result.correct) == prompted.choice_correctness(rows, raw - free)
+    fieldless = prompted.evaluate_family(model, params, "word_order", batch_size=8, max_examples=4,
+                                         calibration="content_free")
+    assert fieldless.templates == prompted.evaluate_family(model, params, "word_order", batch_size=8,
+                                                           max_examples=4).templates
+    with pytest.raises(ValueError, match="unknown calibration"):
+        prompted.evaluate_family(model, params, "word_order", calibration="pmi")
