@@ -103,7 +103,7 @@ def seeds_on_mesh_problem(num_seeds: int, mesh_shape: Sequence[int], num_devices
     data = shape[partitioning.MESH_AXES.index("data")]
     if partitioning.seed_groups(num_seeds, data) == 1:
         return (f"{num_seeds} seeds and the mesh's data axis of {data} (mesh {shape}) share no factor: the seed "
-                f"axis cannot be split over devices (use a data axis that {num_seeds} seeds divide or that divides them)")
+                f"axis cannot be split over devices (give MESH_SHAPE a data axis sharing a factor with {num_seeds})")
     return None
 
 

@@ -154,6 +154,16 @@ def test_runs_that_differ_in_more_than_their_seed_are_not_stacked(tmp_path):
     assert stacked.why_not_stacked(configs[:1]) == "a single run"
 
 
+def test_seeds_go_on_a_mesh_when_they_share_a_factor_with_its_data_axis(tmp_path):
+    assert [partitioning.seed_groups(seeds, 8) for seeds in (1, 2, 3, 4, 6, 16)] == [1, 2, 1, 4, 2, 8]
+    assert stacked.seeds_on_mesh_problem(3, (-1, 1, 1), 1) is None  # one device: the plain vmap
+    assert stacked.seeds_on_mesh_problem(2, (-1, 1, 1), 8) is None  # 2 groups of 4 data slices
+    assert stacked.seeds_on_mesh_problem(8, (2, 1, 1), 2) is None  # 4 seeds per device
+    assert "share no factor" in stacked.seeds_on_mesh_problem(3, (2, 1, 1), 2)
+    assert "data axis of 1" in stacked.seeds_on_mesh_problem(2, (1, -1, 1), 4)  # pure fsdp
+    assert "needs 3 devices" in stacked.seeds_on_mesh_problem(2, (3, 1, 1), 4)  # a bad mesh: train() says so
+
+
 def _path(config) -> pathlib.Path:
     return pathlib.Path(config.model_dir)
 
