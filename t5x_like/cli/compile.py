@@ -23,7 +23,8 @@ data axis of S chips: one seed per chip group). Do 4 seeds fit on this slice at 
 
 Exit codes (each failure is one line on stderr):
   0    it compiles: it fits in HBM (the table says by how much)
-  2    bad configuration or arguments (gin, unknown slice, a mesh or batch that does not divide)
+  2    bad configuration or arguments (gin, unknown slice, a mesh or batch that does not divide,
+       a --stack_seeds the mesh would not stack)
   5    it does not fit: XLA ran out of HBM; the line says by how much and which knobs to turn
 """
 from __future__ import annotations
