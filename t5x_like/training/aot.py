@@ -26,6 +26,15 @@ layers, microbatches — is counted once, not once per iteration).
 `model_flops_per_chip` is `model.sizing`'s training FLOPs of the global batch
 divided by the chips: the MFU convention, and what the step-time estimates use.
 
+Stacked seeds: `compile_train_step(..., stack_seeds=S)` compiles the step that
+trains S seeds of the run as one program (training/stacked.py) instead: the
+Trainer built on the seeds' mesh (`partitioning.stacked_mesh`: the seed axis
+split over gcd(S, data) groups of the data axis), lowered with the stacked
+state and batch (`Trainer.abstract_stacked_arguments`). The per-chip figures
+are then the S seeds' together: do 4 seeds fit on this slice at once? A mesh
+on which the seeds would not be stacked (stacked.seeds_on_mesh_problem) is a
+ValueError naming why.
+
 Attention kernels: while the train step is traced, `attention.recording_kernels` collects
 the kernel each attention role (encoder self, decoder self, cross) runs, and any fallback
 with its reason; the table prints one row per role, so a prefix-LM or a T5 bias that the
@@ -46,7 +55,7 @@ import jax
 from jax.sharding import Mesh
 
 from t5x_like.model import attention, sizing
-from t5x_like.training import partitioning
+from t5x_like.training import partitioning, stacked
 from t5x_like.training.run import TrainConfig, build_trainer
 
 GiB = 2**30
@@ -229,6 +238,7 @@ class CompileReport:
     # role ("encoder self", "decoder self", "cross") -> the kernels its calls ran in the train step,
     # with any fallback's reason (attention.describe_choice)
     attention_kernels: dict[str, list[str]] = dataclasses.field(default_factory=dict)
+    stack_seeds: int = 1                   # seeds trained as one program (the figures are theirs together)
 
     @property
     def total_bytes(self) -> int:
@@ -281,9 +291,17 @@ class CompileReport:
         head = (f"{self.slice} ({self.topology}, {self.num_chips} chips, {self.peak_flops / 1e12:.0f} TFLOP/s bf16 "
                 f"each): mesh (data, fsdp, tensor) = {self.mesh_shape}, global batch {self.batch_size} "
                 f"x {self.num_microbatches} microbatch(es), {lengths}; {self.params / 1e6:,.1f}M params; "
-                f"compiled in {self.compile_seconds:.1f} s")
+                f"{self._seeds_words()}compiled in {self.compile_seconds:.1f} s")
         width = max(len(k) for k, _ in rows)
         return "\n".join([head, "per chip:"] + [f"  {k.ljust(width)}  {v}" for k, v in rows])
+
+
+    def _seeds_words(self) -> str:
+        if self.stack_seeds == 1:
+            return ""
+        groups = partitioning.seed_groups(self.stack_seeds, self.mesh_shape[partitioning.MESH_AXES.index("data")])
+        return (f"{self.stack_seeds} seeds stacked in one program, over {groups} device group(s) "
+                f"({self.stack_seeds // groups} per group; memory and FLOPs are theirs together); ")
 
 
 def _human_bytes(b: float) -> str:
@@ -366,7 +384,7 @@ def knobs_hint(knobs: list[Knob]) -> str:
 
 
 def _does_not_fit(error: Exception, config: TrainConfig, tpu_slice: Slice, what: str,
-                  mesh_shape: Sequence[int], num_processes: int) -> DoesNotFitError:
+                  mesh_shape: Sequence[int], num_processes: int, stack_seeds: int = 1) -> DoesNotFitError:
     needed, available, counted = parse_hbm_shortfall(str(error))
     available = available or tpu_slice.hbm_bytes
     alone = f" for {counted} alone" if counted and counted != "all" else ""
@@ -374,6 +392,8 @@ def _does_not_fit(error: Exception, config: TrainConfig, tpu_slice: Slice, what:
               f"(short by at least {(needed - available) / GiB:.2f} GiB)" if needed else
               f"needs more than the {available / GiB:.2f} GiB of HBM per chip")
     knobs = knobs_hint(memory_knobs(config, mesh_shape, math.prod(mesh_shape), num_processes))
+    if stack_seeds > 1:
+        knobs = f"fewer seeds stacked (now {stack_seeds}: --stack_seeds); {knobs}"
     return DoesNotFitError(f"the {what} does not fit on {tpu_slice.name}: it {amount}. Try {knobs}", needed, available)
 
 
@@ -389,12 +409,15 @@ def _xla_flops(compiled: Any) -> float:
     return float((cost or {}).get("flops", 0.0))
 
 
-def compile_train_step(config: TrainConfig, tpu_slice: Slice | str, *, eval_step: bool = True) -> CompileReport:
+def compile_train_step(config: TrainConfig, tpu_slice: Slice | str, *, eval_step: bool = True,
+                       stack_seeds: int = 1) -> CompileReport:
     """Compiles the run's train step (and eval step) for `tpu_slice`; per-chip memory and FLOPs.
+    `stack_seeds=S` > 1: the step of S seeds stacked in one program (module docstring); the eval
+    step stays the lone one (each seed evaluates on its own).
 
     Raises ValueError for a config that cannot run on the slice at all (mesh or batch do not
-    divide), UnknownSliceError for a slice libtpu cannot describe, and DoesNotFitError when
-    XLA runs out of HBM.
+    divide, seeds that would not be stacked on this mesh), UnknownSliceError for a slice libtpu
+    cannot describe, and DoesNotFitError when XLA runs out of HBM.
     """
     tpu_slice = resolve_slice(tpu_slice) if isinstance(tpu_slice, str) else tpu_slice
     devices = topology_devices(tpu_slice)
@@ -402,14 +425,16 @@ def compile_train_step(config: TrainConfig, tpu_slice: Slice | str, *, eval_step
     config.validate_step(len(devices), num_processes)
     mesh = partitioning.make_mesh(config.mesh_shape, devices)
     trainer = build_trainer(config, mesh)
+    step, arguments = _step_to_compile(config, trainer, stack_seeds)
     started = time.perf_counter()
     try:
         with attention.recording_kernels() as kernels:
-            lowered = trainer.train_step.lower(trainer.abstract_state(), trainer.abstract_batch())
+            lowered = step.lower(*arguments)
         compiled = lowered.compile()
     except Exception as e:
         if _is_out_of_memory(e):
-            raise _does_not_fit(e, config, tpu_slice, "train step", mesh.devices.shape, num_processes) from None
+            raise _does_not_fit(e, config, tpu_slice, "train step", mesh.devices.shape, num_processes,
+                                stack_seeds) from None
         raise
     seconds = time.perf_counter() - started
     memory = compiled.memory_analysis()
@@ -433,13 +458,30 @@ def compile_train_step(config: TrainConfig, tpu_slice: Slice | str, *, eval_step
         mesh_shape=tuple(int(s) for s in mesh.devices.shape), batch_size=config.batch_size,
         num_microbatches=config.num_microbatches, task_feature_lengths=lengths,
         params=sizing.count_params(model_config).total,
-        params_bytes=_per_chip_bytes(trainer.abstract_params),
-        opt_state_bytes=_per_chip_bytes(trainer.abstract_opt_state),
+        params_bytes=_per_chip_bytes(arguments[0].params),
+        opt_state_bytes=_per_chip_bytes(arguments[0].opt_state),
         argument_bytes=int(memory.argument_size_in_bytes), output_bytes=int(memory.output_size_in_bytes),
         alias_bytes=int(memory.alias_size_in_bytes), temp_bytes=int(memory.temp_size_in_bytes),
         code_bytes=int(memory.generated_code_size_in_bytes), hbm_bytes=tpu_slice.hbm_bytes,
-        xla_flops_per_chip=_xla_flops(compiled), model_flops_per_chip=model_flops / num_chips,
+        xla_flops_per_chip=_xla_flops(compiled), model_flops_per_chip=stack_seeds * model_flops / num_chips,
         peak_flops=tpu_slice.peak_flops, compile_seconds=seconds,
         eval_total_bytes=eval_total, eval_temp_bytes=eval_temp,
         pallas_kernel_calls=compiled.as_text().count(PALLAS_CUSTOM_CALL),
-        attention_kernels={role: sorted(kernels[role]) for role in ATTENTION_ROLES if role in kernels})
+        attention_kernels={role: sorted(kernels[role]) for role in ATTENTION_ROLES if role in kernels},
+        stack_seeds=stack_seeds)
+
+
+def _step_to_compile(config: TrainConfig, trainer: Any, stack_seeds: int) -> tuple[Any, tuple]:
+    """(the jitted train step, its abstract arguments): the lone run's, or for
+    stack_seeds > 1 the stacked step as training/stacked.py runs it on this mesh."""
+    if stack_seeds == 1:
+        return trainer.train_step, (trainer.abstract_state(), trainer.abstract_batch())
+    if stack_seeds < 1:
+        raise ValueError(f"stack_seeds={stack_seeds}: give a number of seeds >= 1")
+    mesh = trainer.mesh
+    problem = stacked.seeds_on_mesh_problem(stack_seeds, mesh.devices.shape, mesh.size)
+    if problem:
+        raise ValueError(f"{stack_seeds} stacked seeds would train one after another on this slice: {problem}")
+    if mesh.size > 1:
+        trainer = build_trainer(config, partitioning.stacked_mesh(mesh, stack_seeds))
+    return trainer.stacked_train_step(), trainer.abstract_stacked_arguments(stack_seeds)

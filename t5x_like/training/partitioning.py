@@ -3,7 +3,8 @@
 Owns: how logical axis names (what the model calls its array dimensions) map
 to mesh axes ('data', 'fsdp', 'tensor'); building the mesh; turning a model's
 logical partition specs into `NamedSharding`s; moving host-local batches onto
-the global mesh; `jax.distributed` start-up for multi-host runs.
+the global mesh; where the seeds of a stacked program go on a mesh
+(`stacked_mesh`, `seed_groups`); `jax.distributed` start-up for multi-host runs.
 Does not own: which logical names a parameter carries (the model decides) or
 the step functions (trainer.py).
 
@@ -35,6 +36,9 @@ from jax.sharding import PartitionSpec as P
 MESH_AXES = ("data", "fsdp", "tensor")
 # The batch dimension is split over every axis that is not model-parallel.
 BATCH_AXES = ("data", "fsdp")
+# The mesh axis that carries the seed axis of a stacked program (training/stacked.py): split off
+# the 'data' axis by `stacked_mesh`; no logical rule names it, so inside a seed nothing changes.
+SEED_AXIS = "seeds"
 
 # Logical axis name -> mesh axis (or tuple of axes, or None = replicated).
 # Parameters: 'embed' carries FSDP; heads/mlp/vocab carry tensor parallelism.
@@ -103,6 +107,33 @@ def make_mesh(mesh_shape: Sequence[int] = (-1, 1, 1), devices: Sequence[jax.Devi
     shape = resolve_mesh_shape(mesh_shape, len(devices))
     devices.sort(key=lambda d: (d.process_index, d.id))
     return Mesh(np.array(devices).reshape(shape), MESH_AXES)
+
+
+def seed_groups(num_seeds: int, data_axis_size: int) -> int:
+    """How many device groups the seeds of a stacked program are split over: gcd(seeds, data axis).
+
+    The seed axis is a data-parallel-like axis: it takes that many of the 'data' axis' slices,
+    each group holding num_seeds / groups seeds (each seed's batch split over the group's remaining
+    data x fsdp devices, its parameters by the logical rules). 4 seeds on data=8: 4 groups of 2
+    data slices; 4 seeds on data=2: 2 seeds per slice; 3 seeds on data=2: 1 (no split)."""
+    return math.gcd(num_seeds, data_axis_size)
+
+
+def stacked_mesh(mesh: Mesh, num_seeds: int) -> Mesh:
+    """`mesh` with its 'data' axis split into (SEED_AXIS, 'data') of sizes (g, data / g),
+    g = seed_groups: the same devices in the same order. A Trainer built on it is the lone
+    run's (the rules never name SEED_AXIS, so its shardings are replicated over it); the
+    stacked step puts the seed axis of every argument on SEED_AXIS (trainer.stacked_train_step)."""
+    if mesh.axis_names != MESH_AXES:
+        raise ValueError(f"stacked_mesh needs a {MESH_AXES} mesh, got {mesh.axis_names}")
+    data, fsdp, tensor = mesh.devices.shape
+    groups = seed_groups(num_seeds, data)
+    return Mesh(mesh.devices.reshape(groups, data // groups, fsdp, tensor), (SEED_AXIS, *MESH_AXES))
+
+
+def seed_stacked(sharding: NamedSharding) -> NamedSharding:
+    """A lone array's sharding on a `stacked_mesh` -> the stacked array's: the leading seed axis on SEED_AXIS."""
+    return NamedSharding(sharding.mesh, P(SEED_AXIS, *sharding.spec))
 
 
 def _fit_spec(spec: P, shape: Sequence[int], mesh: Mesh) -> P:

@@ -18,8 +18,26 @@ and saves (its slice of the state, through its own Checkpointer), so a kill and 
 rerun resume each seed from its own checkpoint.
 
 Seeds restored at different steps (a kill between two seeds' saves) are not
-stacked: each finishes as a lone run (run.train), logged as such. One device
-only: the seed axis is not placed on a mesh (`why_not_stacked`).
+stacked: each finishes as a lone run (run.train), logged as such.
+
+Seeds on a mesh. On one device the stacked step is the plain vmap (the
+arguments placed as given). On a mesh of several devices the seed axis is a
+data-parallel-like axis: `partitioning.stacked_mesh` splits the 'data' axis
+into g = gcd(S, data) seed groups, and each group holds S / g seeds' params,
+optimizer state and batches, each seed's batch split over the group's
+remaining data x fsdp devices and its parameters by the logical rules (fsdp,
+tensor) as in its lone run. So S seeds on a data axis of S devices put one
+seed per device; S = 4 on data = 8 gives each seed 2 data-parallel devices;
+S = 4 on data = 2 puts 2 seeds on each device. When S and the data axis
+share no factor (3 seeds on data = 2; any S on a pure fsdp or tensor mesh,
+data = 1) the seeds are not stacked but trained one after another, each on
+the whole mesh, logged with the reason (`why_not_stacked`): stacking them
+unsplit would hold S copies of the model on every device. Each seed's
+evaluation and checkpoints run on its lone run's mesh and shardings (its
+slice of the state is moved there), so checkpoints are the lone run's.
+Multi-process runs are not stacked (each host would feed every seed).
+`t5x-like compile --stack_seeds=S` (training/aot.py) compiles this step for
+a TPU slice: will S seeds fit together?
 """
 from __future__ import annotations
 
@@ -40,12 +58,13 @@ from t5x_like.training.run import (
     RunParts,
     TrainConfig,
     TrainResult,
+    build_trainer,
     hold_run_dir,
     prepare_run,
     train,
     usable_eval_split,
 )
-from t5x_like.training.trainer import LoopLane, StopRequested, TrainState
+from t5x_like.training.trainer import LoopLane, StopRequested, Trainer, TrainState
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +74,8 @@ PER_SEED_FIELDS = ("seed", "model_dir", "init_checkpoint", "config_text")
 
 def why_not_stacked(configs: Sequence[TrainConfig]) -> str | None:
     """Why these runs cannot train as one stacked program, or None when they can: at least two,
-    equal in every field but the per-seed ones, one process on one device."""
+    equal in every field but the per-seed ones, in one process, on one device or on a mesh whose
+    'data' axis shares a factor with the number of seeds (`seeds_on_mesh_problem`)."""
     if len(configs) < 2:
         return "a single run"
     first = configs[0]
@@ -66,9 +86,34 @@ def why_not_stacked(configs: Sequence[TrainConfig]) -> str | None:
             return f"runs {first.model_dir} and {config.model_dir} differ in {differ}"
     if len({config.model_dir for config in configs}) < len(configs):
         return "two runs share a MODEL_DIR"
-    if jax.device_count() > 1 or jax.process_count() > 1:
-        return f"{jax.device_count()} devices: the seed axis is not placed on a mesh"
+    if jax.process_count() > 1:
+        return f"{jax.process_count()} processes: seeds are stacked within one process only"
+    return seeds_on_mesh_problem(len(configs), first.mesh_shape, jax.device_count())
+
+
+def seeds_on_mesh_problem(num_seeds: int, mesh_shape: Sequence[int], num_devices: int) -> str | None:
+    """Why `num_seeds` stacked seeds cannot be placed on this mesh (module docstring), or None:
+    on several devices the seeds are split over gcd(seeds, data axis) groups, which must be > 1."""
+    if num_devices == 1:
+        return None
+    try:
+        shape = partitioning.resolve_mesh_shape(mesh_shape, num_devices)
+    except ValueError as e:
+        return str(e)
+    data = shape[partitioning.MESH_AXES.index("data")]
+    if partitioning.seed_groups(num_seeds, data) == 1:
+        return (f"{num_seeds} seeds and the mesh's data axis of {data} (mesh {shape}) share no factor: the seed "
+                f"axis cannot be split over devices (give MESH_SHAPE a data axis sharing a factor with {num_seeds})")
     return None
+
+
+def placement(num_seeds: int, mesh: jax.sharding.Mesh) -> str:
+    """Where the seeds sit on `mesh`, in words (the log line of a stacked run on several devices)."""
+    data = mesh.shape["data"]
+    groups = partitioning.seed_groups(num_seeds, data)
+    return (f"{num_seeds} seeds over {groups} device groups of the data axis ({data}): {num_seeds // groups} "
+            f"seed(s) per group, each seed's batch over {data // groups} x {mesh.shape['fsdp']} (data x fsdp) "
+            f"devices, {mesh.shape['tensor']}-way tensor parallel")
 
 
 def _by_value(config: TrainConfig, name: str):
@@ -111,18 +156,29 @@ def train_stacked(configs: Sequence[TrainConfig], cache: program_cache.ProgramCa
                             ", ".join(f"{c.model_dir} at {s}" for c, s in zip(configs, steps)))
                 held.close()
                 return [train(config, cache, stop) for config in configs]
-            return _train_stacked_runs(runs, stop)
+            return _train_stacked_runs(runs, _seed_trainer(configs, mesh, cache), stop)
         finally:
             for run in runs:
                 run.close()
 
 
-def _train_stacked_runs(runs: list[RunParts], stop: StopRequested | None) -> list[TrainResult]:
+def _seed_trainer(configs: Sequence[TrainConfig], mesh: jax.sharding.Mesh,
+                  cache: program_cache.ProgramCache | None) -> Trainer | None:
+    """The Trainer whose stacked step runs on several devices (on the seeds' `stacked_mesh`), or
+    None on one device (the first run's own Trainer steps the seeds, unchanged)."""
+    if mesh.size == 1:
+        return None
+    log.info("stacked seeds on the mesh: %s", placement(len(configs), mesh))
+    return build_trainer(configs[0], partitioning.stacked_mesh(mesh, len(configs)), cache)
+
+
+def _train_stacked_runs(runs: list[RunParts], seed_trainer: Trainer | None,
+                        stop: StopRequested | None) -> list[TrainResult]:
     own_stop = stop is None
     if stop is None:
         stop = StopRequested(signals=(signal.SIGTERM, signal.SIGINT))
     try:
-        results = _stacked_loop(runs, stop)
+        results = _stacked_loop(runs, seed_trainer, stop)
     finally:
         if own_stop:
             stop.restore()
@@ -130,12 +186,16 @@ def _train_stacked_runs(runs: list[RunParts], stop: StopRequested | None) -> lis
                         result.stopped_by_signal, stop.signal_number) for run, result in zip(runs, results)]
 
 
-def _stacked_loop(runs: list[RunParts], stop: StopRequested):
-    """trainer.train_loop for stacked seeds: one stacked step, then each seed's LoopLane."""
-    trainer = runs[0].trainer
-    step_fn = trainer.stacked_train_step()
+def _stacked_loop(runs: list[RunParts], seed_trainer: Trainer | None, stop: StopRequested):
+    """trainer.train_loop for stacked seeds: one stacked step, then each seed's LoopLane.
+    `seed_trainer`: the stacked step's Trainer on several devices (_seed_trainer), else None."""
+    step_fn = (seed_trainer or runs[0].trainer).stacked_train_step()
     options = runs[0].loop_options()
     state = stack([run.state for run in runs])
+    if seed_trainer is not None:
+        state = jax.device_put(state, seed_trainer.stacked_shardings()[0])
+        batch_shardings = seed_trainer.stacked_shardings()[1]
+    state_of = functools.partial(_lone_state, runs) if seed_trainer is not None else seed_slice
     lanes = [LoopLane(run.trainer, run.state.params, options, save=run.save, eval_batches=run.eval_batches,
                       logger=run.logger, pick=functools.partial(_row, index))
              for index, run in enumerate(runs)]
@@ -143,6 +203,8 @@ def _stacked_loop(runs: list[RunParts], stop: StopRequested):
     timing_started = False
     while step < options.total_steps:
         batch = stack([run.trainer.host_batch(next(run.batches)) for run in runs])
+        if seed_trainer is not None:
+            batch = jax.device_put(batch, batch_shardings)
         state, metrics = step_fn(state, batch)
         step += 1
         for run in runs:
@@ -154,7 +216,7 @@ def _stacked_loop(runs: list[RunParts], stop: StopRequested):
             timing_started = True
         stopping = stop.agreed()
         for index, lane in enumerate(lanes):
-            lane.after_step(step, metrics, lambda: seed_slice(state, index), stopping)
+            lane.after_step(step, metrics, functools.partial(state_of, state, index), stopping)
         if stopping and step < options.total_steps:
             return [lane.result(step, stopped_by_signal=True) for lane in lanes]
     return [lane.result(step) for lane in lanes]
@@ -168,6 +230,12 @@ def stack(trees: Sequence) -> object:
 def seed_slice(state: TrainState, index: int) -> TrainState:
     """Seed `index`'s state out of a stacked one (its own arrays: the stacked state may be donated)."""
     return jax.tree.map(lambda x: x[index], state)
+
+
+def _lone_state(runs: list[RunParts], state: TrainState, index: int) -> TrainState:
+    """Seed `index`'s state moved from the stacked mesh to its lone run's mesh and shardings
+    (what its evaluation and its checkpoint expect)."""
+    return jax.device_put(seed_slice(state, index), runs[index].trainer.state_shardings)
 
 
 def _row(index: int, metrics: dict) -> dict:

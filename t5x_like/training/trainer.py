@@ -2,7 +2,8 @@
 
 Owns: TrainState; the jitted, sharded, buffer-donating train and eval steps
 (gradient accumulation, loss normalization, dropout RNG), and the train step
-over seeds stacked on a leading axis (`stacked_train_step`, a vmap of it); the
+over seeds stacked on a leading axis (`stacked_train_step`, a vmap of it, with
+the seed axis on the mesh's SEED_AXIS when it has one); the
 loop that runs steps, and each run's bookkeeping after a step (`LoopLane`:
 logs, evaluates, checkpoints, stops on SIGTERM or when a divergence guard
 fires: NaN, collapse, guards.py owns the rules), with its phases named for a
@@ -255,11 +256,38 @@ class Trainer:
 
     def stacked_train_step(self) -> Callable[[TrainState, Batch], tuple[TrainState, dict[str, jax.Array]]]:
         """The train step over states and batches stacked on a leading seed axis (`jax.vmap`; donates
-        the state): seed s's row is its own run's step, up to float rounding. One device only
-        (training/stacked.py checks); compiled once per Trainer and the copies sharing its programs."""
+        the state): seed s's row is its own run's step, up to float rounding. On one device the
+        arguments are placed as given. On a mesh with a SEED_AXIS (partitioning.stacked_mesh) every
+        argument's seed axis is split over it and the rest sharded as the lone step's (the
+        `stacked_shardings`); the model's own sharding constraints get the seed axis too
+        (`spmd_axis_name`). Compiled once per Trainer and the copies sharing its programs."""
         if "step" not in self._stacked:
-            self._stacked["step"] = jax.jit(jax.vmap(self._train_step), donate_argnums=(0,))
+            if partitioning.SEED_AXIS in self.mesh.axis_names:
+                state_shardings, batch_shardings = self.stacked_shardings()
+                self._stacked["step"] = jax.jit(
+                    jax.vmap(self._train_step, spmd_axis_name=partitioning.SEED_AXIS),
+                    in_shardings=(state_shardings, batch_shardings),
+                    out_shardings=(state_shardings, partitioning.replicated(self.mesh)), donate_argnums=(0,))
+            else:
+                self._stacked["step"] = jax.jit(jax.vmap(self._train_step), donate_argnums=(0,))
         return self._stacked["step"]
+
+    def stacked_shardings(self) -> tuple[TrainState, dict[str, NamedSharding]]:
+        """The stacked step's state and batch shardings on a `partitioning.stacked_mesh`."""
+        stack = partitioning.seed_stacked
+        return jax.tree.map(stack, self.state_shardings), jax.tree.map(stack, self.batch_shardings)
+
+    def abstract_stacked_arguments(self, num_seeds: int) -> tuple[TrainState, Batch]:
+        """The stacked step's (state, batch) for `num_seeds` seeds as ShapeDtypeStructs (for .lower()):
+        each lone argument with a leading seed axis, in the `stacked_shardings` on a mesh with a
+        SEED_AXIS, else in the lone argument's sharding."""
+        lone = (self.abstract_state(), self.abstract_batch())
+        if partitioning.SEED_AXIS in self.mesh.axis_names:
+            shardings = self.stacked_shardings()
+        else:
+            shardings = jax.tree.map(lambda x: x.sharding, lone)
+        return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct((num_seeds, *x.shape), x.dtype, sharding=s),
+                            lone, shardings)
 
 
 SMALL_MODEL_BYTES = 256 * 2**20

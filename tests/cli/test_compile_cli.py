@@ -45,6 +45,8 @@ def test_cli_prints_the_per_chip_table_of_a_fitting_run(capsys):
     (["--topology=v5e-4", "--gin.MESH_SHAPE=(3,1,1)"], "devices"),
     (["--topology=v5e-4", "--gin.BATCH_SIZE=6"], "batch_size 6"),
     ([], "--topology is required"),
+    (["--topology=v5e-4", "--stack_seeds=3"], "3 seeds and the mesh's data axis of 4 (mesh (4, 1, 1)) share no factor"),
+    (["--topology=v5e-4", "--stack_seeds=0"], "stack_seeds=0"),
 ])
 def test_cli_bad_arguments_are_one_line_exit_2(capsys, args, message):
     rc = compile_cli.main(["--gin_file=gin_configs/models/decoder_only/tiny.gin",

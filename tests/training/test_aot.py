@@ -1,6 +1,7 @@
 """Compiling the real train step for a TPU slice on this CPU host (training/aot.py, `t5x-like compile`)."""
 import dataclasses
 
+import jax
 import pytest
 
 pytest.importorskip("libtpu")  # the TPU compiler; a test dependency (setup.py's test extra)
@@ -92,3 +93,31 @@ def test_trainer_abstract_arguments_match_the_batch_and_state():
     batch = trainer.abstract_batch()
     assert {k: v.shape for k, v in batch.items()} == {k: v.shape for k, v in trainer.dummy_batch.items()}
     assert trainer.abstract_state().params is trainer.abstract_params
+
+
+# -- seeds stacked in one program (`t5x-like compile --stack_seeds`) ----------------------------------------
+def test_stacked_seeds_are_split_over_the_data_axis_of_the_slice():
+    """2 seeds on a data axis of 4 chips: 2 groups of 2; each seed's batch over its group's 2 chips."""
+    config = tiny_train_config("decoder_only")
+    mesh = partitioning.stacked_mesh(aot.topology_mesh(aot.resolve_slice("v5e-4"), config.mesh_shape), 2)
+    assert dict(mesh.shape) == {"seeds": 2, "data": 2, "fsdp": 1, "tensor": 1}
+    state, batch = run.build_trainer(config, mesh).abstract_stacked_arguments(2)
+    for x in jax.tree.leaves(state):
+        assert x.shape[0] == 2 and x.sharding.shard_shape(x.shape)[0] == 1
+    assert {x.sharding.shard_shape(x.shape)[:2] for x in batch.values()} == {(1, 4)}  # of (2 seeds, 8 rows)
+
+
+@pytest.mark.slow  # four compiles
+def test_stacked_compile_holds_s_times_the_lone_arguments_on_one_chip_and_about_the_lone_with_a_seed_per_chip(reports):
+    lone = {"v5e-1": aot.compile_train_step(tiny_train_config("decoder_only"), "v5e-1", eval_step=False),
+            "v5e-4": reports["decoder_only"]}  # mesh (4, 1, 1)
+    two_on_one = aot.compile_train_step(tiny_train_config("decoder_only"), "v5e-1", eval_step=False, stack_seeds=2)
+    four_on_four = aot.compile_train_step(tiny_train_config("decoder_only"), "v5e-4", eval_step=False,
+                                          stack_seeds=4)
+    assert two_on_one.params_bytes == 2 * lone["v5e-1"].params_bytes
+    assert two_on_one.argument_bytes == pytest.approx(2 * lone["v5e-1"].argument_bytes, rel=0.02)
+    assert four_on_four.params_bytes == lone["v5e-4"].params_bytes  # one seed's parameters per chip
+    # ... and its whole batch, where the lone run holds a quarter of it
+    assert four_on_four.argument_bytes == pytest.approx(lone["v5e-4"].argument_bytes, rel=0.05)
+    assert four_on_four.model_flops_per_chip == pytest.approx(4 * lone["v5e-4"].model_flops_per_chip)
+    assert "4 seeds stacked in one program, over 4 device group(s)" in four_on_four.table()

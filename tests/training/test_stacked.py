@@ -1,4 +1,5 @@
 """Seeds trained as one stacked program (training/stacked.py) against the same seeds trained alone."""
+import json
 import os
 import pathlib
 
@@ -153,5 +154,54 @@ def test_runs_that_differ_in_more_than_their_seed_are_not_stacked(tmp_path):
     assert stacked.why_not_stacked(configs[:1]) == "a single run"
 
 
+def test_seeds_go_on_a_mesh_when_they_share_a_factor_with_its_data_axis(tmp_path):
+    assert [partitioning.seed_groups(seeds, 8) for seeds in (1, 2, 3, 4, 6, 16)] == [1, 2, 1, 4, 2, 8]
+    assert stacked.seeds_on_mesh_problem(3, (-1, 1, 1), 1) is None  # one device: the plain vmap
+    assert stacked.seeds_on_mesh_problem(2, (-1, 1, 1), 8) is None  # 2 groups of 4 data slices
+    assert stacked.seeds_on_mesh_problem(8, (2, 1, 1), 2) is None  # 4 seeds per device
+    assert "share no factor" in stacked.seeds_on_mesh_problem(3, (2, 1, 1), 2)
+    assert "data axis of 1" in stacked.seeds_on_mesh_problem(2, (1, -1, 1), 4)  # pure fsdp
+    assert "needs 3 devices" in stacked.seeds_on_mesh_problem(2, (3, 1, 1), 4)  # a bad mesh: train() says so
+
+
 def _path(config) -> pathlib.Path:
     return pathlib.Path(config.model_dir)
+
+
+# -- seeds on a mesh (fake CPU devices need XLA flags before JAX starts: subprocesses) -----------------
+STACKED_RUN = """
+    from t5x_like.training import stacked
+    from t5x_like.training import trainer as trainer_lib
+    seen = {}
+    original = trainer_lib.Trainer.stacked_train_step
+
+    def recording(self):  # the stacked step's first arguments' seed-axis shards, as placed
+        step = original(self)
+
+        def step_recorded(state, batch):
+            if not seen:
+                leaves = jax.tree.leaves((state, batch))
+                seen["seeds"] = sorted({x.shape[0] for x in leaves})
+                seen["seeds_per_device"] = sorted({x.sharding.shard_shape(x.shape)[0] for x in leaves})
+                seen["devices"] = sorted({len(x.sharding.device_set) for x in leaves})
+            return step(state, batch)
+        return step_recorded
+    trainer_lib.Trainer.stacked_train_step = recording
+    configs = [tiny_run(os.path.join(ROOT, f"seed{s}"), steps=4, seed=s) for s in range(2)]
+    stacked.train_stacked(configs)
+    print("RESULT", json.dumps({"losses": [losses(c.model_dir) for c in configs], "seen": seen}))
+"""
+
+
+@pytest.mark.slow  # two subprocesses
+def test_seeds_on_two_devices_sit_one_per_device_and_follow_the_one_device_stacked_run(tmp_path):
+    from tests.training.test_distributed import env, run_python
+    cache = tmp_path / "jax_cache"
+    results = {devices: json.loads(run_python(STACKED_RUN.replace("ROOT", repr(str(tmp_path / str(devices)))),
+                                              env(cache, devices=devices)).split("RESULT", 1)[1])
+               for devices in (1, 2)}  # mesh (-1, 1, 1): the data axis is the 2 devices
+    one, two = results[1], results[2]
+    assert one["seen"]["seeds_per_device"] == [2] and one["seen"]["devices"] == [1]
+    assert two["seen"] == {"seeds": [2], "seeds_per_device": [1], "devices": [2]}  # one seed on each device
+    assert len(two["losses"][0]) == 4 and two["losses"][0] != two["losses"][1]
+    np.testing.assert_allclose(two["losses"], one["losses"], rtol=1e-5)
