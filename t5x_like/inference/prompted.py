@@ -14,13 +14,16 @@ are the grid's (`experiments/stats.py`).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import statistics
 from typing import Sequence
 
 import numpy as np
 import seqio
+import tensorflow as tf
 
 from t5x_like.data import feature_converters, pipeline, task_suite, tasks
+from t5x_like.data import vocab as vocab_lib
 from t5x_like.inference import evaluation
 from t5x_like.model import model as model_lib
 
@@ -85,33 +88,43 @@ def suite_task(family: str, template: str, num_fewshot: int = 0, seed: int = 0) 
     return name
 
 
-def task_lengths(rows: Sequence[tuple], vocabulary: seqio.Vocabulary) -> dict[str, int]:
-    """{'inputs', 'targets'}: the longest of each (EOS included) over the rows, rounded up to
-    LENGTH_MULTIPLE, so nothing is truncated."""
-    def longest(texts):
-        most = max(len(vocabulary.encode(t)) + 1 for t in set(texts))
+def task_lengths(rows: Sequence[tuple], vocabulary: seqio.Vocabulary, extra_inputs: int = 0) -> dict[str, int]:
+    """{'inputs', 'targets'}: the longest of each (EOS included; `extra_inputs` more tokens for
+    the inputs) over the rows, rounded up to LENGTH_MULTIPLE, so nothing is truncated."""
+    def longest(texts, extra=0):
+        most = max(len(vocabulary.encode(t)) + 1 for t in set(texts)) + extra
         return -(-most // LENGTH_MULTIPLE) * LENGTH_MULTIPLE
-    return {"inputs": longest(r[0] for r in rows), "targets": longest(r[1] for r in rows)}
+    return {"inputs": longest((r[0] for r in rows), extra_inputs), "targets": longest(r[1] for r in rows)}
 
 
-def template_dataset(layout: str, task_name: str, split: str, lengths: dict[str, int]):
+def template_dataset(layout: str, task_name: str, split: str, lengths: dict[str, int],
+                     mode_token: str | None = None):
     """The task's rows of `split`, unshuffled, as the layout's model features, enumerated (what
-    `evaluation.make_score_fn` reads)."""
+    `evaluation.make_score_fn` reads); with a UL2 mode token ("[S2S]", ...) first in every input
+    (lengths must leave room for it)."""
     if layout == "encoder_only":
         raise ValueError("an encoder-only (MLM) model has no decoder to score answer choices with; "
                          "prompted evaluation needs decoder_only, prefix_lm or encoder_decoder")
     task = seqio.get_mixture_or_task(task_name)
     with pipeline.BUILD_LOCK:
         dataset = task.get_dataset(sequence_length=lengths, split=split, shuffle=False, num_epochs=1)
+    if mode_token is not None:
+        dataset = dataset.map(functools.partial(
+            _prepend, vocab_lib.mode_token_id(mode_token, task.output_features["inputs"].vocabulary)))
     converter = feature_converters.for_layout(layout, True, pack=False)
     return converter(dataset, lengths).enumerate()
 
 
+def _prepend(token_id: int, features: dict) -> dict:
+    return {**features, "inputs": tf.concat([[token_id], features["inputs"]], axis=0)}
+
+
 def evaluate_family(model: model_lib.Model, params, family: str, split: str = "validation",
                     num_fewshot: int = 0, seed: int = 0, batch_size: int = 16,
-                    max_examples: int | None = None) -> FamilyResult:
+                    max_examples: int | None = None, mode_token: str | None = None) -> FamilyResult:
     """Rank classification of every template of `family` on the first `max_examples` examples
-    of `split` (all: None), zero-shot or with `num_fewshot` training demonstrations."""
+    of `split` (all: None), zero-shot or with `num_fewshot` training demonstrations; with
+    `mode_token`, UL2's mode token first in every input."""
     score_fn = evaluation.make_score_fn(model, params, batch_size)
     results = []
     for template in task_suite.family(family).templates:
@@ -120,7 +133,8 @@ def evaluate_family(model: model_lib.Model, params, family: str, split: str = "v
         if max_examples is not None:
             rows = [r for r in rows if r[2] < max_examples]
         vocabulary = seqio.get_mixture_or_task(task_name).output_features["targets"].vocabulary
-        dataset = template_dataset(model.config.layout, task_name, split, task_lengths(rows, vocabulary))
+        lengths = task_lengths(rows, vocabulary, extra_inputs=int(mode_token is not None))
+        dataset = template_dataset(model.config.layout, task_name, split, lengths, mode_token)
         scored = sorted(score_fn(dataset.take(len(rows))))
         results.append(TemplateResult(template.name, task_name,
                                       tuple(choice_correctness(rows, [s for _, s in scored]))))
