@@ -91,10 +91,20 @@ class Experiment:
                                      f"another arm; arms: {names}")
         in_dependency_order(self.arms)  # raises on a cycle of init_from
         for arm in self.arms:
-            if arm.task:
-                tasks.register_on_request(arm.task)  # a suite_mtf_ finetuning mixture
+            self._check_finetuning_mixture(arm)
         self._check_comparisons()
         self._check_zero_shot()
+
+    def _check_finetuning_mixture(self, arm: "Arm") -> None:
+        """A suite_mtf_ task an arm names is registered, and its families' data is installed."""
+        families = tasks.suite_multitask_families(arm.task or "")
+        if not families:
+            return
+        _, skipped = task_suite.available(families)
+        if skipped:
+            raise ValueError(f"experiment {self.name}: arm {arm.name}'s finetuning mixture {arm.task}: "
+                             + next(iter(skipped.values())))
+        tasks.register_on_request(arm.task)
 
     def _check_comparisons(self) -> None:
         eval_tasks = {arm.name: arm.eval_task or self.eval_task for arm in self.arms}
