@@ -91,7 +91,7 @@ def build_results(experiment, size_rows: dict, records: list[dict]) -> dict:
             "protocols": protocol_agreement(arms),
             "machine": machine.this_machine(), "trained_on": trained_on(records),
             "prompted": prompted_eval.results(experiment, records) if prompted_eval.wanted(experiment) else None,
-            "zero_shot_phases": zero_shot_phases.results(experiment, records)}
+            "zero_shot_phases": zero_shot_phases.phase_results(experiment, records)}
 
 
 
@@ -343,7 +343,7 @@ def render_markdown(results: dict) -> str:
     if results.get("prompted"):
         lines += prompted_eval.markdown_section(results["prompted"])
     if results.get("zero_shot_phases"):
-        lines += zero_shot_phases.markdown_section(results["zero_shot_phases"])
+        lines += zero_shot_phases.phase_section(results["zero_shot_phases"])
     lines += ["", "## Differences (arm − reference of its eval task, then the experiment's comparisons; shared metric)", ""]
     lines += [f"- {d['sentence']}" for d in results["differences"]] or ["- (no shared-metric scores)"]
     if results.get("adaptation"):

@@ -24,7 +24,7 @@ from t5x_like.experiments.spec import Experiment
 AVERAGE = "average"
 
 
-def results(experiment: Experiment, records: list[dict]) -> dict | None:
+def phase_results(experiment: Experiment, records: list[dict]) -> dict | None:
     """{'phases': {phase: {'families', 'chance': {family: c, 'average': c}, 'arms': {arm: {family or
     'average': interval dict}}}}, 'ranking': see `ranking`}; None when no arm names a phase."""
     phases = list(dict.fromkeys(arm.phase for arm in experiment.arms if arm.phase))
@@ -96,7 +96,7 @@ def ranking(experiment: Experiment, records: list[dict], available: list[str]) -
         ranks = _ranks(scores)
         for row in rows:
             row[f"{side}_rank"] = ranks.get(row[side])
-        verdicts[phase] = verdict(scores)
+        verdicts[phase] = leader_verdict(scores)
     return {"before": before_phase, "after": after_phase, "families": families,
             "chance": _chance(families)[AVERAGE], "pairs": rows, "verdicts": verdicts,
             "published": {phase: experiment.published_rankings.get(phase)
@@ -109,7 +109,7 @@ def _ranks(scores: dict[str, dict | None]) -> dict[str, int]:
     return {name: i + 1 for i, name in enumerate(scored)}
 
 
-def verdict(scores: dict[str, dict | None]) -> str:
+def leader_verdict(scores: dict[str, dict | None]) -> str:
     """One sentence on the leader: ahead of the others, or within noise of those whose interval
     overlaps its own."""
     ranked = sorted((name for name, s in scores.items() if s), key=lambda name: -scores[name]["estimate"])
@@ -129,21 +129,21 @@ def _shown(interval: dict | None, chance: float) -> str:
     return f"**{text}**" if interval["low"] > chance or interval["high"] < chance else text
 
 
-def markdown_section(phase_results: dict) -> list[str]:
+def phase_section(by_phase: dict) -> list[str]:
     """The report's section: a table per phase, then the ranking before and after."""
     lines = ["", "## Prompted evaluation by phase", "",
              "Median over templates of the rank-classification accuracy, 95% bootstrap interval over seeds × "
              "examples; the average over families is the mean of the families' medians (its bootstrap resamples "
              "the runs once for all families and each family's examples); **bold** where the interval "
              "excludes chance."]
-    for phase, table in phase_results["phases"].items():
+    for phase, table in by_phase["phases"].items():
         columns = [*table["families"], AVERAGE] if table["families"] else []
         lines += ["", f"### Phase: {phase}", "",
                   "| arm | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns),
                   "| chance | " + " | ".join(f"{table['chance'][c]:.3f}" for c in columns) + " |"]
         for arm, row in table["arms"].items():
             lines.append(f"| {arm} | " + " | ".join(_cell(row, c, table["chance"][c]) for c in columns) + " |")
-    lines += _ranking_lines(phase_results.get("ranking"))
+    lines += _ranking_lines(by_phase.get("ranking"))
     return lines
 
 

@@ -46,7 +46,7 @@ def _write_cells(experiment):
 
 def test_a_table_per_phase_with_its_arms_families_and_the_average(tmp_path):
     experiment = _experiment(tmp_path)
-    results = zero_shot_phases.results(experiment, _write_cells(experiment))
+    results = zero_shot_phases.phase_results(experiment, _write_cells(experiment))
     pretrained, finetuned = results["phases"]["pretrained"], results["phases"]["finetuned"]
     assert list(pretrained["arms"]) == ["cd", "ed"] and list(finetuned["arms"]) == ["cd_mtf", "ed_mtf"]
     assert [f for f in pretrained["families"] if f in HELD_OUT] == list(HELD_OUT)
@@ -57,7 +57,7 @@ def test_a_table_per_phase_with_its_arms_families_and_the_average(tmp_path):
         assert average["estimate"] == pytest.approx(np.mean(medians))
         assert average["low"] <= average["estimate"] <= average["high"]
     assert finetuned["chance"][zero_shot_phases.AVERAGE] == pytest.approx((0.5 + 0.25) / 2)
-    lines = zero_shot_phases.markdown_section(results)
+    lines = zero_shot_phases.phase_section(results)
     assert "### Phase: pretrained" in lines and "### Phase: finetuned" in lines
     header = next(line for line in lines if line.startswith("| arm | ") and "sentiment" not in line)
     assert header == "| arm | word_order | last_word | average |"
@@ -65,26 +65,26 @@ def test_a_table_per_phase_with_its_arms_families_and_the_average(tmp_path):
 
 def test_ranking_is_on_the_held_out_families_for_both_phases_with_the_published_one_beside(tmp_path):
     experiment = _experiment(tmp_path)
-    rank = zero_shot_phases.results(experiment, _write_cells(experiment))["ranking"]
+    rank = zero_shot_phases.phase_results(experiment, _write_cells(experiment))["ranking"]
     assert (rank["before"], rank["after"], rank["families"]) == ("pretrained", "finetuned", list(HELD_OUT))
     ranks = {row["before"]: (row["before_rank"], row["after_rank"]) for row in rank["pairs"]}
     assert ranks == {"cd": (1, 2), "ed": (2, 1)}  # the ranking flips
     assert rank["verdicts"]["pretrained"].startswith("cd first, ahead")
     assert rank["verdicts"]["finetuned"].startswith("ed_mtf first, ahead")
-    text = "\n".join(zero_shot_phases.markdown_section({"phases": {}, "ranking": rank}))
+    text = "\n".join(zero_shot_phases.phase_section({"phases": {}, "ranking": rank}))
     assert "published: cd first" in text and "published: ed_mtf first" in text
 
 
 def test_overlapping_intervals_are_called_noise():
     interval = lambda estimate: {"estimate": estimate, "low": estimate - 0.1, "high": estimate + 0.1}
-    assert zero_shot_phases.verdict({"a": interval(0.6), "b": interval(0.55), "c": interval(0.2)}) == \
+    assert zero_shot_phases.leader_verdict({"a": interval(0.6), "b": interval(0.55), "c": interval(0.2)}) == \
         "a first, within noise of b (intervals overlap)"
 
 
 def test_no_phases_no_section(tmp_path):
     experiment = Experiment(name="t", output_dir=str(tmp_path), zero_shot_families=HELD_OUT,
                             arms=[{"name": "a", "model": "m"}])
-    assert zero_shot_phases.results(experiment, []) is None
+    assert zero_shot_phases.phase_results(experiment, []) is None
 
 
 def test_a_held_out_family_in_the_arms_finetuning_mixture_is_refused(tmp_path):
