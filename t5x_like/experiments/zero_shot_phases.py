@@ -104,9 +104,10 @@ def ranking(experiment: Experiment, records: list[dict], available: list[str]) -
 
 
 def _ranks(scores: dict[str, dict | None]) -> dict[str, int]:
-    """1 = the highest estimate; arms without a score are not ranked."""
-    scored = sorted((name for name, s in scores.items() if s), key=lambda name: -scores[name]["estimate"])
-    return {name: i + 1 for i, name in enumerate(scored)}
+    """1 + the number of arms with a higher estimate (equal estimates share a rank); arms without a
+    score are not ranked."""
+    estimates = {name: s["estimate"] for name, s in scores.items() if s}
+    return {name: 1 + sum(other > mine for other in estimates.values()) for name, mine in estimates.items()}
 
 
 def leader_verdict(scores: dict[str, dict | None]) -> str:

@@ -30,7 +30,8 @@ def test_wang_protocol_runs_every_phase_resumes_and_reports_phase_tables_and_ran
     assert set(phases["phases"]["pretrained"]["arms"]) == set(PRETRAINED)
     ranking = phases["ranking"]
     assert ranking["families"] == ["word_order"] and len(ranking["pairs"]) == 5
-    assert sorted(row["after_rank"] for row in ranking["pairs"]) == [1, 2, 3, 4, 5]
+    assert min(row["after_rank"] for row in ranking["pairs"]) == 1
+    assert all(1 <= row[side] <= 5 for row in ranking["pairs"] for side in ("before_rank", "after_rank"))
     report = (out / "report.md").read_text()
     for heading in ("### Phase: pretrained", "### Phase: finetuned", "### Ranking after pretrained vs after finetuned"):
         assert heading in report

@@ -75,6 +75,12 @@ def test_ranking_is_on_the_held_out_families_for_both_phases_with_the_published_
     assert "published: cd first" in text and "published: ed_mtf first" in text
 
 
+def test_equal_estimates_share_a_rank():
+    interval = lambda estimate: {"estimate": estimate, "low": estimate - 0.1, "high": estimate + 0.1}
+    assert zero_shot_phases._ranks({"a": interval(0.5), "b": interval(0.6), "c": interval(0.5), "d": None}) == \
+        {"b": 1, "a": 2, "c": 2}
+
+
 def test_overlapping_intervals_are_called_noise():
     interval = lambda estimate: {"estimate": estimate, "low": estimate - 0.1, "high": estimate + 0.1}
     assert zero_shot_phases.leader_verdict({"a": interval(0.6), "b": interval(0.55), "c": interval(0.2)}) == \
