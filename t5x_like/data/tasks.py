@@ -429,9 +429,14 @@ def register_suite_multitask(family_names: Sequence[str], seed: int = 0,
 
 def register_on_request(name: str) -> None:
     """Registers `name` if it is a suite_mtf_ mixture not registered yet (those are made on
-    request, for any list of families); other names are left alone."""
-    families = suite_multitask_families(name)
-    if families and name not in seqio.MixtureRegistry.names():
+    request, for any list of families); other names (a member task among them) are left alone."""
+    if name in seqio.MixtureRegistry.names() or name in seqio.TaskRegistry.names():
+        return
+    try:
+        families = suite_multitask_families(name)
+    except ValueError:
+        return  # not a mixture name: whoever looks it up reports it as unknown
+    if families:
         register_suite_multitask(families)
 
 

@@ -115,3 +115,6 @@ def test_multitask_names_parse_to_families_and_are_registered_on_request():
         seqio.MixtureRegistry.remove(name)
     tasks.register_on_request(name)
     assert name in seqio.MixtureRegistry.names()
+    for member in ("suite_mtf_word_order_plain", "suite_mtf_nope"):  # a member task, a wrong name: left alone
+        tasks.register_on_request(member)
+    assert "suite_mtf_nope" not in seqio.MixtureRegistry.names()
