@@ -21,10 +21,10 @@ def random_texts(count: int, seed: int = 0, min_words: int = 1, max_words: int =
 
 
 def objective_task(preprocessors: list, texts: list[str], with_inputs: bool = True,
-                   name: str = "test_objective") -> seqio.Task:
+                   name: str = "test_objective", vocabulary: seqio.Vocabulary = VOCAB) -> seqio.Task:
     """An unregistered task running `preprocessors` after tokenizing `texts` (split "train")."""
     source = task_sources.InMemorySource(lambda split: texts, ["text"], ["train"])
-    return seqio.Task(name, source=source, output_features=tasks._features(VOCAB, with_inputs),
+    return seqio.Task(name, source=source, output_features=tasks._features(vocabulary, with_inputs),
                       preprocessors=[tasks._TEXT_TO_TARGETS, tasks._TOKENIZE, *preprocessors])
 
 

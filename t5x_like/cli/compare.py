@@ -146,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             with run_dir.exclusive(experiment.output_dir, name="OUTPUT_DIR"):  # one grid at a time there
                 records = grid.run_grid(experiment, arm_runs, args.cells_at_once or default_cells_at_once())
-                if experiment.zero_shot_families:
+                if prompted_eval.wanted(experiment):
                     prompted_eval.run_phase(experiment, arm_runs, records)
     except threaded.GridStopped as e:
         print(f"t5x-like compare: {e}", file=sys.stderr)

@@ -82,7 +82,8 @@ def mlm_rate_binding(rate: float = objectives.MLM_DEFAULT_RATE) -> float:
 def vocabulary_binding(sentencepiece_model: str | None = None, extra_ids: int = vocab.NUM_EXTRA_IDS):
     """The vocabulary of every pretraining and downstream task: bytes (no model file), or the
     SentencePiece model file `sentencepiece_model` (T5's cc_all.32000, or `t5x-like vocab`'s)
-    with `extra_ids` extra ids after its pieces (at least 104: sentinels, UL2 modes, [MASK])."""
+    with `extra_ids` extra ids after its pieces (at least 104: sentinels, UL2 modes, [MASK]; or
+    exactly 100: T5's sentinel ids, the modes and [MASK] above the vocabulary: data/vocab.py)."""
     if sentencepiece_model is None:
         if extra_ids != vocab.NUM_EXTRA_IDS:
             raise ValueError(f"vocabulary.extra_ids={extra_ids} needs vocabulary.sentencepiece_model; "

@@ -247,7 +247,8 @@ def task_has_split(name: str, split: str) -> bool:
         return True
     import seqio  # deferred: synthetic runs never load TensorFlow
 
-    from t5x_like.data import tasks  # noqa: F401  (deferred with seqio: registers the tasks)
+    from t5x_like.data import tasks  # deferred with seqio: registers the tasks
+    tasks.register_on_request(name)
     return all(split in task.splits for task in seqio.get_subtasks(seqio.get_mixture_or_task(name)))
 
 
@@ -257,7 +258,8 @@ def check_task_name(name: str) -> None:
         return
     import seqio  # deferred: synthetic runs never load TensorFlow
 
-    from t5x_like.data import tasks  # noqa: F401  (deferred with seqio: registers the tasks)
+    from t5x_like.data import tasks  # deferred with seqio: registers the tasks
+    tasks.register_on_request(name)
     known = sorted(set(seqio.TaskRegistry.names()) | set(seqio.MixtureRegistry.names()))
     if name not in known:
         close = difflib.get_close_matches(name, known, n=5, cutoff=0.5)

@@ -32,12 +32,14 @@ def check_model_vocab_size(name: str, model_vocab_size: int) -> None:
     """ValueError, one line naming both sizes and the fix, if a model of `model_vocab_size`
     embedding rows cannot hold the ids of task `name`'s vocabulary."""
     vocabulary = task_vocabulary(name)
-    if vocabulary is None or model_vocab_size >= vocabulary.vocab_size:
+    if vocabulary is None:
         return
     from t5x_like.data import vocab  # deferred: loads seqio (TensorFlow), already loaded above
 
+    if model_vocab_size >= vocab.ids_used(vocabulary):
+        return
     rows = vocab.embedding_rows(vocabulary)
     raise ValueError(
         f"the model's vocab_size {model_vocab_size} is smaller than the vocabulary of {name} "
         f"({vocab.describe(vocabulary)}): set --gin.TransformerConfig.vocab_size={rows} "
-        f"(vocab.embedding_rows: {vocabulary.vocab_size} rounded up to a multiple of 128)")
+        f"(vocab.embedding_rows: the {vocab.ids_used(vocabulary)} ids it uses rounded up to a multiple of 128)")

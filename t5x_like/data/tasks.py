@@ -15,6 +15,10 @@ are `task_sources.py`'s. Importing this module registers:
   suite_<family>_<template> (rank classification, one per template of each
   `task_suite` family), suite_<family> (mixture of its templates)
 
+and on request (`register_suite_multitask`; `experiments.spec` registers the
+ones an arm names) suite_mtf_<family>_<family>...: multitask prompted
+finetuning over families' train splits (T0-style: prompt -> gold choice).
+
 Vocabulary. Every task registered without an explicit vocabulary (all of the
 above, and `register_text_files_task`'s) uses the *configured* one:
 `configure(vocabulary=...)` (from gin: `t5x_like.data.tasks.vocabulary.sentencepiece_model`),
@@ -367,6 +371,82 @@ def register_suite_tasks(family_names: Sequence[str] = tuple(task_suite.FAMILIES
 def _suite_rows(family_name: str, template_name: str, num_fewshot: int, seed: int, content_free: bool,
                 split: str) -> list:
     return task_suite.rank_classification_rows(family_name, template_name, split, num_fewshot, seed, content_free)
+
+
+# ---------------------------------------------------------------- multitask prompted finetuning
+
+MULTITASK_PREFIX = "suite_mtf_"
+MULTITASK_SPLIT = "train"   # the only split the finetuning tasks have: evaluation never sees it
+
+
+def suite_multitask_name(family_names: Sequence[str]) -> str:
+    """The mixture `register_suite_multitask` registers: suite_mtf_<family>_<family>..."""
+    return MULTITASK_PREFIX + "_".join(family_names)
+
+
+def suite_multitask_families(name: str) -> tuple[str, ...] | None:
+    """The families of a suite_mtf_ mixture name (None if `name` is not one); ValueError naming
+    the part that is not a family."""
+    if not name.startswith(MULTITASK_PREFIX):
+        return None
+    rest, families = name[len(MULTITASK_PREFIX):], []
+    while rest:
+        family = next((f for f in task_suite.FAMILIES if rest == f or rest.startswith(f + "_")), None)
+        if family is None:
+            raise ValueError(f"task {name!r}: {rest!r} does not start with a task-suite family; "
+                             f"expected {MULTITASK_PREFIX}<family>_<family>... of {sorted(task_suite.FAMILIES)}")
+        families.append(family)
+        rest = rest[len(family) + 1:]
+    if not families or len(set(families)) != len(families):
+        raise ValueError(f"task {name!r}: name each task-suite family once after {MULTITASK_PREFIX!r}")
+    return tuple(families)
+
+
+def register_suite_multitask(family_names: Sequence[str], seed: int = 0,
+                             vocabulary: seqio.Vocabulary | None = None) -> str:
+    """Multitask prompted finetuning data (T0-style): for every template of each family, a task
+    suite_mtf_<family>_<template> whose examples are (the template's rendered prompt, its gold
+    choice) of the family's `train` split only, and the mixture of them all, equal rates, named
+    `suite_multitask_name(family_names)` (returned). Feature lengths are the training run's
+    (seqio trims longer prompts). Without a vocabulary: the configured one, followed."""
+    family_names = tuple(family_names)
+    name = suite_multitask_name(family_names)
+    if suite_multitask_families(name) != family_names:
+        raise ValueError(f"multitask families {family_names}: give distinct task-suite families")
+    if vocabulary is None:
+        _follow(f"suite_mtf:{family_names}:{seed}", functools.partial(
+            register_suite_multitask, family_names, seed, None))
+    vocabulary = vocabulary or configured_vocabulary()
+    tokenize = [seqio.preprocessors.tokenize, seqio.preprocessors.append_eos_after_trim]
+    members = []
+    for family_name in family_names:
+        for template in task_suite.family(family_name).templates:
+            rows = functools.partial(_suite_gold_rows, family_name, template.name, seed)
+            member = f"{MULTITASK_PREFIX}{family_name}_{template.name}"
+            _add_task(member, source=InMemorySource(rows, ["inputs", "targets"], (MULTITASK_SPLIT,), member),
+                      preprocessors=tokenize, output_features=_features(vocabulary, True), metric_fns=[],
+                      shuffle_buffer_size=SHUFFLE_BUFFER)
+            members.append((member, 1.0))
+    _add_mixture(name, members)
+    return name
+
+
+def register_on_request(name: str) -> None:
+    """Registers `name` if it is a suite_mtf_ mixture not registered yet (those are made on
+    request, for any list of families); other names (a member task among them) are left alone."""
+    if name in seqio.MixtureRegistry.names() or name in seqio.TaskRegistry.names():
+        return
+    try:
+        families = suite_multitask_families(name)
+    except ValueError:
+        return  # not a mixture name: whoever looks it up reports it as unknown
+    if families:
+        register_suite_multitask(families)
+
+
+def _suite_gold_rows(family_name: str, template_name: str, seed: int, split: str) -> list[tuple[str, str]]:
+    """(rendered prompt, gold choice) of every example of the split under one template."""
+    return [(r.inputs, r.choices[r.gold]) for r in task_suite.rendered(family_name, template_name, split, 0, seed)]
 
 
 def register_all() -> None:

@@ -26,7 +26,17 @@ used 100 extra ids (32,100 ids) in an embedding of 32,128 rows, and 32,125
 still fits those rows (`embedding_rows` = 32,128). The ids differ from T5's
 checkpoints, though: T5's `<extra_id_0>` is 32,099, ours is 32,124
 (`<extra_id_k>` = vocab_size - 1 - k), so a T5 checkpoint's sentinel rows are
-not our sentinel rows. Fewer than NEEDED_EXTRA_IDS (104) extra ids is an error.
+not our sentinel rows. Fewer than NEEDED_EXTRA_IDS (104) extra ids is an error,
+except exactly 100:
+
+T5's layout (the option for T5 / UL2 checkpoints): a vocabulary with exactly
+NUM_SENTINELS = 100 extra ids (`SentencePieceVocabulary(path, extra_ids=100)`,
+from gin `t5x_like.data.tasks.vocabulary.extra_ids = 100`) has T5's ids: the
+100 sentinels are its extra ids (`<extra_id_0>` = vocab_size - 1 = 32,099 with
+T5's model, as seqio spells `<extra_id_k>` itself), and the ids the objectives
+need beyond them ([NLU], [S2S], [NLG], [MASK]) sit just above the vocabulary,
+at vocab_size + 0..3 (32,100..32,103: rows T5's 32,128-row embedding has and
+never trained), so they never collide with a T5 id. `ids_used` counts them.
 """
 from __future__ import annotations
 
@@ -67,9 +77,10 @@ def _sentencepiece_vocabulary(path: str, extra_ids: int) -> seqio.SentencePieceV
             f"SentencePiece model {path!r} does not exist; train one with "
             "`t5x-like vocab --task shakespeare_causal_lm --size 8000 --out DIR`, or copy T5's "
             "(gs://t5-data/vocabs/cc_all.32000/sentencepiece.model) here")
-    if extra_ids < NEEDED_EXTRA_IDS:
+    if extra_ids < NEEDED_EXTRA_IDS and extra_ids != NUM_SENTINELS:
         raise ValueError(f"extra_ids={extra_ids} is too few: the objectives use {NEEDED_EXTRA_IDS} "
-                         f"(100 sentinels, 3 UL2 mode tokens, [MASK]); use {NUM_EXTRA_IDS}")
+                         f"(100 sentinels, 3 UL2 mode tokens, [MASK]); use {NUM_EXTRA_IDS}, or exactly "
+                         f"{NUM_SENTINELS} for T5's sentinel ids")
     vocabulary = seqio.SentencePieceVocabulary(path, extra_ids=extra_ids)
     try:
         vocabulary.vocab_size  # loads the model: a file that is not one fails here, not mid-run
@@ -89,12 +100,24 @@ def describe(vocabulary: seqio.Vocabulary) -> str:
     return f"{type(vocabulary).__name__} of {vocabulary.vocab_size} ids"
 
 
+def t5_layout(vocabulary: seqio.Vocabulary) -> bool:
+    """Whether `vocabulary` has T5's extra ids: exactly the 100 sentinels (modes and mask above it)."""
+    return vocabulary.extra_ids == NUM_SENTINELS
+
+
+def ids_used(vocabulary: seqio.Vocabulary) -> int:
+    """How many ids the objectives use: the vocabulary's, and in T5's layout the 4 above it."""
+    return vocabulary.vocab_size + (NEEDED_EXTRA_IDS - NUM_SENTINELS if t5_layout(vocabulary) else 0)
+
+
 def embedding_rows(vocabulary: seqio.Vocabulary, multiple: int = 128) -> int:
-    """A model's vocab_size for `vocabulary`: its size rounded up to `multiple` (aligned matmuls)."""
-    return -(-vocabulary.vocab_size // multiple) * multiple
+    """A model's vocab_size for `vocabulary`: the ids it uses rounded up to `multiple` (aligned matmuls)."""
+    return -(-ids_used(vocabulary) // multiple) * multiple
 
 
 def _check_extra_ids(vocabulary: seqio.Vocabulary, needed: int) -> None:
+    if t5_layout(vocabulary) and needed <= NEEDED_EXTRA_IDS:
+        return
     if vocabulary.extra_ids < needed:
         raise ValueError(
             f"vocabulary has {vocabulary.extra_ids} extra ids; the objectives need "
@@ -107,9 +130,12 @@ def check_extra_ids(vocabulary: seqio.Vocabulary) -> None:
 
 
 def extra_id(k: int, vocabulary: seqio.Vocabulary | None = None) -> int:
-    """Id of <extra_id_k> (seqio numbering: from the top of the vocabulary down)."""
+    """Id of <extra_id_k> (seqio numbering: from the top of the vocabulary down); in T5's layout
+    the ids past the sentinels (k >= 100: modes, mask) count up from vocab_size instead."""
     vocabulary = vocabulary or default_vocabulary()
     _check_extra_ids(vocabulary, k + 1)
+    if t5_layout(vocabulary) and k >= NUM_SENTINELS:
+        return vocabulary.vocab_size + k - NUM_SENTINELS
     return vocabulary.vocab_size - 1 - k
 
 

@@ -1,7 +1,9 @@
 """A grid's prompted evaluation phase: every run's final checkpoint on task-suite families, and its tables.
 
 Owns, for `Experiment.zero_shot_families` (with `zero_shot_fewshot`,
-`zero_shot_examples` and `zero_shot_calibration`): scoring each finished cell with `inference.prompted`
+`zero_shot_examples` and `zero_shot_calibration`; an arm may name its own
+families, and an arm pretrained with a UL2 mixture gets `zero_shot_mode_token`
+before its inputs): scoring each finished cell with `inference.prompted`
 after pretraining, storing the per-example correctness in the cell's
 `prompted.json` (keyed by the setting, so an evaluated cell is not evaluated
 again and a new family only adds its own entry), and the report's table per
@@ -18,7 +20,7 @@ import os
 import numpy as np
 
 from t5x_like.data import task_suite
-from t5x_like.experiments import stats
+from t5x_like.experiments import spec, stats
 from t5x_like.experiments.cells import ArmRun, cell_of, run_dir_of
 from t5x_like.experiments.spec import Experiment
 from t5x_like.inference import prompted
@@ -33,6 +35,17 @@ def setting(experiment: Experiment) -> str:
     settings keep the key they had before calibration existed)."""
     calibration = "" if experiment.zero_shot_calibration == "none" else f":{experiment.zero_shot_calibration}"
     return f"{SPLIT}:{experiment.zero_shot_fewshot}shot:{experiment.zero_shot_examples}{calibration}"
+
+
+def arm_setting(experiment: Experiment, arm) -> str:
+    """The setting key of one arm's scores: the experiment's, plus the UL2 mode token it is given."""
+    mode = spec.zero_shot_mode_token(experiment, arm)
+    return setting(experiment) + (f":{mode}" if mode else "")
+
+
+def wanted(experiment: Experiment) -> bool:
+    """Whether any arm is scored on any family (the experiment's families, or an arm's own)."""
+    return any(spec.zero_shot_families(experiment, arm) for arm in experiment.arms)
 
 
 def _read(run_dir: str) -> dict:
@@ -54,15 +67,16 @@ def run_phase(experiment: Experiment, arm_runs: dict[str, ArmRun], records: list
     """Scores every finished run (its record) on the families it has not been scored on in this
     setting; returns {skipped family: why}. Encoder-only arms are left out (nothing to score
     choices with)."""
-    families, skipped = task_suite.available(experiment.zero_shot_families)
+    available, skipped = task_suite.available(all_families(experiment))
     for family, why in skipped.items():
         print(f"prompted evaluation: family {family} skipped: {why}", flush=True)
-    key = setting(experiment)
     for record in records:
         arm = next(a for a in experiment.arms if a.name == record["arm"])
         model = arm_runs[arm.name].config.model
         if model.config.layout == "encoder_only":
             continue
+        key, mode_token = arm_setting(experiment, arm), spec.zero_shot_mode_token(experiment, arm)
+        families = [f for f in spec.zero_shot_families(experiment, arm) if f in available]
         cell = cell_of(experiment, arm, record["seed"])
         stored = _read(cell.run_dir)
         todo = [f for f in families if f not in stored.get(key, {})]
@@ -72,7 +86,7 @@ def run_phase(experiment: Experiment, arm_runs: dict[str, ArmRun], records: list
         for family in todo:
             result = prompted.evaluate_family(model, params, family, SPLIT, experiment.zero_shot_fewshot,
                                               max_examples=experiment.zero_shot_examples,
-                                              calibration=experiment.zero_shot_calibration)
+                                              calibration=experiment.zero_shot_calibration, mode_token=mode_token)
             stored.setdefault(key, {})[family] = result.as_dict()
             _write(cell.run_dir, stored)
             print(f"[prompted] {cell.label} {family}: median over templates {result.median:.3f} "
@@ -80,29 +94,46 @@ def run_phase(experiment: Experiment, arm_runs: dict[str, ArmRun], records: list
     return skipped
 
 
+def all_families(experiment: Experiment) -> list[str]:
+    """Every family some arm is scored on, the experiment's first."""
+    families = [f for arm in experiment.arms for f in spec.zero_shot_families(experiment, arm)]
+    return list(dict.fromkeys([*experiment.zero_shot_families, *families]))
+
+
+def correctness(experiment: Experiment, records: list[dict], arm, family: str) -> np.ndarray | None:
+    """[seeds, templates, examples] of 0/1: the arm's scored runs (records) on `family` in its
+    setting, templates in the family's order; None if the arm is not scored on it (yet)."""
+    if family not in spec.zero_shot_families(experiment, arm):
+        return None
+    key, templates = arm_setting(experiment, arm), [t.name for t in task_suite.family(family).templates]
+    runs = [_read(run_dir_of(experiment.output_dir, arm.name, r["seed"])).get(key, {}).get(family)
+            for r in records if r["arm"] == arm.name]
+    runs = [r for r in runs if r]
+    if not runs:
+        return None
+    return np.array([[r["correct"][t] for t in templates] for r in runs], dtype=float)
+
+
 def results(experiment: Experiment, records: list[dict]) -> dict:
     """{'setting', 'skipped', 'families': {family: {'chance', 'templates', 'arms': {arm: {'median':
     interval over seeds x examples, 'per_template', 'spread', 'seeds', 'examples'}}}}} from the
     cells' prompted.json files."""
     key = setting(experiment)
-    families, skipped = task_suite.available(experiment.zero_shot_families)
+    families, skipped = task_suite.available(all_families(experiment))
     out = {"setting": key, "num_fewshot": experiment.zero_shot_fewshot,
            "calibration": experiment.zero_shot_calibration, "skipped": skipped, "families": {}}
     for family in families:
         templates = [t.name for t in task_suite.family(family).templates]
         arms = {}
         for arm in experiment.arms:
-            runs = [_read(run_dir_of(experiment.output_dir, arm.name, r["seed"])).get(key, {}).get(family)
-                    for r in records if r["arm"] == arm.name]
-            runs = [r for r in runs if r]
-            if not runs:
+            cube = correctness(experiment, records, arm, family)
+            if cube is None:
                 continue
-            cube = np.array([[r["correct"][t] for t in templates] for r in runs], dtype=float)
             per_template = cube.mean(axis=(0, 2))
             arms[arm.name] = {"median": stats.median_accuracy_ci(cube).as_dict(),
                               "per_template": dict(zip(templates, per_template.tolist())),
                               "spread": [float(per_template.min()), float(per_template.max())],
-                              "seeds": len(runs), "examples": cube.shape[2]}
+                              "seeds": cube.shape[0], "examples": cube.shape[2]}
         out["families"][family] = {"chance": task_suite.family(family).chance,
                                    "description": task_suite.family(family).description,
                                    "templates": templates, "arms": arms}

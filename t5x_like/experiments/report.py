@@ -15,7 +15,7 @@ import shutil
 import numpy as np
 import scipy.stats
 
-from t5x_like.experiments import prompted_eval, stats
+from t5x_like.experiments import prompted_eval, stats, zero_shot_phases
 from t5x_like.experiments.cells import plan, run_dir_of
 from t5x_like.training import machine
 from t5x_like.training.metrics_log import read_jsonl
@@ -90,7 +90,8 @@ def build_results(experiment, size_rows: dict, records: list[dict]) -> dict:
             "scaling": _scaling(experiment, arms, records) if experiment.scaling_fit else None,
             "protocols": protocol_agreement(arms),
             "machine": machine.this_machine(), "trained_on": trained_on(records),
-            "prompted": prompted_eval.results(experiment, records) if experiment.zero_shot_families else None}
+            "prompted": prompted_eval.results(experiment, records) if prompted_eval.wanted(experiment) else None,
+            "zero_shot_phases": zero_shot_phases.phase_results(experiment, records)}
 
 
 
@@ -341,6 +342,8 @@ def render_markdown(results: dict) -> str:
             lines.append(f"| {row['pretraining']} | {len(row['arms'])} | {row['task']} | {row['metric']} | {tau} |")
     if results.get("prompted"):
         lines += prompted_eval.markdown_section(results["prompted"])
+    if results.get("zero_shot_phases"):
+        lines += zero_shot_phases.phase_section(results["zero_shot_phases"])
     lines += ["", "## Differences (arm − reference of its eval task, then the experiment's comparisons; shared metric)", ""]
     lines += [f"- {d['sentence']}" for d in results["differences"]] or ["- (no shared-metric scores)"]
     if results.get("adaptation"):

@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 
-from t5x_like.data import task_suite, tasks
+from t5x_like.data import task_suite, tasks, vocab
 from t5x_like.inference import prompted
 
 @dataclasses.dataclass
@@ -70,6 +70,12 @@ class Experiment:
     zero_shot_fewshot: int = 0
     zero_shot_examples: int = 200
     zero_shot_calibration: str = "none"
+    # UL2's mode token (vocab.MODE_TOKENS) put before the prompted inputs of every arm whose own
+    # task is a UL2 mixture (<corpus>_ul2), as UL2 does downstream; None: never.
+    zero_shot_mode_token: str | None = "[S2S]"
+    # Per phase (an Arm's `phase`), what a published study found, shown beside the report's
+    # ranking of the arms after each phase, e.g. {'pretrained': 'CD:FLM first (Wang et al. 2022)'}.
+    published_rankings: dict = dataclasses.field(default_factory=dict)
 
     def __post_init__(self):
         specs = list(self.arms) + (expand_grid(self.grid) if self.grid else [])
@@ -88,8 +94,21 @@ class Experiment:
                     raise ValueError(f"experiment {self.name}: arm {arm.name}'s {field} {other!r} is not "
                                      f"another arm; arms: {names}")
         in_dependency_order(self.arms)  # raises on a cycle of init_from
+        for arm in self.arms:
+            self._check_finetuning_mixture(arm)
         self._check_comparisons()
         self._check_zero_shot()
+
+    def _check_finetuning_mixture(self, arm: "Arm") -> None:
+        """A suite_mtf_ task an arm names is registered, and its families' data is installed."""
+        families = tasks.suite_multitask_families(arm.task or "")
+        if not families:
+            return
+        _, skipped = task_suite.available(families)
+        if skipped:
+            raise ValueError(f"experiment {self.name}: arm {arm.name}'s finetuning mixture {arm.task}: "
+                             + next(iter(skipped.values())))
+        tasks.register_on_request(arm.task)
 
     def _check_comparisons(self) -> None:
         eval_tasks = {arm.name: arm.eval_task or self.eval_task for arm in self.arms}
@@ -113,6 +132,26 @@ class Experiment:
         if self.zero_shot_fewshot < 0 or self.zero_shot_examples < 1:
             raise ValueError(f"experiment {self.name}: zero_shot_fewshot must be >= 0 and zero_shot_examples "
                              f">= 1, got {self.zero_shot_fewshot} and {self.zero_shot_examples}")
+        if self.zero_shot_mode_token is not None and self.zero_shot_mode_token not in vocab.MODE_TOKENS:
+            raise ValueError(f"experiment {self.name}: zero_shot_mode_token {self.zero_shot_mode_token!r} is not "
+                             f"one of UL2's {vocab.MODE_TOKENS} (or None)")
+        for arm in self.arms:
+            self._check_arm_zero_shot(arm)
+
+    def _check_arm_zero_shot(self, arm: "Arm") -> None:
+        """An arm's own families are suite families, and none it was finetuned on (held out)."""
+        if arm.zero_shot_families is None:
+            return
+        unknown = [f for f in arm.zero_shot_families if f not in task_suite.FAMILIES]
+        if unknown:
+            raise ValueError(f"experiment {self.name}: arm {arm.name}'s zero_shot_families {unknown} are not "
+                             f"task-suite families {sorted(task_suite.FAMILIES)}")
+        finetuned_on = tasks.suite_multitask_families(arm.task or "") or ()
+        seen = [f for f in arm.zero_shot_families if f in finetuned_on]
+        if seen:
+            raise ValueError(f"experiment {self.name}: arm {arm.name} is evaluated zero-shot on {seen}, which its "
+                             f"finetuning mixture {arm.task} holds; hold them out of the mixture or drop them "
+                             "from its zero_shot_families")
 
     def _move_to_corpus(self, corpus: str) -> None:
         move = lambda name: name and tasks.on_corpus(name, corpus)
@@ -135,14 +174,21 @@ class Arm:
     train_steps: int | None = None     # default: the experiment's
     init_from: str | None = None       # another arm: start from its final checkpoint (same seed)
     baseline: str | None = None        # a from-scratch arm on the same task (report: steps it is worth)
+    # The prompted evaluation (Experiment.zero_shot_*): the families this arm is scored on (None:
+    # the experiment's), and the phase its scores belong to in the report (a table per phase,
+    # e.g. 'pretrained' / 'finetuned'; None: the experiment's tables per family only).
+    zero_shot_families: tuple | None = None
+    phase: str | None = None
 
     @classmethod
     def from_dict(cls, spec: dict) -> "Arm":
         unknown = set(spec) - {f.name for f in dataclasses.fields(cls)}
         if unknown or "name" not in spec or "model" not in spec:
             raise ValueError(f"arm {spec!r}: needs 'name' and 'model'; unknown keys {sorted(unknown)}")
+        families = spec.get("zero_shot_families")
         return cls(**{**spec, "bindings": tuple(spec.get("bindings", ())),
-                      "claims": dict(spec.get("claims", {}))})
+                      "claims": dict(spec.get("claims", {})),
+                      "zero_shot_families": None if families is None else tuple(families)})
 
 
 # --- arms from a declared grid -----------------------------------------------------
@@ -224,6 +270,18 @@ def run_settings(experiment: Experiment, arm: Arm) -> RunSettings:
     return RunSettings(task=arm.task or experiment.task, train_steps=arm.train_steps or experiment.train_steps,
                        batch_size=experiment.batch_size, eval_period=experiment.eval_period,
                        checkpoint_period=experiment.eval_period)
+
+
+def zero_shot_families(experiment: Experiment, arm: Arm) -> tuple[str, ...]:
+    """The task-suite families an arm's prompted evaluation scores: its own, else the experiment's."""
+    return experiment.zero_shot_families if arm.zero_shot_families is None else arm.zero_shot_families
+
+
+def zero_shot_mode_token(experiment: Experiment, arm: Arm) -> str | None:
+    """The UL2 mode token before an arm's prompted inputs: the experiment's, for an arm whose own
+    task is a UL2 mixture; None otherwise."""
+    task = arm.task or experiment.task
+    return experiment.zero_shot_mode_token if task.endswith("_ul2") else None
 
 
 def arm_lengths(experiment: Experiment, arm: Arm) -> tuple[int, int]:

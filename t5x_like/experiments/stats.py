@@ -94,6 +94,31 @@ def median_accuracy_ci(correct, num_replicates: int = 2000, confidence: float = 
     return Interval(float(np.median(cube.mean(axis=(0, 2)))), *map(float, np.percentile(medians, [tail, 100 - tail])))
 
 
+def mean_median_accuracy_ci(cubes, num_replicates: int = 2000, confidence: float = 0.95,
+                            seed: int = 0) -> Interval:
+    """The mean over families of each family's median-over-templates accuracy, with a bootstrap
+    interval. cubes: one [seeds, templates, examples] of 0/1 per family, the same seeds (runs) in
+    each; a replicate resamples the seeds once for every family (a run is scored on all of
+    them) and each family's examples on their own, as `median_accuracy_ci` does for one."""
+    cubes = [np.asarray(c, dtype=np.float64) for c in cubes]
+    if not cubes or any(c.ndim != 3 or c.size == 0 for c in cubes) or len({c.shape[0] for c in cubes}) != 1:
+        raise ValueError(f"expected [seeds, templates, examples] cubes with the same seeds, got "
+                         f"{[c.shape for c in cubes]}")
+    rng = np.random.default_rng(seed)
+    seeds = cubes[0].shape[0]
+    seed_draws = rng.integers(0, seeds, (num_replicates, seeds))
+    medians = []
+    for cube in cubes:
+        example_draws = rng.integers(0, cube.shape[2], (num_replicates, cube.shape[2]))
+        per_template = cube[seed_draws[:, :, None, None], np.arange(cube.shape[1])[None, None, :, None],
+                            example_draws[:, None, None, :]].mean(axis=(1, 3))
+        medians.append(np.median(per_template, axis=1))
+    means = np.mean(medians, axis=0)
+    estimate = float(np.mean([np.median(c.mean(axis=(0, 2))) for c in cubes]))
+    tail = (1 - confidence) / 2 * 100
+    return Interval(estimate, *map(float, np.percentile(means, [tail, 100 - tail])))
+
+
 def describe_difference(name_a: str, name_b: str, interval: Interval) -> str:
     """One sentence for a report: who is lower, by how much, or that it is noise."""
     if interval.contains(0.0):

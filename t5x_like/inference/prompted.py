@@ -30,8 +30,10 @@ from typing import Sequence
 
 import numpy as np
 import seqio
+import tensorflow as tf
 
 from t5x_like.data import feature_converters, pipeline, task_suite, tasks
+from t5x_like.data import vocab as vocab_lib
 from t5x_like.inference import evaluation
 from t5x_like.model import model as model_lib
 
@@ -98,53 +100,66 @@ def suite_task(family: str, template: str, num_fewshot: int = 0, seed: int = 0, 
     return name
 
 
-def task_lengths(rows: Sequence[tuple], vocabulary: seqio.Vocabulary) -> dict[str, int]:
-    """{'inputs', 'targets'}: the longest of each (EOS included) over the rows, rounded up to
-    LENGTH_MULTIPLE, so nothing is truncated."""
-    def longest(texts):
-        most = max(len(vocabulary.encode(t)) + 1 for t in set(texts))
+def task_lengths(rows: Sequence[tuple], vocabulary: seqio.Vocabulary, extra_inputs: int = 0) -> dict[str, int]:
+    """{'inputs', 'targets'}: the longest of each (EOS included; `extra_inputs` more tokens for
+    the inputs) over the rows, rounded up to LENGTH_MULTIPLE, so nothing is truncated."""
+    def longest(texts, extra=0):
+        most = max(len(vocabulary.encode(t)) + 1 for t in set(texts)) + extra
         return -(-most // LENGTH_MULTIPLE) * LENGTH_MULTIPLE
-    return {"inputs": longest(r[0] for r in rows), "targets": longest(r[1] for r in rows)}
+    return {"inputs": longest((r[0] for r in rows), extra_inputs), "targets": longest(r[1] for r in rows)}
 
 
-def template_dataset(layout: str, task_name: str, split: str, lengths: dict[str, int]):
+def template_dataset(layout: str, task_name: str, split: str, lengths: dict[str, int],
+                     mode_token: str | None = None):
     """The task's rows of `split`, unshuffled, as the layout's model features, enumerated (what
-    `evaluation.make_score_fn` reads)."""
+    `evaluation.make_score_fn` reads); with a UL2 mode token ("[S2S]", ...) first in every input
+    (lengths must leave room for it)."""
     if layout == "encoder_only":
         raise ValueError("an encoder-only (MLM) model has no decoder to score answer choices with; "
                          "prompted evaluation needs decoder_only, prefix_lm or encoder_decoder")
     task = seqio.get_mixture_or_task(task_name)
     with pipeline.BUILD_LOCK:
         dataset = task.get_dataset(sequence_length=lengths, split=split, shuffle=False, num_epochs=1)
+    if mode_token is not None:
+        dataset = dataset.map(functools.partial(
+            _prepend, vocab_lib.mode_token_id(mode_token, task.output_features["inputs"].vocabulary)))
     converter = feature_converters.for_layout(layout, True, pack=False)
     return converter(dataset, lengths).enumerate()
 
 
+def _prepend(token_id: int, features: dict) -> dict:
+    return {**features, "inputs": tf.concat([[token_id], features["inputs"]], axis=0)}
+
+
 def template_scores(score_fn, layout: str, family: str, template: str, split: str = "validation",
                     num_fewshot: int = 0, seed: int = 0, max_examples: int | None = None,
-                    content_free: bool = False) -> tuple[list, np.ndarray]:
+                    content_free: bool = False, mode_token: str | None = None) -> tuple[list, np.ndarray]:
     """(rows, score per row) of one template's seqio task (`task_suite.rank_classification_rows`
-    order) on the first `max_examples` examples; score_fn is `evaluation.make_score_fn`'s."""
+    order) on the first `max_examples` examples, with `mode_token` (UL2's) first in every input;
+    score_fn is `evaluation.make_score_fn`'s."""
     rows = task_suite.rank_classification_rows(family, template, split, num_fewshot, seed, content_free)
     if max_examples is not None:
         rows = [r for r in rows if r[2] < max_examples]
     task_name = suite_task(family, template, num_fewshot, seed, content_free)
     vocabulary = seqio.get_mixture_or_task(task_name).output_features["targets"].vocabulary
-    dataset = template_dataset(layout, task_name, split, task_lengths(rows, vocabulary))
+    lengths = task_lengths(rows, vocabulary, extra_inputs=int(mode_token is not None))
+    dataset = template_dataset(layout, task_name, split, lengths, mode_token)
     return rows, np.array([score for _, score in sorted(score_fn(dataset.take(len(rows))))])
 
 
 def evaluate_family(model: model_lib.Model, params, family: str, split: str = "validation",
                     num_fewshot: int = 0, seed: int = 0, batch_size: int = 16,
-                    max_examples: int | None = None, calibration: str = "none") -> FamilyResult:
+                    max_examples: int | None = None, calibration: str = "none",
+                    mode_token: str | None = None) -> FamilyResult:
     """Rank classification of every template of `family` on the first `max_examples` examples
     of `split` (all: None), zero-shot or with `num_fewshot` training demonstrations; scores raw
-    or calibrated against the content-free prompt (see the module docstring)."""
+    or calibrated against the content-free prompt (see the module docstring); with `mode_token`,
+    UL2's mode token first in every input."""
     if calibration not in CALIBRATIONS:
         raise ValueError(f"unknown calibration {calibration!r}; expected one of {CALIBRATIONS}")
     score_fn = evaluation.make_score_fn(model, params, batch_size)
     scores = functools.partial(template_scores, score_fn, model.config.layout, family, split=split,
-                               num_fewshot=num_fewshot, seed=seed, max_examples=max_examples)
+                               num_fewshot=num_fewshot, seed=seed, max_examples=max_examples, mode_token=mode_token)
     results = []
     for template in task_suite.family(family).templates:
         rows, choice_scores = scores(template.name)

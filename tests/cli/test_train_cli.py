@@ -185,8 +185,8 @@ def test_a_missing_sentencepiece_file_or_too_few_extra_ids_is_one_line(real_corp
     rc, _, err = run_main(common + [f"{VOCAB_BINDING}={tmp_path / 'nope.model'}"], capsys)
     assert rc == 2 and err.count("\n") == 1 and "nope.model" in err and "does not exist" in err
     rc, _, err = run_main(common + [f"{VOCAB_BINDING}={real_corpora.sentencepiece_model}",
-                                    "--gin.t5x_like.data.tasks.vocabulary.extra_ids=100"], capsys)
-    assert rc == 2 and err.count("\n") == 1 and "extra_ids=100 is too few" in err
+                                    "--gin.t5x_like.data.tasks.vocabulary.extra_ids=99"], capsys)
+    assert rc == 2 and err.count("\n") == 1 and "extra_ids=99 is too few" in err
 
 
 # -- issue 30: refusals that hold, divergence without NaN, user errors as one line -------------

@@ -82,6 +82,21 @@ def test_span_corruption_sentinels_count_down_from_extra_id_0():
     assert [t for t in ex["targets"] if t in SENTINELS] == used
 
 
+def test_t5_layout_has_t5s_sentinel_ids_and_puts_modes_and_mask_just_above_the_vocabulary():
+    t5 = seqio.ByteVocabulary(extra_ids=vocab_lib.NUM_SENTINELS)
+    assert vocab_lib.t5_layout(t5) and not vocab_lib.t5_layout(VOCAB)
+    assert vocab_lib.sentinel_ids(t5) == [t5.vocab_size - 1 - k for k in range(vocab_lib.NUM_SENTINELS)]
+    specials = [vocab_lib.mode_token_id(m, t5) for m in vocab_lib.MODE_TOKENS] + [vocab_lib.mask_id(t5)]
+    assert specials == list(range(t5.vocab_size, t5.vocab_size + 4))
+    assert vocab_lib.ids_used(t5) == t5.vocab_size + 4 <= vocab_lib.embedding_rows(t5)
+    task = objective_task(objectives.span_corruption(mode="[NLG]", vocabulary=t5), TEXTS[:5], vocabulary=t5)
+    ex = run(task, {"inputs": 128, "targets": 32})[0]
+    assert ex["inputs"][0] == vocab_lib.mode_token_id("[NLG]", t5)
+    used = [t for t in ex["inputs"] if t in set(vocab_lib.sentinel_ids(t5))]
+    assert used and used == [t5.vocab_size - 1 - k for k in range(len(used))]
+    assert vocab_lib.decode_with_special_tokens(ex["inputs"], t5).startswith("[NLG]")
+
+
 # ---------------------------------------------------------------- prefix LM
 
 @pytest.mark.parametrize("bounds", [(0.0, 1.0), (0.25, 0.5)])

@@ -132,6 +132,12 @@ def test_vocab_command_trains_once_then_reuses(tmp_path, capsys):
     assert sp.vocab_size == 300 + vocab_lib.NUM_EXTRA_IDS
     assert sp.decode(sp.encode("line 7 of the tiny corpus")) == "line 7 of the tiny corpus"
     assert vocab_lib.mask_id(sp) == sp.vocab_size - 1 - 103
+    # T5's sentinel layout, as seqio's SentencePiece vocabulary spells the extra ids itself
+    t5 = vocab_lib.sentencepiece_vocabulary(sp.sentencepiece_model_file, extra_ids=vocab_lib.NUM_SENTINELS)
+    for v in (sp, t5):
+        for k in (0, 1, vocab_lib.NUM_SENTINELS - 1):
+            assert v.encode(f"<extra_id_{k}>") == [vocab_lib.sentinel_id(k, v)] == [v.vocab_size - 1 - k]
+    assert vocab_lib.mask_id(t5) == t5.vocab_size + 3 == 300 + vocab_lib.NUM_SENTINELS + 3
 
 
 def test_vocab_command_trains_on_several_tasks(tmp_path):

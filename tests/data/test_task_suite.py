@@ -112,3 +112,35 @@ def test_lm_eval_yamls_build_the_same_requests_as_the_seqio_tasks(tmp_path):
         template = name[len("suite_word_order_"):]
         rows = task_suite.rank_classification_rows("word_order", template, "validation")
         assert [(i.args[0], i.args[1]) for i in task.instances] == [(r[0], r[1]) for r in rows]
+
+
+def test_multitask_mixture_holds_every_template_of_its_families_with_the_gold_choice_as_target():
+    families = ("word_order", "last_word")
+    name = tasks.register_suite_multitask(families)
+    assert name == tasks.suite_multitask_name(families) and tasks.suite_multitask_families(name) == families
+    members = {t.name for t in seqio.get_mixture_or_task(name).tasks}
+    assert members == {f"suite_mtf_{f}_{t.name}" for f in families for t in task_suite.family(f).templates}
+    vocabulary = tasks.configured_vocabulary()
+    member = seqio.get_mixture_or_task("suite_mtf_last_word_quoted")
+    assert member.source.splits == ("train",)  # evaluation's validation/test text is never trained on
+    got = list(member.get_dataset(None, split="train", shuffle=False).take(5).as_numpy_iterator())
+    for example, rendered in zip(got, task_suite.rendered("last_word", "quoted", "train")):
+        assert vocabulary.decode(list(example["inputs"][:-1])) == rendered.inputs
+        assert vocabulary.decode(list(example["targets"][:-1])) == rendered.choices[rendered.gold]
+    held_out = {r.inputs for r in task_suite.rendered("last_word", "quoted", "validation")}
+    assert not held_out & {vocabulary.decode(list(e["inputs"][:-1])) for e in got}
+
+
+def test_multitask_names_parse_to_families_and_are_registered_on_request():
+    assert tasks.suite_multitask_families("shakespeare_prefix_lm") is None
+    assert tasks.suite_multitask_families("suite_mtf_next_line_sentiment") == ("next_line", "sentiment")
+    with pytest.raises(ValueError, match="'nope_sentiment' does not start with a task-suite family"):
+        tasks.suite_multitask_families("suite_mtf_nope_sentiment")
+    name = "suite_mtf_attribution_word_order"
+    if name in seqio.MixtureRegistry.names():
+        seqio.MixtureRegistry.remove(name)
+    tasks.register_on_request(name)
+    assert name in seqio.MixtureRegistry.names()
+    for member in ("suite_mtf_word_order_plain", "suite_mtf_nope"):  # a member task, a wrong name: left alone
+        tasks.register_on_request(member)
+    assert "suite_mtf_nope" not in seqio.MixtureRegistry.names()

@@ -117,15 +117,15 @@ def test_a_model_smaller_than_the_vocabulary_is_one_line_naming_both_sizes_and_t
 
 
 def test_too_few_extra_ids_and_a_missing_model_file_are_one_line_errors(real_corpora, tmp_path):
-    with pytest.raises(ValueError, match="extra_ids=100 is too few: the objectives use 104"):
-        vocab_lib.sentencepiece_vocabulary(real_corpora.sentencepiece_model, extra_ids=100)
+    with pytest.raises(ValueError, match="extra_ids=99 is too few: the objectives use 104"):
+        vocab_lib.sentencepiece_vocabulary(real_corpora.sentencepiece_model, extra_ids=99)
     with pytest.raises(FileNotFoundError, match="cc_all.32000"):
         vocab_lib.sentencepiece_vocabulary(str(tmp_path / "missing.model"))
     (tmp_path / "not.model").write_text("not a model")
     with pytest.raises(ValueError, match="is not a SentencePiece model"):
         vocab_lib.sentencepiece_vocabulary(str(tmp_path / "not.model"))
     with pytest.raises(ValueError, match="the objectives need 104"):
-        tasks.configure(vocabulary=seqio.ByteVocabulary(extra_ids=100))
+        tasks.configure(vocabulary=seqio.ByteVocabulary(extra_ids=99))
 
 
 def test_corpus_fixtures_use_the_real_builder_versions():

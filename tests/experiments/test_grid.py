@@ -6,6 +6,7 @@ import os
 import pytest
 
 from t5x_like.cli.compare import load_arm, load_experiment
+from t5x_like.data import tasks
 from t5x_like.experiments import cells, claims, grid, spec
 from tests import REPO_ROOT as REPO
 
@@ -137,6 +138,21 @@ def test_one_binding_moves_every_pretraining_task_to_another_corpus():
     assert experiment.task == "bible_prefix_lm" and experiment.eval_task == "bible_prefix_lm"
     assert {arm.task for arm in experiment.arms} == {None, "bible_causal_lm", "bible_span_corruption"}
     assert {arm.eval_task for arm in experiment.arms} == {None, "bible_causal_lm", "bible_span_corruption"}
+
+
+def test_wang_protocol_moves_its_pretraining_to_another_corpus_and_keeps_the_finetuning_mixture():
+    experiment = load_experiment([os.path.join(REPO, "gin_configs/experiments/wang_protocol.gin")],
+                                 ["OUTPUT_DIR = '/tmp/out'", "compare.Experiment.corpus = 'bible'"])
+    pretrained = [arm for arm in experiment.arms if arm.phase == "pretrained"]
+    finetuned = [arm for arm in experiment.arms if arm.phase == "finetuned"]
+    assert {arm.task for arm in pretrained} == {"bible_causal_lm", "bible_prefix_lm", "bible_span_corruption"}
+    assert {arm.init_from for arm in finetuned} == {arm.name for arm in pretrained}
+    mixture = {arm.task for arm in finetuned}
+    assert len(mixture) == 1 and len({arm.train_steps for arm in finetuned}) == 1
+    held_in = set(tasks.suite_multitask_families(mixture.pop()))
+    held_out = {f for arm in finetuned for f in spec.zero_shot_families(experiment, arm)}
+    assert len(held_out) >= 2 and not held_in & held_out
+    assert all(spec.zero_shot_families(experiment, arm) == experiment.zero_shot_families for arm in pretrained)
 
 
 def test_mixed_attention_arms_differ_only_in_the_encoder_mask():

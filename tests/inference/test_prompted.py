@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from t5x_like.data import task_suite, tasks
+from t5x_like.data import vocab as vocab_lib
 from t5x_like.inference import prompted
 from tests.model_fixtures import init_params, tiny_config
 
@@ -97,3 +98,19 @@ def test_calibrated_family_ranks_raw_minus_content_free_scores_and_leaves_fieldl
                                                            max_examples=4).templates
     with pytest.raises(ValueError, match="unknown calibration"):
         prompted.evaluate_family(model, params, "word_order", calibration="pmi")
+
+
+@pytest.mark.parametrize("layout", ["prefix_lm", "encoder_decoder"])
+def test_a_ul2_mode_token_goes_first_in_the_inputs_and_nothing_else_moves(layout):
+    name = prompted.suite_task("word_order", "verse")
+    rows = task_suite.rank_classification_rows("word_order", "verse", "validation")
+    vocabulary = tasks.configured_vocabulary()
+    lengths = prompted.task_lengths(rows, vocabulary, extra_inputs=1)
+    first = lambda mode: next(prompted.template_dataset(layout, name, "validation", lengths, mode).as_numpy_iterator())[1]
+    plain, moded = first(None), first("[S2S]")
+    key = "encoder_input_tokens" if layout == "encoder_decoder" else "decoder_target_tokens"
+    inputs = vocabulary.encode(rows[0][0]) + [1]
+    assert list(moded[key][:len(inputs) + 1]) == [vocab_lib.mode_token_id("[S2S]")] + inputs
+    assert list(plain[key][:len(inputs)]) == inputs
+    if layout == "prefix_lm":  # the mode token is part of the bidirectional prefix
+        assert moded["decoder_causal_attention"].sum() == plain["decoder_causal_attention"].sum() + 1
