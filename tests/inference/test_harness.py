@@ -99,7 +99,8 @@ def test_results_do_not_depend_on_batch_size_or_request_order(layout):
     requests = instances("loglikelihood", REQUESTS)
     one_by_one = adapter(layout, batch_size=1).loglikelihood(requests, disable_tqdm=True)
     order = [3, 0, 4, 2, 1]
-    shuffled = adapter(layout, batch_size=4).loglikelihood([requests[i] for i in order], disable_tqdm=True)
+    # batch 3, as above: the programs are compiled already, and 3 rows leave a padding row in the last batch
+    shuffled = adapter(layout, batch_size=3).loglikelihood([requests[i] for i in order], disable_tqdm=True)
     back = [None] * len(order)
     for position, i in enumerate(order):
         back[i] = shuffled[position]

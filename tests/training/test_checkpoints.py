@@ -213,7 +213,8 @@ def test_saving_and_restoring_on_8_devices_with_one_cpu_thread_does_not_deadlock
         abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), tree)
         print("restored", len(checkpoints.load_params({str(tmp_path)!r}, abstract).params))
     """)
-    environ = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=8",
+    environ = dict(os.environ, JAX_PLATFORMS="cpu",
+                   XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=8",
                    PYTHONPATH=REPO_ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""), TF_CPP_MIN_LOG_LEVEL="3")
     proc = subprocess.run([sys.executable, "-c", code], env=environ, cwd=REPO_ROOT, capture_output=True, text=True,
                           timeout=300, check=False)
