@@ -100,23 +100,59 @@ def mean_median_accuracy_ci(cubes, num_replicates: int = 2000, confidence: float
     interval. cubes: one [seeds, templates, examples] of 0/1 per family, the same seeds (runs) in
     each; a replicate resamples the seeds once for every family (a run is scored on all of
     them) and each family's examples on their own, as `median_accuracy_ci` does for one."""
+    cubes = _checked_cubes(cubes)
+    seed_draws, example_draws = _cube_draws(cubes, num_replicates, seed)
+    means = _mean_medians(cubes, seed_draws, example_draws)
+    return _percentile_interval(_mean_median(cubes), means, confidence)
+
+
+def mean_median_difference_ci(cubes_a, cubes_b, num_replicates: int = 2000, confidence: float = 0.95,
+                              seed: int = 0) -> Interval:
+    """Arm a's `mean_median_accuracy_ci` estimate minus arm b's, with a paired bootstrap interval:
+    both arms were scored on the same examples of the same families, with their seeds paired by
+    position, so a replicate draws one set of seeds and examples and applies it to both."""
+    cubes_a, cubes_b = _checked_cubes(cubes_a), _checked_cubes(cubes_b)
+    if [c.shape for c in cubes_a] != [c.shape for c in cubes_b]:
+        raise ValueError(f"paired arms need cubes of the same shapes, got {[c.shape for c in cubes_a]} and "
+                         f"{[c.shape for c in cubes_b]}")
+    seed_draws, example_draws = _cube_draws(cubes_a, num_replicates, seed)
+    differences = (_mean_medians(cubes_a, seed_draws, example_draws)
+                   - _mean_medians(cubes_b, seed_draws, example_draws))
+    return _percentile_interval(_mean_median(cubes_a) - _mean_median(cubes_b), differences, confidence)
+
+
+def _checked_cubes(cubes) -> list[np.ndarray]:
     cubes = [np.asarray(c, dtype=np.float64) for c in cubes]
     if not cubes or any(c.ndim != 3 or c.size == 0 for c in cubes) or len({c.shape[0] for c in cubes}) != 1:
         raise ValueError(f"expected [seeds, templates, examples] cubes with the same seeds, got "
                          f"{[c.shape for c in cubes]}")
+    return cubes
+
+
+def _cube_draws(cubes: list[np.ndarray], num_replicates: int, seed: int) -> tuple[np.ndarray, list[np.ndarray]]:
+    """(seed draws shared by every family, each family's example draws)."""
     rng = np.random.default_rng(seed)
-    seeds = cubes[0].shape[0]
-    seed_draws = rng.integers(0, seeds, (num_replicates, seeds))
+    seed_draws = rng.integers(0, cubes[0].shape[0], (num_replicates, cubes[0].shape[0]))
+    return seed_draws, [rng.integers(0, c.shape[2], (num_replicates, c.shape[2])) for c in cubes]
+
+
+def _mean_medians(cubes: list[np.ndarray], seed_draws: np.ndarray, example_draws: list[np.ndarray]) -> np.ndarray:
+    """Per replicate: the mean over families of the median over templates of the resampled accuracy."""
     medians = []
-    for cube in cubes:
-        example_draws = rng.integers(0, cube.shape[2], (num_replicates, cube.shape[2]))
+    for cube, draws in zip(cubes, example_draws):
         per_template = cube[seed_draws[:, :, None, None], np.arange(cube.shape[1])[None, None, :, None],
-                            example_draws[:, None, None, :]].mean(axis=(1, 3))
+                            draws[:, None, None, :]].mean(axis=(1, 3))
         medians.append(np.median(per_template, axis=1))
-    means = np.mean(medians, axis=0)
-    estimate = float(np.mean([np.median(c.mean(axis=(0, 2))) for c in cubes]))
+    return np.mean(medians, axis=0)
+
+
+def _mean_median(cubes: list[np.ndarray]) -> float:
+    return float(np.mean([np.median(c.mean(axis=(0, 2))) for c in cubes]))
+
+
+def _percentile_interval(estimate: float, replicates: np.ndarray, confidence: float) -> Interval:
     tail = (1 - confidence) / 2 * 100
-    return Interval(estimate, *map(float, np.percentile(means, [tail, 100 - tail])))
+    return Interval(estimate, *map(float, np.percentile(replicates, [tail, 100 - tail])))
 
 
 def describe_difference(name_a: str, name_b: str, interval: Interval) -> str:

@@ -10,8 +10,10 @@ medians, seeds resampled once for all families); and the ranking of the arms
 after each phase of every (arm, arm that starts from it) pair in different
 phases, on the same families (the later arms' families, i.e. the held-out
 ones), with what a published study found beside it
-(`Experiment.published_rankings`) and a verdict: an arm's lead is "within
-noise" where its interval overlaps another's. The scores are the cells'
+(`Experiment.published_rankings`) and a verdict from paired differences: the
+leader minus each other arm, with a bootstrap interval that draws the same
+seeds and examples for both (`stats.mean_median_difference_ci`); a lead whose
+interval includes 0 is "within noise". The scores are the cells'
 prompted.json files (`prompted_eval.correctness`); scoring them is
 `prompted_eval.run_phase`'s.
 """
@@ -86,9 +88,10 @@ def ranking(experiment: Experiment, records: list[dict], available: list[str]) -
     if not families:
         return None
     before_phase, after_phase = pairs[0][0].phase, pairs[0][1].phase
+    cubes = {arm.name: [prompted_eval.correctness(experiment, records, arm, f) for f in families]
+             for pair in pairs for arm in pair}
     rows = [{"before": a.name, "after": b.name,
-             "before_average": _average([prompted_eval.correctness(experiment, records, a, f) for f in families]),
-             "after_average": _average([prompted_eval.correctness(experiment, records, b, f) for f in families])}
+             "before_average": _average(cubes[a.name]), "after_average": _average(cubes[b.name])}
             for a, b in pairs]
     verdicts = {}
     for side, phase in (("before", before_phase), ("after", after_phase)):
@@ -96,7 +99,7 @@ def ranking(experiment: Experiment, records: list[dict], available: list[str]) -
         ranks = _ranks(scores)
         for row in rows:
             row[f"{side}_rank"] = ranks.get(row[side])
-        verdicts[phase] = leader_verdict(scores)
+        verdicts[phase] = leader_verdict(scores, {name: cubes[name] for name in scores})
     return {"before": before_phase, "after": after_phase, "families": families,
             "chance": _chance(families)[AVERAGE], "pairs": rows, "verdicts": verdicts,
             "published": {phase: experiment.published_rankings.get(phase)
@@ -110,17 +113,24 @@ def _ranks(scores: dict[str, dict | None]) -> dict[str, int]:
     return {name: 1 + sum(other > mine for other in estimates.values()) for name, mine in estimates.items()}
 
 
-def leader_verdict(scores: dict[str, dict | None]) -> str:
-    """One sentence on the leader: ahead of the others, or within noise of those whose interval
-    overlaps its own."""
+def leader_verdict(scores: dict[str, dict | None], cubes: dict[str, list]) -> str:
+    """One sentence on the leader (highest average): for each other arm, the leader's average minus
+    its own with a paired interval (`stats.mean_median_difference_ci`), ahead where it excludes 0,
+    within noise where not. cubes: each arm's [seeds, templates, examples] per family."""
     ranked = sorted((name for name, s in scores.items() if s), key=lambda name: -scores[name]["estimate"])
     if len(ranked) < 2:
         return "too few scored arms to rank"
-    leader = scores[ranked[0]]
-    close = [name for name in ranked[1:] if scores[name]["high"] >= leader["low"]]
-    if not close:
-        return f"{ranked[0]} first, ahead of every other arm (its interval overlaps none of theirs)"
-    return f"{ranked[0]} first, within noise of {', '.join(close)} (intervals overlap)"
+    leader, ahead, close = ranked[0], [], []
+    for name in ranked[1:]:
+        try:
+            difference = stats.mean_median_difference_ci(cubes[leader], cubes[name])
+        except ValueError:  # scored on other seeds or examples: no paired difference
+            continue
+        shown = f"{name} (+{difference.estimate:.3f} [{difference.low:+.3f}, {difference.high:+.3f}])"
+        (ahead if difference.low > 0 else close).append(shown)
+    parts = ([f"ahead of {', '.join(ahead)}"] if ahead else []) + ([f"within noise of {', '.join(close)}"]
+                                                                   if close else [])
+    return f"{leader} first" + (": " + "; ".join(parts) if parts else "") + " (leader − arm, paired 95% CI)"
 
 
 def _shown(interval: dict | None, chance: float) -> str:

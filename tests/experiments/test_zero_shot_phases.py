@@ -69,8 +69,8 @@ def test_ranking_is_on_the_held_out_families_for_both_phases_with_the_published_
     assert (rank["before"], rank["after"], rank["families"]) == ("pretrained", "finetuned", list(HELD_OUT))
     ranks = {row["before"]: (row["before_rank"], row["after_rank"]) for row in rank["pairs"]}
     assert ranks == {"cd": (1, 2), "ed": (2, 1)}  # the ranking flips
-    assert rank["verdicts"]["pretrained"].startswith("cd first, ahead")
-    assert rank["verdicts"]["finetuned"].startswith("ed_mtf first, ahead")
+    assert rank["verdicts"]["pretrained"].startswith("cd first: ahead of ed (+")
+    assert rank["verdicts"]["finetuned"].startswith("ed_mtf first: ahead of cd_mtf (+")
     text = "\n".join(zero_shot_phases.phase_section({"phases": {}, "ranking": rank}))
     assert "published: cd first" in text and "published: ed_mtf first" in text
 
@@ -81,10 +81,24 @@ def test_equal_estimates_share_a_rank():
         {"b": 1, "a": 2, "c": 2}
 
 
-def test_overlapping_intervals_are_called_noise():
-    interval = lambda estimate: {"estimate": estimate, "low": estimate - 0.1, "high": estimate + 0.1}
-    assert zero_shot_phases.leader_verdict({"a": interval(0.6), "b": interval(0.55), "c": interval(0.2)}) == \
-        "a first, within noise of b (intervals overlap)"
+def test_a_small_lead_on_the_same_examples_is_ahead_though_the_arms_intervals_overlap():
+    """Paired: arm b is arm a with 4% of its correct answers turned wrong (the same examples, the
+    same seeds), so a leads on every replicate; their own intervals overlap. An arm equal to a
+    is within noise (its paired difference is exactly 0)."""
+    rng = np.random.default_rng(0)
+    a = [(rng.random((2, 3, 200)) < 0.6).astype(float) for _ in range(2)]
+    b = [cube * (rng.random(cube.shape) > 0.04) for cube in a]
+    scores = {name: stats.mean_median_accuracy_ci(cubes).as_dict() for name, cubes in
+              (("a", a), ("b", b), ("same", [c.copy() for c in a]))}
+    assert scores["b"]["high"] > scores["a"]["low"]  # the intervals overlap
+    difference = stats.mean_median_difference_ci(a, b)
+    assert difference.low > 0 and difference.estimate == pytest.approx(scores["a"]["estimate"] - scores["b"]["estimate"])
+    assert stats.mean_median_difference_ci(a, a).as_dict() == {"estimate": 0.0, "low": 0.0, "high": 0.0}
+    verdict = zero_shot_phases.leader_verdict({"b": scores["b"], "a": scores["a"]}, {"a": a, "b": b})
+    assert verdict.startswith("a first: ahead of b (+") and "within noise" not in verdict
+    del scores["b"]
+    verdict = zero_shot_phases.leader_verdict(scores, {"a": a, "same": [c.copy() for c in a]})
+    assert "within noise of" in verdict and "ahead" not in verdict
 
 
 def test_no_phases_no_section(tmp_path):
