@@ -170,46 +170,54 @@ def _next_line(split: str, seed: int) -> list[Example]:
     return _take(examples, rng)
 
 
-def _word_order(split: str, seed: int) -> list[Example]:
-    rng, examples = _rng("word_order", split, seed), []
+def _minimal_pairs(family_name: str, split: str, seed: int,
+                   alter: Callable[[list, np.random.RandomState], str | None]) -> list[Example]:
+    """BLiMP-style pairs from the split's play lines: each usable line vs `alter(its words, rng)`
+    (None: the line is skipped), the gold choice being the line itself."""
+    rng, examples = _rng(family_name, split, seed), []
     for play in corpora.shakespeare_split_plays(split):
         for _, lines in _speeches(play):
             for line in lines:
-                words = line.split()
-                if not (_usable(line, 20) and len(words) >= 4):
-                    continue
-                i = int(rng.randint(0, len(words) - 1))
-                if words[i].lower() == words[i + 1].lower():
-                    continue
-                swapped = " ".join(words[:i] + [words[i + 1], words[i]] + words[i + 2:])
-                choices, gold = _with_gold_at([line, swapped], line, rng)
-                examples.append(Example({}, choices, gold))
+                altered = alter(line.split(), rng) if _usable(line, 20) else None
+                if altered is not None:
+                    choices, gold = _with_gold_at([line, altered], line, rng)
+                    examples.append(Example({}, choices, gold))
     return _take(examples, rng)
+
+
+def _swap_adjacent_words(words: list, rng: np.random.RandomState) -> str | None:
+    if len(words) < 4:
+        return None
+    i = int(rng.randint(0, len(words) - 1))
+    if words[i].lower() == words[i + 1].lower():
+        return None
+    return " ".join(words[:i] + [words[i + 1], words[i]] + words[i + 2:])
+
+
+def _word_order(split: str, seed: int) -> list[Example]:
+    return _minimal_pairs("word_order", split, seed, _swap_adjacent_words)
 
 
 _WORD = re.compile(r"^[A-Za-z]{3,}$")
 
 
+def _swap_adjacent_letters(words: list, rng: np.random.RandomState) -> str | None:
+    """Two adjacent letters of one word of >= 5 letters swapped (never its first letter, never two
+    equal letters)."""
+    candidates = [i for i, w in enumerate(words) if _WORD.match(w) and len(w) >= 5]
+    if not candidates:
+        return None
+    i = candidates[int(rng.randint(len(candidates)))]
+    word = words[i]
+    j = int(rng.randint(1, len(word) - 1))
+    if word[j].lower() == word[j + 1].lower():
+        return None
+    return " ".join(words[:i] + [word[:j] + word[j + 1] + word[j] + word[j + 2:]] + words[i + 1:])
+
+
 def _spelling(split: str, seed: int) -> list[Example]:
-    """A held-out line vs the same line with two adjacent letters of one of its words swapped
-    (never the word's first letter, never two equal letters): orthography, where word_order is syntax."""
-    rng, examples = _rng("spelling", split, seed), []
-    for play in corpora.shakespeare_split_plays(split):
-        for _, lines in _speeches(play):
-            for line in lines:
-                words = line.split()
-                candidates = [i for i, w in enumerate(words) if _WORD.match(w) and len(w) >= 5]
-                if not (_usable(line, 20) and candidates):
-                    continue
-                i = candidates[int(rng.randint(len(candidates)))]
-                word = words[i]
-                j = int(rng.randint(1, len(word) - 1))
-                if word[j].lower() == word[j + 1].lower():
-                    continue
-                misspelt = " ".join(words[:i] + [word[:j] + word[j + 1] + word[j] + word[j + 2:]] + words[i + 1:])
-                choices, gold = _with_gold_at([line, misspelt], line, rng)
-                examples.append(Example({}, choices, gold))
-    return _take(examples, rng)
+    """Orthography, where word_order is syntax."""
+    return _minimal_pairs("spelling", split, seed, _swap_adjacent_letters)
 
 
 def _last_word(split: str, seed: int) -> list[Example]:

@@ -75,7 +75,8 @@ class FamilyResult:
 
     def as_dict(self) -> dict:
         return {"family": self.family, "chance": self.chance, "num_fewshot": self.num_fewshot,
-                "calibration": self.calibration, "median": self.median, "spread": list(self.spread), "accuracies": self.accuracies,
+                "calibration": self.calibration, "median": self.median, "spread": list(self.spread),
+                "accuracies": self.accuracies,
                 "correct": {t.template: [bool(c) for c in t.correct] for t in self.templates}}
 
 
