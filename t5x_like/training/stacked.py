@@ -9,10 +9,12 @@ MODEL_DIR and lock, its checkpoints, resume, data stream, evaluation batches,
 metrics log and run files), and a seed's state starts exactly where its lone run
 would (its own init or checkpoint, its own stream position, its own rng). Only
 the train step is shared: the seeds' states and batches are stacked on a leading
-axis and stepped by `Trainer.stacked_train_step` (a `jax.vmap` of the lone step),
-so each seed sees its own batches and dropout keys; its losses equal the lone
-run's up to float rounding (a batched matmul adds in another order), and a stacked
-run is bitwise reproducible. After each step every seed's `trainer.LoopLane`
+axis and stepped by `Trainer.stacked_train_step`, so each seed sees its own
+batches and dropout keys. On one CPU device that step is the lone step once per
+seed in one program, and each seed's numbers are its lone run's, bitwise; on an
+accelerator or a mesh it is a `jax.vmap` of the lone step, and a seed's losses
+equal its lone run's up to float rounding (a batched matmul adds in another
+order). Either way a stacked run is bitwise reproducible. After each step every seed's `trainer.LoopLane`
 checks, logs, evaluates (the lone eval step, on the seed's slice of the params)
 and saves (its slice of the state, through its own Checkpointer), so a kill and a
 rerun resume each seed from its own checkpoint.
@@ -20,8 +22,8 @@ rerun resume each seed from its own checkpoint.
 Seeds restored at different steps (a kill between two seeds' saves) are not
 stacked: each finishes as a lone run (run.train), logged as such.
 
-Seeds on a mesh. On one device the stacked step is the plain vmap (the
-arguments placed as given). On a mesh of several devices the seed axis is a
+Seeds on a mesh. On one device the stacked step's arguments are placed as
+given. On a mesh of several devices the seed axis is a
 data-parallel-like axis: `partitioning.stacked_mesh` splits the 'data' axis
 into g = gcd(S, data) seed groups, and each group holds S / g seeds' params,
 optimizer state and batches, each seed's batch split over the group's

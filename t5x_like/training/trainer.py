@@ -2,8 +2,9 @@
 
 Owns: TrainState; the jitted, sharded, buffer-donating train and eval steps
 (gradient accumulation, loss normalization, dropout RNG), and the train step
-over seeds stacked on a leading axis (`stacked_train_step`, a vmap of it, with
-the seed axis on the mesh's SEED_AXIS when it has one); the
+over seeds stacked on a leading axis (`stacked_train_step`: on one CPU device the
+lone step once per seed in one program, else a vmap of it, with the seed axis on
+the mesh's SEED_AXIS when it has one); the
 loop that runs steps, and each run's bookkeeping after a step (`LoopLane`:
 logs, evaluates, checkpoints, stops on SIGTERM or when a divergence guard
 fires: NaN, collapse, guards.py owns the rules), with its phases named for a
@@ -255,12 +256,17 @@ class Trainer:
         return {k: np.asarray(local_batch[k]).astype(self.dummy_batch[k].dtype) for k in self.dummy_batch}
 
     def stacked_train_step(self) -> Callable[[TrainState, Batch], tuple[TrainState, dict[str, jax.Array]]]:
-        """The train step over states and batches stacked on a leading seed axis (`jax.vmap`; donates
-        the state): seed s's row is its own run's step, up to float rounding. On one device the
-        arguments are placed as given. On a mesh with a SEED_AXIS (partitioning.stacked_mesh) every
-        argument's seed axis is split over it and the rest sharded as the lone step's (the
-        `stacked_shardings`); the model's own sharding constraints get the seed axis too
-        (`spmd_axis_name`). Compiled once per Trainer and the copies sharing its programs."""
+        """The train step over states and batches stacked on a leading seed axis (donates the state).
+        Compiled once per Trainer and the copies sharing its programs, in the `stacked_form`:
+        - 'unrolled' (one CPU device): the lone step once per seed, side by side in one program.
+          Each seed's numbers are its lone run's, bitwise; XLA:CPU runs the seeds' independent
+          ops on its threads at once.
+        - 'vmap' (an accelerator, or a mesh): `jax.vmap` of the lone step, one batched program
+          whatever the number of seeds; seed s's row is its own run's step up to float rounding
+          (a batched matmul adds in another order). On a mesh with a SEED_AXIS
+          (partitioning.stacked_mesh) every argument's seed axis is split over it and the rest
+          sharded as the lone step's (the `stacked_shardings`); the model's own sharding
+          constraints get the seed axis too (`spmd_axis_name`)."""
         if "step" not in self._stacked:
             if partitioning.SEED_AXIS in self.mesh.axis_names:
                 state_shardings, batch_shardings = self.stacked_shardings()
@@ -268,9 +274,24 @@ class Trainer:
                     jax.vmap(self._train_step, spmd_axis_name=partitioning.SEED_AXIS),
                     in_shardings=(state_shardings, batch_shardings),
                     out_shardings=(state_shardings, partitioning.replicated(self.mesh)), donate_argnums=(0,))
+            elif self.stacked_form() == "unrolled":
+                self._stacked["step"] = jax.jit(self._unrolled_train_step, donate_argnums=(0,))
             else:
                 self._stacked["step"] = jax.jit(jax.vmap(self._train_step), donate_argnums=(0,))
         return self._stacked["step"]
+
+    def stacked_form(self) -> str:
+        """How `stacked_train_step` stacks seeds on this mesh: 'unrolled' on one CPU device, where a
+        batched program is no faster than the lone steps (docs/performance.md, issue 29) and
+        unrolling keeps every seed's numbers bitwise; 'vmap' elsewhere, where one batched program
+        fills a device that a small model leaves idle."""
+        device = self.mesh.devices.flat[0]
+        return "unrolled" if self.mesh.size == 1 and device.platform == "cpu" else "vmap"
+
+    def _unrolled_train_step(self, state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
+        seeds = jax.tree.leaves(batch)[0].shape[0]
+        rows = [self._train_step(*jax.tree.map(lambda x: x[s], (state, batch))) for s in range(seeds)]
+        return jax.tree.map(lambda *per_seed: jnp.stack(per_seed), *rows)
 
     def stacked_shardings(self) -> tuple[TrainState, dict[str, NamedSharding]]:
         """The stacked step's state and batch shardings on a `partitioning.stacked_mesh`."""

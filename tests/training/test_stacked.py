@@ -7,12 +7,12 @@ import jax
 import numpy as np
 import pytest
 
-from t5x_like.training import partitioning, program_cache, stacked
+from t5x_like.training import optimizers, partitioning, program_cache, stacked
 from t5x_like.training import run as train
 from t5x_like.training.checkpoints import Checkpointer, load_params
 from t5x_like.training.metrics_log import read_jsonl
-from t5x_like.training.trainer import StopRequested
-from tests.training_fixtures import tiny_model, tiny_run
+from t5x_like.training.trainer import StopRequested, Trainer
+from tests.training_fixtures import make_trainer, synthetic_batch, tiny_model, tiny_run
 
 SEEDS = (0, 1)
 STEPS = 10
@@ -87,9 +87,13 @@ def test_each_seed_starts_from_its_lone_runs_parameters_and_first_batch_bitwise(
 @pytest.mark.slow  # the module's runs: ~80 s on 2 loaded cores
 def test_each_seeds_losses_follow_its_lone_run_and_the_runs_files_are_per_seed(runs):
     for alone, mine, result in zip(runs["alone"], runs["stacked"], runs["results"]):
-        lone, stacked_losses = _losses(_path(alone)), _losses(_path(mine))
+        stacked_losses = _losses(_path(mine))
         assert len(stacked_losses) == STEPS
-        np.testing.assert_allclose(stacked_losses, lone, rtol=1e-4)
+        # one CPU device: the unrolled form, each seed's numbers its lone run's to the last bit
+        assert [{k: v for k, v in row.items() if k != "split"} for row in _logged(_path(mine))] == \
+            [{k: v for k, v in row.items() if k != "split"} for row in _logged(_path(alone))]
+        for a, b in zip(_final_params(mine), _final_params(alone)):
+            np.testing.assert_array_equal(a, b)
         assert result.step == STEPS and result.model_dir == mine.model_dir
         assert sorted(int(s) for s in os.listdir(_path(mine) / "checkpoints")) == [6, 8, 10]
     first, second = (_losses(_path(c)) for c in runs["stacked"])
@@ -102,6 +106,38 @@ def test_stacked_runs_are_bitwise_reproducible(runs):
         assert _logged(_path(first)) == _logged(_path(again))
         for a, b in zip(_final_params(first), _final_params(again)):
             np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("form", ["unrolled", "vmap"])
+def test_the_stacked_step_is_each_seeds_lone_step(form, monkeypatch):
+    """Unrolled (one CPU device): bitwise the lone steps. vmap (accelerators, meshes): the lone
+    steps up to float rounding, over 10 steps."""
+    monkeypatch.setattr(Trainer, "stacked_form", lambda self: form)
+    trainer = make_trainer(optimizers.adamw(learning_rate=3e-3), model=tiny_model(dropout_rate=0.1))
+    assert trainer.stacked_form() == form
+    lone_states = [trainer.init_state(trainer.init_params(seed)) for seed in SEEDS]
+    state = stacked.stack([trainer.init_state(trainer.init_params(seed)) for seed in SEEDS])
+    step = trainer.stacked_train_step()
+    lone_losses, stacked_losses = [], []
+    for index in range(STEPS):
+        batches = [trainer.host_batch(synthetic_batch(trainer.model, index + 10 * seed)) for seed in SEEDS]
+        stepped = [trainer.train_step(lone, batch) for lone, batch in zip(lone_states, batches)]
+        lone_states = [s for s, _ in stepped]
+        lone_losses.append([float(m["loss"]) for _, m in stepped])
+        state, metrics = step(state, stacked.stack(batches))
+        stacked_losses.append([float(x) for x in np.asarray(metrics["loss"])])
+    assert lone_losses[-1][0] != lone_losses[-1][1]
+    if form == "unrolled":
+        assert stacked_losses == lone_losses
+        for index, lone in enumerate(lone_states):
+            for a, b in zip(jax.tree.leaves(stacked.seed_slice(state, index)), jax.tree.leaves(lone)):
+                np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    else:
+        np.testing.assert_allclose(stacked_losses, lone_losses, rtol=1e-4)
+
+
+def test_one_cpu_device_stacks_seeds_unrolled():
+    assert make_trainer(optimizers.adamw(learning_rate=3e-3)).stacked_form() == "unrolled"
 
 
 class _StopAt(StopRequested):
