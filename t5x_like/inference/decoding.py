@@ -4,7 +4,13 @@ continuations through the same cache (`score_continuations`).
 Owns the *search*: which token comes next, when a row stops, how beams are
 kept. The model's side (running the encoder once, prefilling the cache over a
 prompt, extending it by one token) is `model.Model.prefill / decode_step`.
-Everything here is batched and runs under one `jax.jit` per (model, config).
+Everything here is batched, in two jitted programs per (model, config): the
+prefill, and the search loop (one while_loop, no host round trip per token).
+They are two so that each gets the XLA options that suit it: on a CPU the
+loop's matmuls have as many rows as the batch and read every weight from
+memory at each step, where XLA:CPU's Eigen kernels beat its YNN ones
+(`CPU_SEARCH_OPTIONS`, measured in docs/performance.md), while the prefill's
+matmuls over whole prompts keep the defaults.
 
 Prompts of different lengths share a batch **right-padded with per-row
 lengths** (not left-padded). A row's generated token i sits at position
@@ -38,6 +44,9 @@ from t5x_like.model import model as model_lib
 Array = jnp.ndarray
 EOS_ID = 1  # seqio's default vocabularies: pad 0, eos 1
 PAD_ID = model_lib.PAD_ID
+# XLA options of the search loop's program on a CPU: no YNN fusions, so its dots run on Eigen
+# (1.2-1.3x the tokens/s at batch 16 on an AVX2 EPYC, the same tokens; docs/performance.md).
+CPU_SEARCH_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,7 +100,9 @@ def generate(model: model_lib.Model, params, prompts: model_lib.Prompts,
     lengths = jnp.asarray(prompts.lengths)
     if prompts.tokens.shape[0] and int(jnp.min(lengths)) < 1:
         raise ValueError("every prompt needs at least one token (the BOS id 0)")
-    return _generate(model, config, params, prompts, rng if rng is not None else jax.random.key(0))
+    logits, state = _prefill(model, config, params, prompts)
+    return _search_program()(model, config, params, lengths, logits, state,
+                             rng if rng is not None else jax.random.key(0))
 
 
 def predict_batch(model: model_lib.Model, params, batch: dict, config: DecodeConfig | None = None,
@@ -102,12 +113,22 @@ def predict_batch(model: model_lib.Model, params, batch: dict, config: DecodeCon
 
 
 @functools.partial(jax.jit, static_argnames=("model", "config"))
-def _generate(model, config, params, prompts, rng):
-    cache_length = prompts.tokens.shape[1] + config.max_new_tokens
-    logits, state = model.prefill(params, prompts, cache_length)
+def _prefill(model, config, params, prompts):
+    return model.prefill(params, prompts, prompts.tokens.shape[1] + config.max_new_tokens)
+
+
+def _search(model, config, params, lengths, logits, state, rng):
     if config.method == "beam":
-        return _beam_search(model, config, params, prompts.lengths, logits, state)
-    return _sample_or_greedy(model, config, params, prompts.lengths, logits, state, rng)
+        return _beam_search(model, config, params, lengths, logits, state)
+    return _sample_or_greedy(model, config, params, lengths, logits, state, rng)
+
+
+@functools.cache
+def _search_program():
+    """`_search` jitted (the cache donated), with CPU_SEARCH_OPTIONS when JAX runs on a CPU."""
+    options = CPU_SEARCH_OPTIONS if jax.default_backend() == "cpu" else None
+    return jax.jit(_search, static_argnames=("model", "config"), donate_argnames=("state",),
+                   compiler_options=options)
 
 
 def score_continuations(model: model_lib.Model, params, prompts: model_lib.Prompts, rows: Array, tokens: Array,

@@ -309,3 +309,17 @@ def test_predict_batch_reads_prompts_from_a_feature_converted_batch(rel_decoder)
              "decoder_causal_attention": (np.arange(width)[None] < BATCH_LENGTHS[:, None]).astype(np.int32)}
     tokens = decoding.predict_batch(model, params, batch, DecodeConfig(max_new_tokens=STEPS, eos_id=None))
     np.testing.assert_array_equal(tokens, free_tokens)
+
+
+def test_on_a_cpu_the_search_loop_compiles_without_ynn_fusions_and_the_prefill_with_them(rel_decoder):
+    """The split of decoding.py's module docstring: the loop's small-row matmuls on Eigen, the
+    prefill's with XLA:CPU's defaults (YNN fusions), and the cache handed from one to the other."""
+    model, params, prompts, _, eos = rel_decoder
+    config = DecodeConfig(max_new_tokens=STEPS, eos_id=eos)
+    assert jax.default_backend() == "cpu"
+    prefill = decoding._prefill.lower(model, config, params, prompts).compile().as_text()
+    logits, state = decoding._prefill(model, config, params, prompts)
+    search = decoding._search_program().lower(model, config, params, jnp.asarray(prompts.lengths), logits, state,
+                                              jax.random.key(0)).compile().as_text()
+    assert '"__ynn_fusion"' in prefill
+    assert '"__ynn_fusion"' not in search and "while" in search
