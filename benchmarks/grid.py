@@ -15,8 +15,9 @@ are compared line by line and the lines that differ are listed (changes in float
 show there). `--stacked` adds a side, this checkout with each arm's seeds stacked in one
 program (`compare.Experiment.stack_seeds=True`), compared with "after" (the sequential seeds)
 by verdicts: the difference sentences with their numbers taken out must be equal, and every
-arm's shared metric must lie in the other side's 95% interval (the digits may differ by
-rounding). The machine's load average is recorded before and after each side: on a
+arm's shared metric must lie in the other side's 95% interval (with the accelerators' vmapped
+form the digits may differ by rounding; `stacked_report_identical` records whether they did
+not, as on one CPU device). The machine's load average is recorded before and after each side: on a
 shared machine only the ratio of one invocation means much.
 """
 from __future__ import annotations
@@ -145,6 +146,8 @@ def main() -> None:
                                                                 sides["after_stacked"]["seconds"], 2)
         result["stacked_speedup_over_before"] = round(sides["before"]["seconds"] / sides["after_stacked"]["seconds"], 2)
         result["stacked_same_verdicts"] = agree
+        # on one CPU device the stacked step is each seed's lone step (trainer.stacked_form): same digits
+        result["stacked_report_identical"] = sides["after_stacked"]["report_tables"] == after
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with open(args.out, "w") as f:
         json.dump(result, f, indent=1)
@@ -160,7 +163,7 @@ def main() -> None:
     if args.stacked:
         print(f"seeds stacked: {result['stacked_speedup_over_sequential_seeds']}x over sequential seeds, "
               f"{result['stacked_speedup_over_before']}x over {args.before}; same verdicts: "
-              f"{result['stacked_same_verdicts']}")
+              f"{result['stacked_same_verdicts']}; report identical: {result['stacked_report_identical']}")
         if not all(result["stacked_same_verdicts"].values()):
             sys.exit("seeds stacked and seeds one after another do not give the same verdicts")
 

@@ -14,10 +14,10 @@ batches and dropout keys. On one CPU device that step is the lone step once per
 seed in one program, and each seed's numbers are its lone run's, bitwise; on an
 accelerator or a mesh it is a `jax.vmap` of the lone step, and a seed's losses
 equal its lone run's up to float rounding (a batched matmul adds in another
-order). Either way a stacked run is bitwise reproducible. After each step every seed's `trainer.LoopLane`
-checks, logs, evaluates (the lone eval step, on the seed's slice of the params)
-and saves (its slice of the state, through its own Checkpointer), so a kill and a
-rerun resume each seed from its own checkpoint.
+order). Either way a stacked run is bitwise reproducible. After each step every
+seed's `trainer.LoopLane` checks, logs, evaluates (the lone eval step, on the
+seed's slice of the params) and saves (its slice of the state, through its own
+Checkpointer), so a kill and a rerun resume each seed from its own checkpoint.
 
 Seeds restored at different steps (a kill between two seeds' saves) are not
 stacked: each finishes as a lone run (run.train), logged as such.
