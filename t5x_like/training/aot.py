@@ -299,9 +299,7 @@ class CompileReport:
     def _seeds_words(self) -> str:
         if self.stack_seeds == 1:
             return ""
-        groups = partitioning.seed_groups(self.stack_seeds, self.mesh_shape[partitioning.MESH_AXES.index("data")])
-        return (f"{self.stack_seeds} seeds stacked in one program, over {groups} device group(s) "
-                f"({self.stack_seeds // groups} per group; memory and FLOPs are theirs together); ")
+        return f"{stacked.placement(self.stack_seeds, self.mesh_shape)} (memory and FLOPs are theirs together); "
 
 
 def _human_bytes(b: float) -> str:

@@ -51,7 +51,6 @@ import signal
 from collections.abc import Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from t5x_like.data.sources import check_task_name
@@ -66,7 +65,7 @@ from t5x_like.training.run import (
     train,
     usable_eval_split,
 )
-from t5x_like.training.trainer import LoopLane, StopRequested, Trainer, TrainState
+from t5x_like.training.trainer import LoopLane, StopRequested, Trainer, TrainState, seed_slice, stack
 
 log = logging.getLogger(__name__)
 
@@ -109,13 +108,14 @@ def seeds_on_mesh_problem(num_seeds: int, mesh_shape: Sequence[int], num_devices
     return None
 
 
-def placement(num_seeds: int, mesh: jax.sharding.Mesh) -> str:
-    """Where the seeds sit on `mesh`, in words (the log line of a stacked run on several devices)."""
-    data = mesh.shape["data"]
+def placement(num_seeds: int, mesh_shape: Sequence[int]) -> str:
+    """Where the seeds sit on a (data, fsdp, tensor) mesh, in words: the log line of a stacked run
+    on several devices, and `t5x-like compile --stack_seeds`' report."""
+    data, fsdp, tensor = mesh_shape
     groups = partitioning.seed_groups(num_seeds, data)
-    return (f"{num_seeds} seeds over {groups} device groups of the data axis ({data}): {num_seeds // groups} "
-            f"seed(s) per group, each seed's batch over {data // groups} x {mesh.shape['fsdp']} (data x fsdp) "
-            f"devices, {mesh.shape['tensor']}-way tensor parallel")
+    return (f"{num_seeds} seeds stacked in one program, over {groups} device group(s) of the data axis ({data}): "
+            f"{num_seeds // groups} seed(s) per group, each seed's batch over {data // groups} x {fsdp} "
+            f"(data x fsdp) devices, {tensor}-way tensor parallel")
 
 
 def _by_value(config: TrainConfig, name: str):
@@ -170,7 +170,7 @@ def _seed_trainer(configs: Sequence[TrainConfig], mesh: jax.sharding.Mesh,
     None on one device (the first run's own Trainer steps the seeds, unchanged)."""
     if mesh.size == 1:
         return None
-    log.info("stacked seeds on the mesh: %s", placement(len(configs), mesh))
+    log.info("%s", placement(len(configs), mesh.devices.shape))
     return build_trainer(configs[0], partitioning.stacked_mesh(mesh, len(configs)), cache)
 
 
@@ -195,8 +195,8 @@ def _stacked_loop(runs: list[RunParts], seed_trainer: Trainer | None, stop: Stop
     options = runs[0].loop_options()
     state = stack([run.state for run in runs])
     if seed_trainer is not None:
-        state = jax.device_put(state, seed_trainer.stacked_shardings()[0])
-        batch_shardings = seed_trainer.stacked_shardings()[1]
+        state_shardings, batch_shardings = seed_trainer.stacked_shardings()
+        state = jax.device_put(state, state_shardings)
     state_of = functools.partial(_lone_state, runs) if seed_trainer is not None else seed_slice
     lanes = [LoopLane(run.trainer, run.state.params, options, save=run.save, eval_batches=run.eval_batches,
                       logger=run.logger, pick=functools.partial(_row, index))
@@ -222,16 +222,6 @@ def _stacked_loop(runs: list[RunParts], seed_trainer: Trainer | None, stop: Stop
         if stopping and step < options.total_steps:
             return [lane.result(step, stopped_by_signal=True) for lane in lanes]
     return [lane.result(step) for lane in lanes]
-
-
-def stack(trees: Sequence) -> object:
-    """Trees of equal structure -> one tree whose leaves carry a leading seed axis (values exact)."""
-    return jax.tree.map(lambda *leaves: jnp.stack([jnp.asarray(leaf) for leaf in leaves]), *trees)
-
-
-def seed_slice(state: TrainState, index: int) -> TrainState:
-    """Seed `index`'s state out of a stacked one (its own arrays: the stacked state may be donated)."""
-    return jax.tree.map(lambda x: x[index], state)
 
 
 def _lone_state(runs: list[RunParts], state: TrainState, index: int) -> TrainState:

@@ -41,7 +41,7 @@ import functools
 import logging
 import math
 import signal
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import flax
@@ -290,8 +290,7 @@ class Trainer:
 
     def _unrolled_train_step(self, state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
         seeds = jax.tree.leaves(batch)[0].shape[0]
-        rows = [self._train_step(*jax.tree.map(lambda x: x[s], (state, batch))) for s in range(seeds)]
-        return jax.tree.map(lambda *per_seed: jnp.stack(per_seed), *rows)
+        return stack([self._train_step(*seed_slice((state, batch), s)) for s in range(seeds)])
 
     def stacked_shardings(self) -> tuple[TrainState, dict[str, NamedSharding]]:
         """The stacked step's state and batch shardings on a `partitioning.stacked_mesh`."""
@@ -310,6 +309,17 @@ class Trainer:
         return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct((num_seeds, *x.shape), x.dtype, sharding=s),
                             lone, shardings)
 
+
+
+def stack(trees: Sequence) -> Any:
+    """Trees of equal structure -> one tree whose leaves carry a leading seed axis (values exact):
+    the layout of `Trainer.stacked_train_step`'s arguments and results."""
+    return jax.tree.map(lambda *leaves: jnp.stack([jnp.asarray(leaf) for leaf in leaves]), *trees)
+
+
+def seed_slice(tree: Any, index: int) -> Any:
+    """Seed `index`'s row of a `stack`ed tree (its own arrays: a stacked state may be donated)."""
+    return jax.tree.map(lambda x: x[index], tree)
 
 SMALL_MODEL_BYTES = 256 * 2**20
 
